@@ -1,0 +1,98 @@
+"""The results file: round trip, validation, atomic and no-clobber writes."""
+import os
+
+import numpy as np
+import pytest
+import xarray as xr
+from xarray.testing import assert_identical
+
+import toolkit
+from toolkit import results
+from toolkit_plugins.metrics import cosine, zscore
+from tests.test_metrics import features_dataset
+
+
+@pytest.fixture
+def complete():
+    rng = np.random.default_rng(0)
+    ds = features_dataset(rng.random((2, 2, 3, 3, 4)).astype(np.float32))
+    ds = ds.assign(cosine(ds))
+    ds = ds.assign(zscore(ds))
+    ds.attrs.update(results.provenance('{"model": "x"}', model="x", dataset="y"))
+    return ds
+
+
+def test_netcdf_round_trip_is_identical(tmp_path, complete):
+    path = results.write_results(complete, tmp_path / "r.nc")
+    with xr.open_dataset(path) as back:
+        assert_identical(back.load(), complete)
+    with toolkit.open_results(path) as back:
+        assert list(back["class_name"].values) == ["0", "1", "2"]
+        assert back["converged"].dtype == bool
+        assert back.attrs["toolkit_schema_version"] == results.SCHEMA_VERSION
+
+
+def test_every_variable_of_the_schema_is_present(complete):
+    results.validate(complete)
+    for name, dims in results.REQUIRED.items():
+        assert complete[name].dims == dims
+
+
+def test_numbers_are_compressed(tmp_path, complete):
+    path = results.write_results(complete, tmp_path / "r.nc")
+    import netCDF4
+
+    with netCDF4.Dataset(path) as nc:
+        assert nc.variables["C"].filters()["zlib"]
+        assert nc.variables["features"].filters()["zlib"]
+
+
+def test_existing_file_is_kept_unless_overwrite(tmp_path, complete):
+    path = tmp_path / "r.nc"
+    path.write_text("precious")
+    with pytest.raises(toolkit.UsageError, match="already exists; pass --overwrite"):
+        results.write_results(complete, path)
+    assert path.read_text() == "precious"
+    results.write_results(complete, path, overwrite=True)
+    assert toolkit.open_results(path).sizes["k"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]  # no temporary left behind
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path, complete):
+    broken = complete.assign(bad=("x", np.array([object()], dtype=object)))
+    with pytest.raises(Exception):
+        results.write_results(broken, tmp_path / "r.nc")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda ds: ds.drop_vars("C_mean"), "lacks variable 'C_mean'"),
+    (lambda ds: ds.assign_attrs(toolkit_schema_version=99), "schema version 99"),
+    (lambda ds: ds.assign_attrs(toolkit_schema_version=None), "not a toolkit results file"),
+])
+def test_open_results_refuses_foreign_or_incomplete_files(tmp_path, complete, mutate, message):
+    path = tmp_path / "bad.nc"
+    ds = mutate(complete)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if v is not None}
+    ds.to_netcdf(path)
+    with pytest.raises(toolkit.UsageError, match=message):
+        toolkit.open_results(path)
+
+
+def test_open_results_on_a_non_netcdf_file(tmp_path):
+    path = tmp_path / "x.nc"
+    path.write_text("not netcdf")
+    with pytest.raises(toolkit.UsageError, match="not a readable netCDF file"):
+        toolkit.open_results(path)
+    with pytest.raises(toolkit.UsageError, match="no results file"):
+        toolkit.open_results(tmp_path / "missing.nc")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("missing/r.nc", "does not exist"),
+    ("r.txt", "must name a .nc file"),
+])
+def test_check_writable(tmp_path, name, message):
+    with pytest.raises(toolkit.UsageError, match=message):
+        results.check_writable(tmp_path / name)
+    assert not os.path.exists(tmp_path / "missing")

@@ -1,0 +1,44 @@
+"""Probe image classifiers without data.
+
+A classifier synthesises one prototype image per class, then intermediary prototypes pushed from
+each class into every other; the cosine dissimilarities of their penultimate features (``C``: same
+origin, ``R``: same target) are tracked over training. See ``toolkit.analyze``.
+"""
+__version__ = "0.1.0"
+
+from toolkit.config import AnalysisConfig
+from toolkit.data import ImageDataset
+from toolkit.errors import PluginError, ToolkitError, UsageError
+from toolkit.hookspecs import hookimpl
+from toolkit.synthesis import SynthesisResult, SynthesisSettings
+
+
+def analyze(config=None, **options):
+    """Run the whole study; see :func:`toolkit.pipeline.analyze`."""
+    from toolkit.pipeline import analyze as _analyze
+
+    return _analyze(config, **options)
+
+
+def open_results(path):
+    """Open and validate a results file; see :func:`toolkit.results.open_results`."""
+    from toolkit.results import open_results as _open
+
+    return _open(path)
+
+
+def summary(results) -> str:
+    """The summary table of a results file or Dataset, as text."""
+    from toolkit.results import open_results as _open
+    from toolkit.summary import summary_table
+
+    if isinstance(results, (str, bytes)) or hasattr(results, "__fspath__"):
+        with _open(results) as ds:
+            return summary_table(ds)
+    return summary_table(results)
+
+
+__all__ = [
+    "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
+    "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
+]

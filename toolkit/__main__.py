@@ -1,0 +1,25 @@
+"""``python -m toolkit``: the Fire command line, with one-line errors and exit status 2."""
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    import fire
+
+    from toolkit.cli import Toolkit
+    from toolkit.errors import ToolkitError
+
+    try:
+        fire.Fire(Toolkit, command=argv, name="toolkit")
+    except ToolkitError as exc:
+        print(f"toolkit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("toolkit: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The command line: a thin class for Fire. Each command parses, calls the library and prints."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from toolkit.config import AnalysisConfig
+
+_D = AnalysisConfig  # field defaults, so the defaults have one home
+
+
+class Toolkit:
+    """Probe image classifiers without data: prototypes, their dissimilarities, over training.
+
+    Commands: analyze (run the study), summary (table of a results file), plugins (what is
+    installed). Add --help after a command for its options.
+    """
+
+    def analyze(self, model: str = _D.model, dataset: str = _D.dataset,
+                intervals=",".join(f"{t:g}" for t in _D.intervals), schedule: str = _D.schedule,
+                seeds: int = _D.seeds, seed: int = _D.seed, epochs: int | None = _D.epochs,
+                synthesizer: str = _D.synthesizer, metrics=",".join(_D.metrics),
+                metric_options=None, lr: float | None = _D.lr,
+                loss_threshold: float = _D.loss_threshold, max_steps: int = _D.max_steps,
+                fixed_steps: int | None = _D.fixed_steps, batch_size: int = _D.batch_size,
+                train_lr: float = _D.train_lr, train_batch_size: int = _D.train_batch_size,
+                data_root: str | None = _D.data_root, download: bool = _D.download,
+                device: str = _D.device, out: str | None = None, overwrite: bool = False,
+                progress: bool = True) -> None:
+        """Run the whole study and write one results file (netCDF).
+
+        Trains the model through the training intervals; at each one synthesises, for every seed,
+        the class prototypes and the n x n grid of intermediary prototypes; computes C and R from
+        their penultimate features; summarises them; prints the summary and the output path.
+
+        Args:
+            model: registered model (see `toolkit plugins`), e.g. resnet18, resnet18-tv, timm:NAME.
+            dataset: registered dataset: digits (offline, bundled), cifar10, cifar100.
+            intervals: training fractions to probe at, comma-separated, increasing, in (0, 1].
+            schedule: data (nested data subsets, the authors') or epochs (one run, checkpointed).
+            seeds: independent prototype initialisations per interval (the poster: 5).
+            seed: first seed; the seeds are seed, seed+1, ...; also seeds training.
+            epochs: training epochs per interval (schedule data) or in all (schedule epochs);
+                default from the dataset.
+            synthesizer: registered synthesis strategy; prototype is the paper's.
+            metrics: registered metrics to run, in order, comma-separated.
+            metric_options: JSON of options per metric, e.g. '{"zscore": {"reference": "seed"}}'.
+            lr: synthesis step length in pixel space; default from the dataset
+                (cifar100 0.1, cifar10 0.01, digits 0.05).
+            loss_threshold: an image is done once its cross-entropy is below this.
+            max_steps: most steps one image may take.
+            fixed_steps: every image takes exactly this many steps (authors' code: 250).
+            batch_size: images optimised at once during synthesis.
+            train_lr: SGD learning rate for training (cosine-annealed per stage).
+            train_batch_size: training batch size.
+            data_root: folder holding the dataset files (default $TOOLKIT_DATA or ~/.cache/toolkit/data).
+            download: allow downloading a missing dataset (--nodownload to forbid).
+            device: auto, cpu, cuda or cuda:N.
+            out: results file (.nc); default results/MODEL-DATASET-TIME.nc. Checkpoints go beside
+                it, in OUT-without-.nc + ".checkpoints/".
+            overwrite: replace an existing results file.
+            progress: show progress bars (--noprogress to hide).
+        """
+        from toolkit.pipeline import analyze, default_output
+        from toolkit.summary import summary_table
+
+        config = AnalysisConfig(
+            model=model, dataset=dataset, intervals=intervals, schedule=schedule, seeds=seeds,
+            seed=seed, epochs=epochs, synthesizer=synthesizer, metrics=metrics,
+            metric_options=metric_options, lr=lr, loss_threshold=loss_threshold,
+            max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size, train_lr=train_lr,
+            train_batch_size=train_batch_size, data_root=data_root, download=download, device=device)
+        path = Path(out) if out is not None else default_output(config)
+        if out is None:
+            path.parent.mkdir(exist_ok=True)
+        ds = analyze(config, out=path, checkpoints=path.with_suffix(".checkpoints"),
+                     overwrite=overwrite, progress=progress)
+        print(summary_table(ds))
+        print(f"results: {path}")
+
+    def summary(self, results: str) -> None:
+        """Print a results file's table: per interval, test accuracy, C/R mean and std, outliers,
+        converged fraction and mean steps.
+
+        Args:
+            results: path of a results file (.nc) written by analyze.
+        """
+        from toolkit.results import open_results
+        from toolkit.summary import summary_table
+
+        with open_results(results) as ds:
+            print(summary_table(ds))
+
+    def plugins(self, all: bool = False) -> None:
+        """Print the installed plugins as JSON: name, version, hooks and what each registers.
+
+        Args:
+            all: include the built-in plugins.
+        """
+        from toolkit.plugins import describe_plugins
+
+        print(json.dumps(describe_plugins(builtins=all), indent=2))

@@ -1,0 +1,17 @@
+"""Exceptions the toolkit raises on purpose.
+
+Every message is one line that names what is wrong and what is allowed, so the command line can
+print it as it is (``toolkit: error: ...``) and exit with status 2.
+"""
+
+
+class ToolkitError(Exception):
+    """Base class of the errors that come with a message meant for the user."""
+
+
+class UsageError(ToolkitError, ValueError):
+    """The user asked for something that cannot be done: a bad option, a missing file, ..."""
+
+
+class PluginError(ToolkitError):
+    """A plugin broke its contract (a duplicate name, a wrong return value, ...)."""

@@ -1,0 +1,191 @@
+"""The results file: one ``xarray.Dataset`` per study, written as compressed netCDF4.
+
+This module is the one home of the schema (DESIGN.md section 2). Dimensions: ``interval``
+(coordinate: the training fraction), ``seed``, ``k`` (target class), ``j`` (origin class), ``i``
+(the class compared with), ``feature`` and ``class`` (with ``class_name``). ``P[k, j]`` is the image
+started at class ``j``'s prototype and pushed into class ``k``; ``P[k, k]`` is class ``k``'s
+prototype.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from toolkit.errors import UsageError
+
+SCHEMA_VERSION = 1
+CONVENTIONS = "CF-1.8"
+
+GRID = ("interval", "seed", "k", "j")
+PAIRS = (*GRID, "i")
+
+# Every variable a complete results file holds, with its dimensions.
+REQUIRED = {
+    "features": (*GRID, "feature"),
+    "steps": GRID,
+    "loss": GRID,
+    "converged": GRID,
+    "predicted": GRID,
+    "confidence": GRID,
+    "test_accuracy": ("interval",),
+    "train_size": ("interval",),
+    "class_name": ("class",),
+    "C": PAIRS,
+    "R": PAIRS,
+    **{f"{v}_{s}": ("interval",) for v in ("C", "R") for s in ("mean", "std", "outlier_fraction")},
+}
+
+RECORD_ATTRS = {
+    "features": dict(long_name="penultimate feature vector of P[k, j]", units="1"),
+    "steps": dict(long_name="input-gradient steps taken by P[k, j]", units="1"),
+    "loss": dict(long_name="final cross-entropy of P[k, j] toward class k", units="1"),
+    "converged": dict(long_name="loss of P[k, j] below the loss threshold"),
+    "predicted": dict(long_name="class the model assigns to P[k, j]"),
+    "confidence": dict(long_name="softmax probability of the predicted class", units="1"),
+    "test_accuracy": dict(long_name="top-1 accuracy on the test split", units="1"),
+    "train_size": dict(long_name="training images the model had seen by this interval"),
+}
+
+
+def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_names: Sequence[str],
+                  features: np.ndarray, records: Mapping[str, np.ndarray],
+                  test_accuracy: Sequence[float], train_size: Sequence[int]) -> xr.Dataset:
+    """Assemble the per-image arrays of a study (before metrics) into a labelled Dataset.
+
+    ``features`` is ``(interval, seed, k, j, feature)``; each record ``(interval, seed, k, j)``.
+    """
+    n = len(class_names)
+    grid = {name: (GRID, np.asarray(records[name]), RECORD_ATTRS[name])
+            for name in ("steps", "loss", "converged", "predicted", "confidence")}
+    return xr.Dataset(
+        data_vars={
+            "features": ((*GRID, "feature"), np.asarray(features, dtype=np.float32),
+                         RECORD_ATTRS["features"]),
+            **grid,
+            "test_accuracy": ("interval", np.asarray(test_accuracy, dtype=np.float64),
+                              RECORD_ATTRS["test_accuracy"]),
+            "train_size": ("interval", np.asarray(train_size, dtype=np.int64),
+                           RECORD_ATTRS["train_size"]),
+            "class_name": ("class", np.asarray(list(class_names), dtype=object),
+                           dict(long_name="name of each class index")),
+        },
+        coords={
+            "interval": ("interval", np.asarray(intervals, dtype=np.float64),
+                         dict(long_name="fraction of training completed", units="1")),
+            "seed": ("seed", np.asarray(seeds, dtype=np.int64),
+                     dict(long_name="seed of the prototypes' initial noise")),
+            "k": ("k", np.arange(n), dict(long_name="target class")),
+            "j": ("j", np.arange(n), dict(long_name="origin class")),
+            "feature": ("feature", np.arange(features.shape[-1]), dict(long_name="feature index")),
+            "class": ("class", np.arange(n), dict(long_name="class index")),
+        },
+    )
+
+
+def provenance(config_json: str, **extra: Any) -> dict[str, Any]:
+    """The attributes that say where a results file came from."""
+    from toolkit import __version__
+
+    versions = {"python": platform.python_version()}
+    for module in ("torch", "torchvision", "timm", "numpy", "xarray", "netCDF4", "pluggy"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:  # pragma: no cover - all are dependencies
+            versions[module] = None
+    return {
+        "Conventions": CONVENTIONS,
+        "title": "Prototype dissimilarities of an image classifier, probed without data",
+        "toolkit_schema_version": SCHEMA_VERSION,
+        "toolkit_version": __version__,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config_json,
+        "library_versions": json.dumps(versions, sort_keys=True),
+        **extra,
+    }
+
+
+def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    # zlib only where it pays: numbers and booleans, not strings (as ArviZ does).
+    return {name: {"zlib": True, "complevel": 4} for name, var in ds.variables.items()
+            if var.dtype.kind in "biuf"}
+
+
+def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``ds`` to ``path`` atomically: a reader sees the old file or the new one, never a torn one.
+
+    An existing file is kept (``UsageError``) unless ``overwrite``.
+    """
+    path = Path(path)
+    check_writable(path, overwrite)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            # link() refuses to replace a file that appeared meanwhile, where rename would not.
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise UsageError(f"{path} already exists; pass --overwrite to replace it") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise ``UsageError`` unless a results file could be written at ``path``."""
+    path = Path(path)
+    if path.suffix != ".nc":
+        raise UsageError(f"--out must name a .nc file; got {str(path)!r}")
+    if not path.parent.is_dir():
+        raise UsageError(f"--out folder {str(path.parent)!r} does not exist; create it or choose another")
+    if path.is_dir():
+        raise UsageError(f"--out {str(path)!r} is a folder; name a .nc file")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"--out folder {str(path.parent)!r} is not writable")
+
+
+def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
+    """Check that ``ds`` is a toolkit results dataset of a known schema; return it."""
+    version = ds.attrs.get("toolkit_schema_version")
+    if version is None:
+        raise UsageError(f"{source} is not a toolkit results file (no toolkit_schema_version attribute)")
+    if int(version) != SCHEMA_VERSION:
+        raise UsageError(f"{source} has results schema version {version}; this toolkit reads "
+                         f"version {SCHEMA_VERSION}")
+    for name, dims in REQUIRED.items():
+        if name not in ds.variables:
+            raise UsageError(f"{source} lacks variable {name!r}; a results file holds "
+                             + ", ".join(REQUIRED))
+        if ds[name].dims != dims:
+            raise UsageError(f"{source}: variable {name!r} has dims {ds[name].dims}, expected {dims}")
+    return ds
+
+
+def open_results(path: str | os.PathLike) -> xr.Dataset:
+    """Open a results file and check it is one (``xarray.open_dataset`` reads it just as well)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no results file at {str(path)!r}")
+    try:
+        ds = xr.open_dataset(path, engine="netcdf4")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path} is not a readable netCDF file ({exc})") from None
+    try:
+        return validate(ds, str(path))
+    except UsageError:
+        ds.close()
+        raise

@@ -1,0 +1,52 @@
+"""A plain-text table of a results file, one row per interval."""
+from __future__ import annotations
+
+import json
+
+import xarray as xr
+
+# column -> (variable, format); variables a file lacks (a run without zscore, say) show as "-".
+COLUMNS = {
+    "interval": ("interval", "{:.0%}"),
+    "test_acc": ("test_accuracy", "{:.3f}"),
+    "C_mean": ("C_mean", "{:.4f}"),
+    "C_std": ("C_std", "{:.4f}"),
+    "R_mean": ("R_mean", "{:.4f}"),
+    "R_std": ("R_std", "{:.4f}"),
+    "C_out": ("C_outlier_fraction", "{:.2%}"),
+    "R_out": ("R_outlier_fraction", "{:.2%}"),
+    "converged": ("converged", "{:.1%}"),
+    "steps": ("steps", "{:.1f}"),
+}
+
+
+def summary_rows(ds: xr.Dataset) -> list[dict[str, float | None]]:
+    """Per interval: test accuracy, C/R mean and std, outlier fractions, converged fraction and
+    mean steps per image (over seeds and the whole grid)."""
+    per_interval = {}
+    for column, (variable, _) in COLUMNS.items():
+        if variable not in ds.variables:
+            continue
+        values = ds[variable]
+        extra = [d for d in values.dims if d != "interval"]
+        per_interval[column] = values.astype(float).mean(extra) if extra else values
+    return [{column: float(per_interval[column][t]) if column in per_interval else None
+             for column in COLUMNS} for t in range(ds.sizes["interval"])]
+
+
+def summary_table(ds: xr.Dataset) -> str:
+    """The summary as aligned text, under a line naming the run and how its numbers were made."""
+    config = json.loads(ds.attrs.get("config", "{}"))
+    head = (f"{ds.attrs.get('model', '?')} on {ds.attrs.get('dataset', '?')}: "
+            f"{ds.sizes.get('k', '?')} classes, {ds.sizes.get('seed', '?')} seeds, "
+            f"schedule {config.get('schedule', '?')}")
+    if "C_mean" in ds:
+        head += f"; self-pairs {ds['C_mean'].attrs.get('self_pairs', '?')}"
+    if "C_outlier_fraction" in ds:
+        attrs = ds["C_outlier_fraction"].attrs
+        head += f"; outliers |z| > {attrs.get('threshold', '?')} vs {attrs.get('reference', '?')} reference"
+    cells = [[column for column in COLUMNS]]
+    for row in summary_rows(ds):
+        cells.append(["-" if row[c] is None else COLUMNS[c][1].format(row[c]) for c in COLUMNS])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    return "\n".join([head] + ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells])

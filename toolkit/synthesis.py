@@ -1,0 +1,65 @@
+"""What a synthesizer is given and what it returns (the contract of ``register_synthesizers``)."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from toolkit.errors import PluginError
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisSettings:
+    """How to optimise images toward their target classes.
+
+    Attributes:
+        lr: step length in pixel space (the L2 norm of one update of one image).
+        loss_threshold: an image is done once its cross-entropy falls below this.
+        max_steps: an image that has taken this many steps stops, converged or not.
+        fixed_steps: if set, every image takes exactly this many steps and the threshold only
+            decides ``converged`` (the authors' published code runs 250).
+        batch_size: how many images are optimised at once.
+    """
+
+    lr: float = 0.1
+    loss_threshold: float = 0.01
+    max_steps: int = 1000
+    fixed_steps: int | None = None
+    batch_size: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthesisResult:
+    """Optimised images and one record per image, all on the CPU.
+
+    Attributes:
+        images: float32 ``(N, C, H, W)`` in [0, 1].
+        steps: int64 ``(N,)`` updates each image took.
+        loss: float32 ``(N,)`` cross-entropy toward its target of each final image.
+        converged: bool ``(N,)`` whether that loss is below the threshold.
+        predicted: int64 ``(N,)`` the model's class for each final image.
+        confidence: float32 ``(N,)`` the softmax probability of the predicted class.
+    """
+
+    images: torch.Tensor
+    steps: torch.Tensor
+    loss: torch.Tensor
+    converged: torch.Tensor
+    predicted: torch.Tensor
+    confidence: torch.Tensor
+
+    def check(self, start: torch.Tensor, name: str) -> "SynthesisResult":
+        """Return a CPU copy in the contract's dtypes, or raise ``PluginError`` naming the fault."""
+        n = start.shape[0]
+        if not isinstance(self.images, torch.Tensor) or tuple(self.images.shape) != tuple(start.shape):
+            raise PluginError(f"synthesizer {name!r} returned images of shape "
+                              f"{tuple(getattr(self.images, 'shape', ()))}, expected {tuple(start.shape)}")
+        records = {}
+        for field, dtype in (("steps", torch.int64), ("loss", torch.float32), ("converged", torch.bool),
+                             ("predicted", torch.int64), ("confidence", torch.float32)):
+            value = getattr(self, field)
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (n,):
+                raise PluginError(f"synthesizer {name!r} returned {field} that is not a tensor of "
+                                  f"shape ({n},)")
+            records[field] = value.detach().to("cpu", dtype)
+        return SynthesisResult(images=self.images.detach().to("cpu", torch.float32), **records)
