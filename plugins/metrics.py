@@ -74,14 +74,7 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
         reference: what a z-score is measured against; see ``REFERENCES``.
         threshold: |z| above this is an outlier.
     """
-    if self_pairs not in SELF_PAIRS:
-        raise toolkit.UsageError(f"zscore self_pairs must be one of {', '.join(SELF_PAIRS)}; "
-                                 f"got {self_pairs!r}")
-    if reference not in REFERENCES:
-        raise toolkit.UsageError(f"zscore reference must be one of {', '.join(REFERENCES)}; "
-                                 f"got {reference!r}")
-    if not threshold > 0:
-        raise toolkit.UsageError(f"zscore threshold must be positive; got {threshold!r}")
+    check_zscore_options(self_pairs=self_pairs, reference=reference, threshold=threshold)
     out: dict[str, xr.DataArray] = {}
     pairs = ("k", "j", "i")
     for name in variables:
@@ -117,6 +110,19 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
     return out
 
 
+def check_zscore_options(*, variables=None, self_pairs: str = "exclude", reference: str = "pooled",
+                         threshold: float = 3.0) -> None:
+    """Raise ``UsageError`` for options ``zscore`` cannot use (called before any training)."""
+    if self_pairs not in SELF_PAIRS:
+        raise toolkit.UsageError(f"zscore self_pairs must be one of {', '.join(SELF_PAIRS)}; "
+                                 f"got {self_pairs!r}")
+    if reference not in REFERENCES:
+        raise toolkit.UsageError(f"zscore reference must be one of {', '.join(REFERENCES)}; "
+                                 f"got {reference!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        raise toolkit.UsageError(f"zscore threshold must be a positive number; got {threshold!r}")
+
+
 def _self_pair_dim(values: xr.DataArray, name: str) -> str:
     rule = values.attrs.get("self_pair", "")
     dim = rule.replace(" ", "").removeprefix("i==")
@@ -129,5 +135,5 @@ def _self_pair_dim(values: xr.DataArray, name: str) -> str:
 @toolkit.hookimpl
 def register_metrics(register):
     register("cosine", cosine, description="C and R: 1 - cosine of penultimate features (n x n x n)")
-    register("zscore", zscore,
+    register("zscore", zscore, check_options=check_zscore_options,
              description="per-interval mean, std and |z| > 3 outlier fraction of C and R")

@@ -83,8 +83,8 @@ def tiny_plugin():
         pm.unregister(name="tiny-test-plugin")
 
 
-TINY_RUN = dict(model="tiny-cnn", dataset="tiny", intervals=(0.5, 1.0), seeds=2, train_lr=0.1,
-                train_batch_size=16, max_steps=60, batch_size=4)
+TINY_RUN = dict(model="tiny-cnn", dataset="tiny", intervals=(0.5, 1.0), seeds=2, epochs=25,
+                train_lr=0.1, train_batch_size=16, max_steps=100, batch_size=4)
 
 
 @pytest.fixture(scope="session")

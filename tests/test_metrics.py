@@ -137,7 +137,7 @@ def test_seed_means_reference_flags_values_far_from_the_spread_of_seed_means():
 @pytest.mark.parametrize("options, message", [
     ({"self_pairs": "maybe"}, "self_pairs must be one of exclude, include"),
     ({"reference": "global"}, "reference must be one of pooled, seed, seed_means"),
-    ({"threshold": 0}, "threshold must be positive"),
+    ({"threshold": 0}, "threshold must be a positive number"),
     ({"variables": ("BC",)}, "zscore needs variable 'BC'"),
 ])
 def test_zscore_rejects_bad_options(options, message):

@@ -30,7 +30,7 @@ def open_results(path):
 def summary(results) -> str:
     """The summary table of a results file or Dataset, as text."""
     from toolkit.results import open_results as _open
-    from toolkit.summary import summary_table
+    from toolkit.table import summary_table
 
     if isinstance(results, (str, bytes)) or hasattr(results, "__fspath__"):
         with _open(results) as ds:

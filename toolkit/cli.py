@@ -21,9 +21,9 @@ class Toolkit:
                 seeds: int = _D.seeds, seed: int = _D.seed, epochs: int | None = _D.epochs,
                 synthesizer: str = _D.synthesizer, metrics=",".join(_D.metrics),
                 metric_options=None, lr: float | None = _D.lr,
-                loss_threshold: float = _D.loss_threshold, max_steps: int = _D.max_steps,
+                loss_threshold: float = _D.loss_threshold, max_steps: int | None = _D.max_steps,
                 fixed_steps: int | None = _D.fixed_steps, batch_size: int = _D.batch_size,
-                train_lr: float = _D.train_lr, train_batch_size: int = _D.train_batch_size,
+                train_lr: float | None = _D.train_lr, train_batch_size: int | None = _D.train_batch_size,
                 data_root: str | None = _D.data_root, download: bool = _D.download,
                 device: str = _D.device, out: str | None = None, overwrite: bool = False,
                 progress: bool = True) -> None:
@@ -48,11 +48,12 @@ class Toolkit:
             lr: synthesis step length in pixel space; default from the dataset
                 (cifar100 0.1, cifar10 0.01, digits 0.05).
             loss_threshold: an image is done once its cross-entropy is below this.
-            max_steps: most steps one image may take.
+            max_steps: most steps one image may take; default from the dataset (digits 100, else 1000).
             fixed_steps: every image takes exactly this many steps (authors' code: 250).
             batch_size: images optimised at once during synthesis.
-            train_lr: SGD learning rate for training (cosine-annealed per stage).
-            train_batch_size: training batch size.
+            train_lr: SGD learning rate for training, cosine-annealed per stage; default from the
+                dataset (digits 0.1, else 0.05).
+            train_batch_size: training batch size; default from the dataset (digits 32, else 128).
             data_root: folder holding the dataset files (default $TOOLKIT_DATA or ~/.cache/toolkit/data).
             download: allow downloading a missing dataset (--nodownload to forbid).
             device: auto, cpu, cuda or cuda:N.
@@ -62,7 +63,7 @@ class Toolkit:
             progress: show progress bars (--noprogress to hide).
         """
         from toolkit.pipeline import analyze, default_output
-        from toolkit.summary import summary_table
+        from toolkit.table import summary_table
 
         config = AnalysisConfig(
             model=model, dataset=dataset, intervals=intervals, schedule=schedule, seeds=seeds,
@@ -86,7 +87,7 @@ class Toolkit:
             results: path of a results file (.nc) written by analyze.
         """
         from toolkit.results import open_results
-        from toolkit.summary import summary_table
+        from toolkit.table import summary_table
 
         with open_results(results) as ds:
             print(summary_table(ds))

@@ -16,10 +16,11 @@ SCHEDULES = {
 }
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 
-# Options a dataset plugin may give defaults for (its ``defaults`` metadata); None here means
-# "the dataset decides", with the fallback in ``FALLBACKS``.
-DATASET_DEFAULTABLE = ("lr", "epochs", "crop_padding", "flip")
-FALLBACKS = {"lr": 0.1, "epochs": 10, "crop_padding": 0, "flip": False}
+# Options a dataset plugin may give defaults for (its ``defaults`` metadata). Left at None by the
+# user, they take the dataset's default, else the fallback here.
+FALLBACKS = {"lr": 0.1, "epochs": 10, "crop_padding": 0, "flip": False, "train_lr": 0.05,
+             "train_batch_size": 128, "max_steps": 1000}
+DATASET_DEFAULTABLE = tuple(FALLBACKS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,13 +36,14 @@ class AnalysisConfig:
         seed: the first seed; seeds are ``seed, seed + 1, ...``. It also seeds training.
         epochs: training epochs per interval (schedule ``data``) or in all (schedule ``epochs``);
             default from the dataset.
-        train_lr, train_batch_size, momentum, weight_decay: SGD with a cosine learning rate per stage.
+        train_lr, train_batch_size, momentum, weight_decay: SGD (Nesterov) with a cosine learning
+            rate per stage; learning rate and batch size default from the dataset.
         crop_padding, flip: training augmentation (random crop after zero padding, horizontal
             flip); defaults from the dataset.
         synthesizer: registered synthesizer name.
         lr: synthesis step length; default from the dataset (CIFAR-100 0.1, CIFAR-10 0.01).
         loss_threshold: an image is done once its cross-entropy is below this.
-        max_steps: most steps one image may take.
+        max_steps: most steps one image may take; default from the dataset.
         fixed_steps: every image takes exactly this many steps (the authors' code: 250).
         batch_size: images optimised at once during synthesis.
         metrics: registered metric names, run in this order.
@@ -58,8 +60,8 @@ class AnalysisConfig:
     seeds: int = 5
     seed: int = 0
     epochs: int | None = None
-    train_lr: float = 0.05
-    train_batch_size: int = 128
+    train_lr: float | None = None
+    train_batch_size: int | None = None
     momentum: float = 0.9
     weight_decay: float = 5e-4
     crop_padding: int | None = None
@@ -67,7 +69,7 @@ class AnalysisConfig:
     synthesizer: str = "prototype"
     lr: float | None = None
     loss_threshold: float = 0.01
-    max_steps: int = 1000
+    max_steps: int | None = None
     fixed_steps: int | None = None
     batch_size: int = 128
     metrics: tuple[str, ...] = ("cosine", "zscore")
@@ -102,8 +104,8 @@ class AnalysisConfig:
         _check_int("seeds", self.seeds, 1)
         _check_int("seed", self.seed, 0)
         _check_int("epochs", self.epochs, 1, optional=True)
-        _check_int("train_batch_size", self.train_batch_size, 1)
-        _check_int("max_steps", self.max_steps, 1)
+        _check_int("train_batch_size", self.train_batch_size, 1, optional=True)
+        _check_int("max_steps", self.max_steps, 1, optional=True)
         _check_int("fixed_steps", self.fixed_steps, 1, optional=True)
         _check_int("batch_size", self.batch_size, 1)
         _check_int("crop_padding", self.crop_padding, 0, optional=True)

@@ -81,6 +81,9 @@ def register_metrics(register: Register) -> None:
     built so far (``features`` and the per-image records, plus every variable of the metrics listed
     before it) and returning a ``dict`` of new ``xarray.DataArray`` variables or a Dataset, which is
     merged into the results. ``options`` are the user's ``metric_options[name]``.
+
+    Metadata ``check_options`` is a callable taking the same keyword options; it is called before
+    any training and raises :class:`toolkit.UsageError` for options the metric cannot use.
     """
 
 

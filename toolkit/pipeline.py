@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import inspect
 import json
 import os
 import time
@@ -80,13 +81,15 @@ def load_dataset(registration: Registration, config: AnalysisConfig) -> ImageDat
 def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_classes: int,
                     noise: torch.Tensor, settings: SynthesisSettings,
                     progress=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The grid ``P`` (k, j, C, H, W) and its records (k, j) for one model and one initial noise.
+    """The grids ``P`` (seed, k, j, C, H, W) and their records (seed, k, j) for one model.
 
-    Class prototypes ``p_c`` start from ``noise[c]`` toward ``c``; then every ``P[k, j]`` with
-    ``k != j`` starts from ``p_j`` toward ``k``. The diagonal holds the prototypes themselves, with
-    the records of their own synthesis from noise.
+    ``noise`` is ``(seed, n, C, H, W)``. Class prototypes ``p_c`` start from ``noise[s, c]`` toward
+    ``c``; then every ``P[s, k, j]`` with ``k != j`` starts from ``p_j`` of seed ``s`` toward ``k``.
+    The diagonal holds the prototypes themselves, with the records of their synthesis from noise.
+    All seeds share one work queue per phase, so micro-batches stay full; the images do not
+    interact, so this gives each the result it would get alone.
     """
-    n = num_classes
+    n, seeds = num_classes, noise.shape[0]
     device = next(model.parameters()).device
 
     def run(start: torch.Tensor, targets: torch.Tensor) -> SynthesisResult:
@@ -97,16 +100,17 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
                               "not a toolkit.SynthesisResult")
         return result.check(start, synthesizer.name)
 
-    prototypes = run(noise, torch.arange(n))
-    k, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    prototypes = run(noise.flatten(0, 1), torch.arange(n).repeat(seeds))     # index s * n + c
+    s, k, j = torch.meshgrid(torch.arange(seeds), torch.arange(n), torch.arange(n), indexing="ij")
     off = k != j
-    moved = run(prototypes.images[j[off]], k[off])
+    origin = s * n + j                                  # the prototype each P[s, k, j] starts from
+    moved = run(prototypes.images[origin[off]], k[off])
 
-    images = prototypes.images[j].clone()                        # (k, j, C, H, W); diagonal ready
+    images = prototypes.images[origin].clone()           # (seed, k, j, C, H, W); diagonal ready
     images[off] = moved.images
     records = {}
     for field in ("steps", "loss", "converged", "predicted", "confidence"):
-        grid = getattr(prototypes, field)[j].clone()  # the diagonal's records are the prototypes'
+        grid = getattr(prototypes, field)[origin].clone()  # the diagonal's records: the prototypes'
         grid[off] = getattr(moved, field)
         records[field] = grid
     return images, records
@@ -171,18 +175,15 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         images_per_unit = data.num_classes ** 2
         synth_bar = progress_bar(f"probe {stage.fraction:.0%} (acc {stage.test_accuracy:.3f})",
                                  images_per_unit * config.seeds, enabled=progress, unit="img")
-        seed_features, seed_records = [], []
+        noise = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+                             for seed in config.seed_values])
         with frozen(model):
-            for seed in config.seed_values:
-                noise = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
-                grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
-                                                     noise, synthesis, progress=synth_bar.update)
-                feats = extract_features(model, grid.flatten(0, 1), device=device)
-                seed_features.append(feats.view(data.num_classes, data.num_classes, -1).numpy())
-                seed_records.append({name: value.numpy() for name, value in grid_records.items()})
+            grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
+                                                 noise, synthesis, progress=synth_bar.update)
+            feats = extract_features(model, grid.flatten(0, 2), device=device)
         synth_bar.close()
-        features.append(np.stack(seed_features))
-        records.append({name: np.stack([r[name] for r in seed_records]) for name in seed_records[0]})
+        features.append(feats.view(*grid.shape[:3], -1).numpy())
+        records.append({name: value.numpy() for name, value in grid_records.items()})
 
     ds = results.build_dataset(
         intervals=[s.fraction for s in stages], seeds=config.seed_values,
@@ -229,13 +230,15 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
 
 
 def _check_metric_options(registration: Registration, options: Mapping[str, Any]) -> None:
-    import inspect
-
+    """Fail before training, not after it, when a metric cannot take the user's options."""
     try:
         inspect.signature(registration.obj).bind(None, **options)
     except TypeError as exc:
         raise UsageError(f"metric {registration.name!r} does not take options {json.dumps(options)} "
                          f"({exc})") from None
+    check = registration.metadata.get("check_options")
+    if check is not None:
+        check(**options)
 
 
 def _known_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -87,9 +87,11 @@ def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.de
         m.momentum = None  # cumulative average over the batches below
     was_training = model.training
     model.train()
-    for start in range(0, len(images), batch_size):
-        model(to_pixels(images[start:start + batch_size], device).contiguous(
-            memory_format=torch.channels_last))
+    starts = list(range(0, len(images), batch_size))
+    if len(starts) > 1 and len(images) - starts[-1] == 1:
+        starts.pop()  # BatchNorm cannot take a batch of one image in train mode
+    for start, end in zip(starts, starts[1:] + [len(images)]):
+        model(to_pixels(images[start:end], device).contiguous(memory_format=torch.channels_last))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -137,7 +139,9 @@ def train_through_intervals(model: nn.Module, data: ImageDataset, intervals: Seq
         runs = [(everything, [(fraction, None) for fraction in intervals])]
 
     for subset, stops in runs:
-        per_epoch = math.ceil(len(subset) / settings.batch_size)
+        # Full batches only (the rest of each shuffled epoch waits for the next): a last batch of
+        # one image would break BatchNorm, and tiny ones make noisy steps.
+        per_epoch = max(1, len(subset) // settings.batch_size)
         total = per_epoch * settings.epochs
         # Steps at which each stop is reached: the end of the run, or fraction t of it.
         marks = [(f, total if epochs else max(1, round(f * total))) for f, epochs in stops]

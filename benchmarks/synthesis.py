@@ -1,0 +1,70 @@
+"""Throughput of the built-in synthesizer and metrics, on whatever machine runs it.
+
+    python benchmarks/synthesis.py [--repeats 3]
+
+Prints a Markdown table: input-gradient image-steps per second of the `prototype` synthesizer
+(ResNet18 with the CIFAR stem, random weights, fixed steps so every run does the same work) on
+digits-sized and CIFAR-sized images, and the time of the `cosine` + `zscore` metrics for a
+CIFAR-100-sized grid (n = 100, 512 features, one interval, one seed).
+"""
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+import toolkit
+from toolkit.model import NormalizedClassifier, frozen
+from toolkit.plugins import get_registry
+from toolkit_plugins.metrics import cosine, zscore
+
+
+def synthesis_rate(channels: int, size: int, images: int, steps: int, batch: int, repeats: int) -> float:
+    torch.manual_seed(0)
+    net = get_registry("model").get("resnet18").obj(10, channels, size)
+    model = NormalizedClassifier(net, [0.5] * channels, [0.25] * channels)
+    model = model.to(memory_format=torch.channels_last)
+    synth = get_registry("synthesizer").get("prototype").obj
+    settings = toolkit.SynthesisSettings(lr=0.1, fixed_steps=steps, batch_size=batch)
+    start = torch.rand(images, channels, size, size)
+    targets = torch.arange(images) % 10
+    best = float("inf")
+    with frozen(model):
+        synth(model, start[:batch], targets[:batch], toolkit.SynthesisSettings(fixed_steps=2))  # warm-up
+        for _ in range(repeats):
+            began = time.perf_counter()
+            synth(model, start, targets, settings)
+            best = min(best, time.perf_counter() - began)
+    return images * steps / best
+
+
+def metric_seconds(n: int, features: int, repeats: int) -> float:
+    from tests.test_metrics import features_dataset
+
+    ds = features_dataset(np.random.default_rng(0).random((1, 1, n, n, features), dtype=np.float32))
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        zscore(ds.assign(cosine(ds)))
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+          f"{torch.__version__}, best of {args.repeats}\n")
+    print("| work | batch | result |\n|---|---|---|")
+    for label, channels, size, images, steps in (("digits 1x8x8", 1, 8, 256, 10),
+                                                 ("CIFAR 3x32x32", 3, 32, 128, 3)):
+        rate = synthesis_rate(channels, size, images, steps, 128, args.repeats)
+        print(f"| synthesis, ResNet18, {label} | 128 | {rate:,.0f} image-steps/s |")
+    seconds = metric_seconds(100, 512, args.repeats)
+    print(f"| cosine + zscore, n = 100, 512 features, 1 unit | - | {seconds:.2f} s |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The plugin manager: registries, clashes, and a real entry-point plugin."""
+import sys
+import textwrap
+
+import pluggy
+import pytest
+
+import toolkit
+from toolkit import hookspecs
+from toolkit.plugins import get_plugin_manager, get_registry
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(toolkit.UsageError, match="unknown metric 'x'; known metrics: cosine, zscore"):
+        get_registry("metric").get("x")
+
+
+def test_registrations_know_their_plugin_and_metadata():
+    digits = get_registry("dataset").get("digits")
+    assert digits.plugin == "toolkit_plugins.datasets"
+    assert digits.metadata["defaults"]["flip"] is False
+    assert "offline" in digits.description
+
+
+def test_prefix_models_resolve_any_timm_architecture():
+    reg = get_registry("model").get("timm:resnet10t")
+    model = reg.obj(num_classes=4, in_chans=1, image_size=32)
+    import torch
+
+    x = torch.rand(2, 1, 32, 32)
+    assert model.forward_head(model.forward_features(x)).shape == (2, 4)
+    with pytest.raises(toolkit.UsageError, match="timm has no architecture 'nonesuch'"):
+        get_registry("model").get("timm:nonesuch")
+
+
+class Clash:
+    __name__ = "clash"
+
+    @toolkit.hookimpl
+    def register_metrics(self, register):
+        register("cosine", lambda ds: {})
+
+
+def test_a_name_registered_twice_names_both_plugins():
+    pm = get_plugin_manager()
+    pm.register(Clash(), name="clash")
+    try:
+        with pytest.raises(toolkit.PluginError, match="'cosine' is registered by both "
+                                                      "'toolkit_plugins.metrics' and 'clash'"):
+            get_registry("metric")
+    finally:
+        pm.unregister(name="clash")
+
+
+def test_every_hook_has_a_docstring():
+    for name in hookspecs.hook_names():
+        assert getattr(hookspecs, name).__doc__.strip(), name
+    assert hookspecs.hook_names() == ["register_models", "register_datasets",
+                                      "register_synthesizers", "register_metrics"]
+
+
+def test_a_plugin_installed_through_the_entry_point_group_is_loaded(tmp_path, monkeypatch):
+    """A distribution on sys.path whose entry point names a module, as pip would install it."""
+    (tmp_path / "toolkit_extra.py").write_text(textwrap.dedent('''
+        import toolkit
+
+        @toolkit.hookimpl
+        def register_synthesizers(register):
+            register("noop", lambda model, start, targets, settings, progress=None: None,
+                     description="does nothing")
+    '''))
+    info = tmp_path / "toolkit_extra-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toolkit-extra\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text("[toolkit]\nextra = toolkit_extra\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pm = pluggy.PluginManager("toolkit")
+    pm.add_hookspecs(hookspecs)
+    pm.load_setuptools_entrypoints("toolkit")
+    noop = get_registry("synthesizer", pm).get("noop")
+    assert noop.plugin == "extra"
+    from toolkit.plugins import describe_plugins
+
+    assert describe_plugins(pm)[0]["version"] == "1.2.3"
+    sys.modules.pop("toolkit_extra", None)
