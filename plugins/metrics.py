@@ -81,7 +81,7 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
         if name not in ds:
             raise toolkit.UsageError(f"zscore needs variable {name!r}; list a metric that makes it "
                                      f"(e.g. cosine) before zscore")
-        values = ds[name]
+        values = ds[name].astype(np.float64)  # sums over millions of values: float64, whatever the backend
         if self_pairs == "exclude":
             values = values.where(values["i"] != values[_self_pair_dim(values, name)])
         seed_mean, seed_std = values.mean(pairs), values.std(pairs)
@@ -91,8 +91,10 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
             mu, sd = seed_mean, seed_std
         else:
             mu, sd = seed_mean.mean("seed"), seed_mean.std("seed")
+        # Where the reference has no spread, z is undefined: those values are not counted, and an
+        # interval with no defined z gets NaN rather than a reassuring 0 %.
         z = (values - mu) / sd.where(sd > 0)
-        counted = values.notnull().sum(("seed", *pairs))
+        counted = z.notnull().sum(("seed", *pairs))
         outliers = (abs(z) > threshold).sum(("seed", *pairs))
         note = {"self_pairs": self_pairs + "d", "ddof": 0}
         out[f"{name}_seed_mean"] = seed_mean.assign_attrs(
@@ -103,7 +105,7 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
             long_name=f"mean of {name}, averaged over seeds", units="1", **note)
         out[f"{name}_std"] = seed_std.mean("seed").assign_attrs(
             long_name=f"standard deviation of {name}, averaged over seeds", units="1", **note)
-        out[f"{name}_outlier_fraction"] = (outliers / counted).assign_attrs(
+        out[f"{name}_outlier_fraction"] = (outliers / counted.where(counted > 0)).assign_attrs(
             long_name=f"fraction of {name} values with |z| > {threshold:g}", units="1",
             reference=reference, reference_definition=REFERENCES[reference], threshold=threshold,
             **note)

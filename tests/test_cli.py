@@ -102,3 +102,9 @@ def test_dataset_defaults_fill_only_what_the_user_left_open():
     config = AnalysisConfig(lr=0.3).with_dataset_defaults({"lr": 0.01, "epochs": 7})
     assert config.lr == 0.3 and config.epochs == 7
     assert config.crop_padding == 0 and config.flip is False and config.max_steps == 1000
+
+
+def test_default_output_folder_is_not_created_for_a_failed_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "--model", "nope", "--noprogress"]) == 2
+    assert list(tmp_path.iterdir()) == []

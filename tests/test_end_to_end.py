@@ -32,7 +32,7 @@ def test_cli_writes_a_complete_labelled_results_file(tmp_path, capsys, tiny_plug
     with xr.open_dataset(out) as ds:
         assert dict(ds.sizes) == {"interval": 2, "seed": 2, "k": 3, "j": 3, "i": 3, "feature": 16,
                                   "class": 3}
-        for name, dims in results.REQUIRED.items():
+        for name, dims in {**results.REQUIRED, **results.FROM_METRICS}.items():
             assert ds[name].dims == dims, name
         assert ds["gap"].dims == ("interval", "seed")
         assert list(ds["interval"].values) == [0.5, 1.0]
@@ -90,6 +90,56 @@ def test_epochs_schedule_probes_one_run_on_all_the_data(tiny_plugin):
     assert list(ds["train_size"].values) == [72, 72]
     assert "C_mean" not in ds and "C" in ds
     assert "-" in toolkit.summary(ds)  # columns of metrics that did not run
+    results.validate(ds)  # a file without the summaries is still a results file
+
+
+def test_metric_chain_that_cannot_run_fails_before_training(tiny_plugin, monkeypatch):
+    import toolkit.pipeline as pipeline
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pipeline, "train_through_intervals", no_training)
+    with pytest.raises(toolkit.UsageError, match="zscore needs variable 'C'; list a metric that makes it"):
+        toolkit.analyze(**{**TINY_RUN, "metrics": "zscore,cosine"})
+    with pytest.raises(toolkit.UsageError, match="zscore needs variable 'X'"):
+        toolkit.analyze(**{**TINY_RUN, "metric_options": {"zscore": {"variables": ["X"]}}})
+
+
+class Broken:
+    __name__ = "broken"
+
+    @toolkit.hookimpl
+    def register_datasets(self, register):
+        register("broken", lambda root, download: toolkit.ImageDataset(
+            "b", torch.zeros(1), torch.zeros(1), torch.zeros(1), torch.zeros(1), ("a", "b")))
+        register("odd-defaults", lambda root, download: make_tiny_dataset(),
+                 defaults={"loss_threshold": 0.5})
+
+    @toolkit.hookimpl
+    def register_models(self, register):
+        register("explodes", lambda num_classes, in_chans, image_size: 1 / 0)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(dataset="broken"), "dataset 'broken' (plugin 'broken') failed to load: ValueError: b: train_images"),
+    (dict(dataset="odd-defaults"), "dataset 'odd-defaults' gives defaults for loss_threshold; datasets may set"),
+    (dict(model="explodes"), "model 'explodes' (plugin 'broken') cannot be built for 3 classes of 1x6x6"),
+])
+def test_plugin_failures_are_one_line_errors(tiny_plugin, options, message, capsys, tmp_path):
+    from toolkit.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    pm.register(Broken(), name="broken")
+    try:
+        argv = ["analyze", *cli_args({**TINY_RUN, **options}), "--out", str(tmp_path / "r.nc"),
+                "--noprogress"]
+        assert main(argv) == 2
+    finally:
+        pm.unregister(name="broken")
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

@@ -145,3 +145,9 @@ def test_zscore_rejects_bad_options(options, message):
     ds = ds.assign(cosine(ds))
     with pytest.raises(toolkit.UsageError, match=message):
         zscore(ds, **options)
+
+
+def test_no_spread_in_the_reference_gives_nan_not_zero_outliers():
+    values = np.full((1, 48), 0.5)  # one seed: the spread of per-seed means is undefined
+    out = zscore(planted(values, 4), reference="seed_means")
+    assert np.isnan(out["C_outlier_fraction"].values[0])

@@ -34,7 +34,7 @@ def test_netcdf_round_trip_is_identical(tmp_path, complete):
 
 def test_every_variable_of_the_schema_is_present(complete):
     results.validate(complete)
-    for name, dims in results.REQUIRED.items():
+    for name, dims in {**results.REQUIRED, **results.FROM_METRICS}.items():
         assert complete[name].dims == dims
 
 
@@ -66,7 +66,8 @@ def test_failed_write_leaves_nothing_behind(tmp_path, complete):
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda ds: ds.drop_vars("C_mean"), "lacks variable 'C_mean'"),
+    (lambda ds: ds.drop_vars("steps"), "lacks variable 'steps'"),
+    (lambda ds: ds.assign(C_mean=ds.C_seed_mean), "'C_mean' has dims \\('interval', 'seed'\\)"),
     (lambda ds: ds.assign_attrs(toolkit_schema_version=99), "schema version 99"),
     (lambda ds: ds.assign_attrs(toolkit_schema_version=None), "not a toolkit results file"),
 ])
@@ -96,3 +97,20 @@ def test_check_writable(tmp_path, name, message):
     with pytest.raises(toolkit.UsageError, match=message):
         results.check_writable(tmp_path / name)
     assert not os.path.exists(tmp_path / "missing")
+
+
+def test_results_file_is_readable_by_others(tmp_path, complete):
+    path = results.write_results(complete, tmp_path / "r.nc")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_filesystems_without_hard_links_still_get_the_file(tmp_path, complete, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = results.write_results(complete, tmp_path / "r.nc")
+    assert toolkit.open_results(path).sizes["seed"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"toolkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("toolkit: interrupted; nothing was written", file=sys.stderr)
+        print("toolkit: interrupted; no results file was written", file=sys.stderr)
         return 130
     return 0
 

@@ -46,7 +46,7 @@ class Toolkit:
             metrics: registered metrics to run, in order, comma-separated.
             metric_options: JSON of options per metric, e.g. '{"zscore": {"reference": "seed"}}'.
             lr: synthesis step length in pixel space; default from the dataset
-                (cifar100 0.1, cifar10 0.01, digits 0.05).
+                (cifar100 0.1, cifar10 0.01, digits 0.1).
             loss_threshold: an image is done once its cross-entropy is below this.
             max_steps: most steps one image may take; default from the dataset (digits 100, else 1000).
             fixed_steps: every image takes exactly this many steps (authors' code: 250).
@@ -72,10 +72,8 @@ class Toolkit:
             max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size, train_lr=train_lr,
             train_batch_size=train_batch_size, data_root=data_root, download=download, device=device)
         path = Path(out) if out is not None else default_output(config)
-        if out is None:
-            path.parent.mkdir(exist_ok=True)
         ds = analyze(config, out=path, checkpoints=path.with_suffix(".checkpoints"),
-                     overwrite=overwrite, progress=progress)
+                     overwrite=overwrite, progress=progress, make_folder=out is None)
         print(summary_table(ds))
         print(f"results: {path}")
 

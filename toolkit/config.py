@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from toolkit.errors import UsageError
+from toolkit.errors import PluginError, UsageError
 
 POSTER_INTERVALS = (0.25, 0.40, 0.60, 0.70, 0.80, 0.90, 1.00)
 SCHEDULES = {
@@ -134,6 +134,10 @@ class AnalysisConfig:
 
     def with_dataset_defaults(self, defaults: Mapping[str, Any]) -> "AnalysisConfig":
         """Fill the options left at None from the dataset's defaults, then from ``FALLBACKS``."""
+        unknown = sorted(set(defaults) - set(DATASET_DEFAULTABLE))
+        if unknown:
+            raise PluginError(f"dataset {self.dataset!r} gives defaults for {', '.join(unknown)}; "
+                              f"datasets may set: {', '.join(DATASET_DEFAULTABLE)}")
         filled = {name: defaults.get(name, FALLBACKS[name])
                   for name in DATASET_DEFAULTABLE if getattr(self, name) is None}
         return dataclasses.replace(self, **filled)

@@ -21,7 +21,7 @@ import xarray as xr
 from toolkit import results
 from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
-from toolkit.errors import PluginError, UsageError
+from toolkit.errors import PluginError, ToolkitError, UsageError
 from toolkit.model import NormalizedClassifier, extract_features, frozen
 from toolkit.plugins import Registration, get_registry
 from toolkit.progress import progress_bar
@@ -66,16 +66,62 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {name} asked for, but CUDA is not available here; use cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def load_dataset(registration: Registration, config: AnalysisConfig) -> ImageDataset:
     root = Path(config.data_root) if config.data_root else DEFAULT_DATA_ROOT
-    data = registration.obj(root, config.download)
+    try:
+        data = registration.obj(root, config.download)
+    except ToolkitError:
+        raise
+    except Exception as exc:  # a plugin's own failure: one line naming it, not a traceback
+        raise PluginError(f"dataset {registration.name!r} (plugin {registration.plugin!r}) failed "
+                          f"to load: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, ImageDataset):
         raise PluginError(f"dataset {registration.name!r} (plugin {registration.plugin!r}) returned "
                           f"{type(data).__name__}, not a toolkit.ImageDataset")
     return data
+
+
+def build_model(registration: Registration, data: ImageDataset) -> NormalizedClassifier:
+    """A fresh model for ``data`` from a model plugin, wrapped to take [0, 1] pixels."""
+    try:
+        net = registration.obj(data.num_classes, data.in_chans, data.image_size)
+        return NormalizedClassifier(net, data.mean, data.std)
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"model {registration.name!r} (plugin {registration.plugin!r}) cannot be "
+                          f"built for {data.num_classes} classes of {data.in_chans}x{data.image_size}"
+                          f"x{data.image_size} images: {type(exc).__name__}: {exc}") from exc
+
+
+def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]]) -> None:
+    """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
+    (a wrong order, a bad option) fails before hours of training, not after."""
+    rng = np.random.default_rng(0)
+    n, seeds = 3, 2
+    trial = results.build_dataset(
+        intervals=[0.5, 1.0], seeds=range(seeds), class_names=[str(c) for c in range(n)],
+        features=rng.random((2, seeds, n, n, 4), dtype=np.float32),
+        records={"steps": np.ones((2, seeds, n, n), np.int64), "loss": np.zeros((2, seeds, n, n)),
+                 "converged": np.ones((2, seeds, n, n), bool), "confidence": np.ones((2, seeds, n, n)),
+                 "predicted": np.broadcast_to(np.arange(n)[:, None], (2, seeds, n, n))},
+        test_accuracy=[0.5, 0.9], train_size=[10, 20])
+    for registration in metrics:
+        _check_metric_options(registration, options.get(registration.name, {}))
+        try:
+            trial = apply_metric(trial, registration, options.get(registration.name, {}))
+        except ToolkitError:
+            raise
+        except Exception as exc:
+            raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) failed "
+                              f"on a trial dataset before training: {type(exc).__name__}: {exc}") from exc
 
 
 def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_classes: int,
@@ -118,7 +164,7 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
 
 def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | None = None,
             checkpoints: str | os.PathLike | None = None, overwrite: bool = False,
-            progress: bool = False, **options: Any) -> xr.Dataset:
+            progress: bool = False, make_folder: bool = False, **options: Any) -> xr.Dataset:
     """Run the whole study and return its results Dataset (and write it when ``out`` is given).
 
     Args:
@@ -128,6 +174,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             (``interval-0.25.pt``, ...); none are saved when None.
         overwrite: replace an existing ``out`` and checkpoints in ``checkpoints``.
         progress: show progress bars on stderr.
+        make_folder: create the folder of ``out`` (after validation) if it does not exist.
         **options: fields of :class:`AnalysisConfig` (when ``config`` is None).
 
     Raises:
@@ -140,19 +187,19 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         raise TypeError("pass either config or options, not both")
     resolved = plan(config)
     if out is not None:
-        results.check_writable(out, overwrite)
+        results.check_writable(out, overwrite, folder_may_be_missing=make_folder)
     if checkpoints is not None:
-        _check_checkpoint_dir(Path(checkpoints), overwrite)
+        _check_checkpoint_dir(Path(checkpoints), overwrite, folder_may_be_missing=make_folder)
     device = resolve_device(config.device)
-    for registration in resolved.metrics:
-        _check_metric_options(registration, config.metric_options.get(registration.name, {}))
+    check_metrics(resolved.metrics, config.metric_options)
     data = load_dataset(resolved.dataset, config)
     config = config.with_dataset_defaults(resolved.dataset.metadata.get("defaults", {}))
 
+    if out is not None and make_folder:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    net = resolved.model.obj(data.num_classes, data.in_chans, data.image_size)
-    model = NormalizedClassifier(net, data.mean, data.std).to(device)
+    model = build_model(resolved.model, data).to(device)
     model = model.to(memory_format=torch.channels_last)
     training = TrainingSettings(epochs=config.epochs, lr=config.train_lr,
                                 batch_size=config.train_batch_size, momentum=config.momentum,
@@ -209,12 +256,12 @@ def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _check_checkpoint_dir(folder: Path, overwrite: bool) -> None:
+def _check_checkpoint_dir(folder: Path, overwrite: bool, folder_may_be_missing: bool = False) -> None:
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"checkpoint folder {str(folder)!r} is a file")
     if folder.is_dir() and any(folder.glob("interval-*.pt")) and not overwrite:
         raise UsageError(f"{folder} already holds checkpoints; pass --overwrite or choose another --out")
-    if not folder.parent.is_dir():
+    if not folder.parent.is_dir() and not folder_may_be_missing:
         raise UsageError(f"checkpoint folder's parent {str(folder.parent)!r} does not exist")
 
 

@@ -27,7 +27,8 @@ CONVENTIONS = "CF-1.8"
 GRID = ("interval", "seed", "k", "j")
 PAIRS = (*GRID, "i")
 
-# Every variable a complete results file holds, with its dimensions.
+# Every variable a results file holds, with its dimensions; and those the default metrics add,
+# whose dimensions are checked where present (a run may choose other metrics).
 REQUIRED = {
     "features": (*GRID, "feature"),
     "steps": GRID,
@@ -38,9 +39,12 @@ REQUIRED = {
     "test_accuracy": ("interval",),
     "train_size": ("interval",),
     "class_name": ("class",),
+}
+FROM_METRICS = {
     "C": PAIRS,
     "R": PAIRS,
     **{f"{v}_{s}": ("interval",) for v in ("C", "R") for s in ("mean", "std", "outlier_fraction")},
+    **{f"{v}_seed_{s}": ("interval", "seed") for v in ("C", "R") for s in ("mean", "std")},
 }
 
 RECORD_ATTRS = {
@@ -127,27 +131,45 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
     check_writable(path, overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    keep = False
     try:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are ordinary files
         if overwrite:
             os.replace(tmp, path)
-        else:
+            return path
+        try:
             # link() refuses to replace a file that appeared meanwhile, where rename would not.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise UsageError(f"{path} already exists; pass --overwrite to replace it") from None
+            os.link(tmp, path)
+        except FileExistsError:
+            keep = True
+            raise UsageError(f"{path} appeared while the study ran; its results are kept in {tmp}") from None
+        except OSError:  # a filesystem without hard links
+            if path.exists():
+                keep = True
+                raise UsageError(f"{path} appeared while the study ran; its results are kept in "
+                                 f"{tmp}") from None
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if not keep and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool = False) -> None:
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | os.PathLike, overwrite: bool = False,
+                   folder_may_be_missing: bool = False) -> None:
     """Raise ``UsageError`` unless a results file could be written at ``path``."""
     path = Path(path)
     if path.suffix != ".nc":
         raise UsageError(f"--out must name a .nc file; got {str(path)!r}")
+    if folder_may_be_missing and not path.parent.exists():
+        return
     if not path.parent.is_dir():
         raise UsageError(f"--out folder {str(path.parent)!r} does not exist; create it or choose another")
     if path.is_dir():
@@ -166,11 +188,12 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     if int(version) != SCHEMA_VERSION:
         raise UsageError(f"{source} has results schema version {version}; this toolkit reads "
                          f"version {SCHEMA_VERSION}")
-    for name, dims in REQUIRED.items():
+    for name in REQUIRED:
         if name not in ds.variables:
             raise UsageError(f"{source} lacks variable {name!r}; a results file holds "
                              + ", ".join(REQUIRED))
-        if ds[name].dims != dims:
+    for name, dims in {**REQUIRED, **FROM_METRICS}.items():
+        if name in ds.variables and ds[name].dims != dims:
             raise UsageError(f"{source}: variable {name!r} has dims {ds[name].dims}, expected {dims}")
     return ds
 
