@@ -210,8 +210,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                                   batch_size=config.batch_size)
     shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
 
-    def bar(description: str, total: int):
-        return progress_bar(description, total, enabled=progress)
+    def bar(description: str, total: int, unit: str = "step"):
+        return progress_bar(description, total, enabled=progress, unit=unit)
 
     features, records, stages = [], [], []
     for stage in train_through_intervals(model, data, config.intervals, config.schedule, training,
@@ -219,9 +219,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         stages.append(stage)
         if checkpoints is not None:
             save_checkpoint(model, Path(checkpoints) / f"interval-{stage.fraction:g}.pt")
-        images_per_unit = data.num_classes ** 2
-        synth_bar = progress_bar(f"probe {stage.fraction:.0%} (acc {stage.test_accuracy:.3f})",
-                                 images_per_unit * config.seeds, enabled=progress, unit="img")
+        synth_bar = bar(f"probe {stage.fraction:.0%} (acc {stage.test_accuracy:.3f})",
+                        config.seeds * data.num_classes ** 2, unit="img")
         noise = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
                              for seed in config.seed_values])
         with frozen(model):
