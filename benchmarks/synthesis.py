@@ -17,6 +17,7 @@ import torch
 import toolkit
 from toolkit.model import NormalizedClassifier, frozen
 from toolkit.plugins import get_registry
+from toolkit.results import dataset_from_features
 from toolkit_plugins.metrics import cosine, zscore
 
 
@@ -40,9 +41,7 @@ def synthesis_rate(channels: int, size: int, images: int, steps: int, batch: int
 
 
 def metric_seconds(n: int, features: int, repeats: int) -> float:
-    from tests.test_metrics import features_dataset
-
-    ds = features_dataset(np.random.default_rng(0).random((1, 1, n, n, features), dtype=np.float32))
+    ds = dataset_from_features(np.random.default_rng(0).random((1, 1, n, n, features), dtype=np.float32))
     best = float("inf")
     for _ in range(repeats):
         began = time.perf_counter()

@@ -8,15 +8,7 @@ from toolkit import results
 from toolkit_plugins.metrics import cosine, zscore
 
 
-def features_dataset(features: np.ndarray) -> xr.Dataset:
-    """A results dataset around ``features`` of shape (interval, seed, k, j, feature)."""
-    t, s, n, _, _ = features.shape
-    records = {name: np.zeros((t, s, n, n)) for name in ("steps", "loss", "confidence")}
-    records["converged"] = np.ones((t, s, n, n), bool)
-    records["predicted"] = np.broadcast_to(np.arange(n)[:, None], (t, s, n, n))
-    return results.build_dataset(intervals=np.linspace(0.5, 1, t), seeds=range(s),
-                                 class_names=[str(c) for c in range(n)], features=features,
-                                 records=records, test_accuracy=[0.5] * t, train_size=[10] * t)
+features_dataset = results.dataset_from_features
 
 
 # Two classes; P[k, j] as 2-d features. P[0,0] = (1,0), P[1,0] = (0,1), P[0,1] = (1,1), P[1,1] = (2,0)

@@ -5,6 +5,7 @@ Data flows one way: dataset -> model at each interval -> prototype grid ``P`` pe
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import inspect
@@ -12,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -75,13 +76,8 @@ def resolve_device(name: str) -> torch.device:
 
 def load_dataset(registration: Registration, config: AnalysisConfig) -> ImageDataset:
     root = Path(config.data_root) if config.data_root else DEFAULT_DATA_ROOT
-    try:
+    with blamed_on(registration, "failed to load"):
         data = registration.obj(root, config.download)
-    except ToolkitError:
-        raise
-    except Exception as exc:  # a plugin's own failure: one line naming it, not a traceback
-        raise PluginError(f"dataset {registration.name!r} (plugin {registration.plugin!r}) failed "
-                          f"to load: {type(exc).__name__}: {exc}") from exc
     if not isinstance(data, ImageDataset):
         raise PluginError(f"dataset {registration.name!r} (plugin {registration.plugin!r}) returned "
                           f"{type(data).__name__}, not a toolkit.ImageDataset")
@@ -90,38 +86,33 @@ def load_dataset(registration: Registration, config: AnalysisConfig) -> ImageDat
 
 def build_model(registration: Registration, data: ImageDataset) -> NormalizedClassifier:
     """A fresh model for ``data`` from a model plugin, wrapped to take [0, 1] pixels."""
-    try:
+    shape = f"{data.in_chans}x{data.image_size}x{data.image_size}"
+    with blamed_on(registration, f"cannot be built for {data.num_classes} classes of {shape} images"):
         net = registration.obj(data.num_classes, data.in_chans, data.image_size)
         return NormalizedClassifier(net, data.mean, data.std)
-    except ToolkitError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"model {registration.name!r} (plugin {registration.plugin!r}) cannot be "
-                          f"built for {data.num_classes} classes of {data.in_chans}x{data.image_size}"
-                          f"x{data.image_size} images: {type(exc).__name__}: {exc}") from exc
 
 
 def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]]) -> None:
     """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
     (a wrong order, a bad option) fails before hours of training, not after."""
-    rng = np.random.default_rng(0)
-    n, seeds = 3, 2
-    trial = results.build_dataset(
-        intervals=[0.5, 1.0], seeds=range(seeds), class_names=[str(c) for c in range(n)],
-        features=rng.random((2, seeds, n, n, 4), dtype=np.float32),
-        records={"steps": np.ones((2, seeds, n, n), np.int64), "loss": np.zeros((2, seeds, n, n)),
-                 "converged": np.ones((2, seeds, n, n), bool), "confidence": np.ones((2, seeds, n, n)),
-                 "predicted": np.broadcast_to(np.arange(n)[:, None], (2, seeds, n, n))},
-        test_accuracy=[0.5, 0.9], train_size=[10, 20])
+    # 2 intervals, 2 seeds, 3 classes, 4 features
+    trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
     for registration in metrics:
         _check_metric_options(registration, options.get(registration.name, {}))
-        try:
+        with blamed_on(registration, "failed on a trial dataset before training"):
             trial = apply_metric(trial, registration, options.get(registration.name, {}))
-        except ToolkitError:
-            raise
-        except Exception as exc:
-            raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) failed "
-                              f"on a trial dataset before training: {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def blamed_on(registration: Registration, what: str) -> Iterator[None]:
+    """Turn a plugin's own failure into one line naming the plugin, not a traceback."""
+    try:
+        yield
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
+                          f"{registration.plugin!r}) {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_classes: int,

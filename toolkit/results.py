@@ -94,6 +94,18 @@ def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_nam
     )
 
 
+def dataset_from_features(features: np.ndarray) -> xr.Dataset:
+    """A results dataset around made-up ``features`` (interval, seed, k, j, feature), with neutral
+    records: for trying metrics on, before training or in tests."""
+    t, s, n, _, _ = features.shape
+    records = {name: np.zeros((t, s, n, n)) for name in ("steps", "loss", "confidence")}
+    records["converged"] = np.ones((t, s, n, n), bool)
+    records["predicted"] = np.broadcast_to(np.arange(n)[:, None], (t, s, n, n))
+    return build_dataset(intervals=np.linspace(0.5, 1, t), seeds=range(s),
+                         class_names=[str(c) for c in range(n)], features=features,
+                         records=records, test_accuracy=[0.5] * t, train_size=[10] * t)
+
+
 def provenance(config_json: str, **extra: Any) -> dict[str, Any]:
     """The attributes that say where a results file came from."""
     from toolkit import __version__
@@ -141,11 +153,8 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
         try:
             # link() refuses to replace a file that appeared meanwhile, where rename would not.
             os.link(tmp, path)
-        except FileExistsError:
-            keep = True
-            raise UsageError(f"{path} appeared while the study ran; its results are kept in {tmp}") from None
-        except OSError:  # a filesystem without hard links
-            if path.exists():
+        except OSError as exc:  # it exists, or the filesystem has no hard links
+            if isinstance(exc, FileExistsError) or path.exists():
                 keep = True
                 raise UsageError(f"{path} appeared while the study ran; its results are kept in "
                                  f"{tmp}") from None
