@@ -39,7 +39,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("toolkit: error: ")
     assert message in err
-    assert not out.exists() and not (tmp_path / "r.checkpoints").exists()
+    assert not out.exists() and not (tmp_path / "r.work").exists()
     assert not (tmp_path / "results").exists()
 
 

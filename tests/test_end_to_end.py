@@ -56,8 +56,8 @@ def test_cli_writes_a_complete_labelled_results_file(tmp_path, capsys, tiny_plug
         assert ((ds["C"] >= 0) & (ds["C"] <= 2)).all()
         assert float(ds["test_accuracy"][-1]) > 0.9
 
-    checkpoints = sorted(p.name for p in (tmp_path / "tiny.checkpoints").iterdir())
-    assert checkpoints == ["interval-0.5.pt", "interval-1.pt"]
+    kept = sorted(p.name for p in (tmp_path / "tiny.work").iterdir())
+    assert kept == ["interval-0.5.pt", "interval-1.pt", "run.json"]  # the units are in the file
     assert main(["summary", str(out)]) == 0
     table = capsys.readouterr().out
     assert "C_mean" in table and "100%" in table
@@ -65,8 +65,8 @@ def test_cli_writes_a_complete_labelled_results_file(tmp_path, capsys, tiny_plug
 
 def test_checkpoint_reproduces_the_recorded_predictions(tmp_path, tiny_plugin):
     out = tmp_path / "r.nc"
-    ds = toolkit.analyze(out=out, checkpoints=tmp_path / "ckpt", **{**TINY_RUN, "seeds": 1})
-    state = torch.load(tmp_path / "ckpt" / "interval-1.pt", weights_only=True)
+    ds = toolkit.analyze(out=out, work_dir=tmp_path / "work", **{**TINY_RUN, "seeds": 1})
+    state = torch.load(tmp_path / "work" / "interval-1.pt", weights_only=True)["model"]
     data = make_tiny_dataset()
     model = NormalizedClassifier(TinyCNN(3, 1, 6), data.mean, data.std)
     model.load_state_dict(state)
@@ -99,7 +99,7 @@ def test_metric_chain_that_cannot_run_fails_before_training(tiny_plugin, monkeyp
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(pipeline, "train_through_intervals", no_training)
+    monkeypatch.setattr(pipeline, "Trainer", no_training)
     with pytest.raises(toolkit.UsageError, match="zscore needs variable 'C'; list a metric that makes it"):
         toolkit.analyze(**{**TINY_RUN, "metrics": "zscore,cosine"})
     with pytest.raises(toolkit.UsageError, match="zscore needs variable 'X'"):

@@ -1,4 +1,5 @@
-"""``python -m toolkit``: the Fire command line, with one-line errors and exit status 2."""
+"""``python -m toolkit``: the Fire command line, with one-line errors and exit status 2 (1 for a
+run that failed on the way, 130 for Ctrl-C)."""
 from __future__ import annotations
 
 import sys
@@ -14,9 +15,10 @@ def main(argv: list[str] | None = None) -> int:
         fire.Fire(Toolkit, command=argv, name="toolkit")
     except ToolkitError as exc:
         print(f"toolkit: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_status", 2)
     except KeyboardInterrupt:
-        print("toolkit: interrupted; no results file was written", file=sys.stderr)
+        print("toolkit: interrupted; no results file was written (rerun the same command to resume "
+              "from the work directory)", file=sys.stderr)
         return 130
     return 0
 

@@ -25,7 +25,8 @@ class Toolkit:
                 fixed_steps: int | None = _D.fixed_steps, batch_size: int = _D.batch_size,
                 train_lr: float | None = _D.train_lr, train_batch_size: int | None = _D.train_batch_size,
                 data_root: str | None = _D.data_root, download: bool = _D.download,
-                device: str = _D.device, out: str | None = None, overwrite: bool = False,
+                device: str = _D.device, nonfinite: str = _D.nonfinite, out: str | None = None,
+                overwrite: bool = False, fresh: bool = False, checkpoints: str | None = None,
                 progress: bool = True) -> None:
         """Run the whole study and write one results file (netCDF).
 
@@ -57,9 +58,19 @@ class Toolkit:
             data_root: folder holding the dataset files (default $TOOLKIT_DATA or ~/.cache/toolkit/data).
             download: allow downloading a missing dataset (--nodownload to forbid).
             device: auto, cpu, cuda or cuda:N.
-            out: results file (.nc); default results/MODEL-DATASET-TIME.nc. Checkpoints go beside
-                it, in OUT-without-.nc + ".checkpoints/".
+            nonfinite: stop (NaN or Inf in losses or features stops the run, naming where) or
+                record (they are recorded and the run goes on).
+            out: results file (.nc); default results/MODEL-DATASET-HASH.nc, HASH of the options, so
+                the same command writes the same file. Work in progress goes beside it, in
+                OUT-without-.nc + ".work/": the training checkpoints (interval-<t>.pt, kept) and
+                each finished (interval, seed) grid (dropped once the results file is written).
+                Rerunning an interrupted command resumes from there.
             overwrite: replace an existing results file.
+            fresh: discard the work an earlier run of this --out left, and start over.
+            checkpoints: folder of model weights to analyse instead of training, one file per
+                interval named interval-<t>.pt (e.g. interval-0.25.pt): a state_dict, or a
+                finished run's OUT.work folder. Loaded as weights only; files carrying pickled
+                objects are refused.
             progress: show progress bars (--noprogress to hide).
         """
         from toolkit.pipeline import analyze, default_output
@@ -70,10 +81,11 @@ class Toolkit:
             seed=seed, epochs=epochs, synthesizer=synthesizer, metrics=metrics,
             metric_options=metric_options, lr=lr, loss_threshold=loss_threshold,
             max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size, train_lr=train_lr,
-            train_batch_size=train_batch_size, data_root=data_root, download=download, device=device)
+            train_batch_size=train_batch_size, data_root=data_root, download=download, device=device,
+            nonfinite=nonfinite)
         path = Path(out) if out is not None else default_output(config)
-        ds = analyze(config, out=path, checkpoints=path.with_suffix(".checkpoints"),
-                     overwrite=overwrite, progress=progress, make_folder=out is None)
+        ds = analyze(config, out=path, checkpoints=checkpoints, fresh=fresh, overwrite=overwrite,
+                     progress=progress, make_folder=out is None)
         print(summary_table(ds))
         print(f"results: {path}")
 

@@ -15,6 +15,10 @@ SCHEDULES = {
     "epochs": "one run on the whole training set, checkpointed at fraction t of its steps",
 }
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
+NONFINITE = {
+    "stop": "NaN or Inf in training losses, synthesis losses or features stops the run",
+    "record": "they are recorded in the results file and the run goes on",
+}
 
 # Options a dataset plugin may give defaults for (its ``defaults`` metadata). Left at None by the
 # user, they take the dataset's default, else the fallback here.
@@ -51,6 +55,7 @@ class AnalysisConfig:
         data_root: folder holding (or to receive) the dataset files.
         download: whether a missing dataset may be downloaded.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        nonfinite: ``stop`` (default) or ``record``: what NaN or Inf in a run does.
     """
 
     model: str = "resnet18"
@@ -77,13 +82,14 @@ class AnalysisConfig:
     data_root: str | None = None
     download: bool = True
     device: str = "auto"
+    nonfinite: str = "stop"
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 (frozen)
         set_("intervals", _floats("intervals", self.intervals))
         set_("metrics", _names("metrics", self.metrics))
         set_("metric_options", _metric_options(self.metric_options))
-        for name in ("model", "dataset", "synthesizer", "schedule", "device"):
+        for name in ("model", "dataset", "synthesizer", "schedule", "device", "nonfinite"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise UsageError(f"--{name} must be a name; got {getattr(self, name)!r}")
         if self.data_root is not None:
@@ -99,6 +105,8 @@ class AnalysisConfig:
         if any(b <= a for a, b in zip(iv, iv[1:])):
             raise UsageError("--intervals must be strictly increasing without duplicates; got "
                              + ", ".join(f"{t:g}" for t in iv))
+        if self.nonfinite not in NONFINITE:
+            raise UsageError(f"unknown --nonfinite {self.nonfinite!r}; allowed: {', '.join(NONFINITE)}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown --schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
         _check_int("seeds", self.seeds, 1)

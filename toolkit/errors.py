@@ -1,7 +1,8 @@
 """Exceptions the toolkit raises on purpose.
 
 Every message is one line that names what is wrong and what is allowed, so the command line can
-print it as it is (``toolkit: error: ...``) and exit with status 2.
+print it as it is (``toolkit: error: ...``) and exit: with status 2 for bad input (``UsageError``,
+``PluginError``), 1 for a run that failed on the way (``NumericalError``).
 """
 
 
@@ -15,3 +16,9 @@ class UsageError(ToolkitError, ValueError):
 
 class PluginError(ToolkitError):
     """A plugin broke its contract (a duplicate name, a wrong return value, ...)."""
+
+
+class NumericalError(ToolkitError):
+    """NaN or Inf turned up in a run (training losses, images, features); the message names where."""
+
+    exit_status = 1

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
+import hashlib
 import inspect
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -19,15 +20,18 @@ import numpy as np
 import torch
 import xarray as xr
 
+import toolkit
 from toolkit import results
 from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
-from toolkit.errors import PluginError, ToolkitError, UsageError
+from toolkit.errors import NumericalError, PluginError, ToolkitError, UsageError
 from toolkit.model import NormalizedClassifier, extract_features, frozen
 from toolkit.plugins import Registration, get_registry
 from toolkit.progress import progress_bar
 from toolkit.synthesis import SynthesisResult, SynthesisSettings
-from toolkit.training import TrainingSettings, train_through_intervals
+from toolkit.training import Stage, Trainer, TrainingSettings, accuracy
+from toolkit.workdir import (NOT_IN_IDENTITY, WorkDir, checkpoint_name, load_checkpoint,
+                             model_weights, run_identity)
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("TOOLKIT_DATA", "~/.cache/toolkit/data")).expanduser()
 DEFAULT_RESULTS_DIR = Path("results")
@@ -56,10 +60,15 @@ def plan(config: AnalysisConfig) -> Plan:
 
 
 def default_output(config: AnalysisConfig) -> Path:
-    """``results/<model>-<dataset>-<UTC time>.nc``: a new name each run, so nothing is overwritten."""
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    """``results/<model>-<dataset>-<hash>.nc``, the hash of every option that changes a number.
+
+    The same command gets the same name, so rerunning it resumes an interrupted run (and refuses to
+    overwrite a finished one); a different configuration gets a different file.
+    """
+    options = {k: v for k, v in json.loads(config.to_json()).items() if k not in NOT_IN_IDENTITY}
+    digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
     safe_model = config.model.replace(":", "-").replace("/", "-")
-    return DEFAULT_RESULTS_DIR / f"{safe_model}-{config.dataset}-{stamp}.nc"
+    return DEFAULT_RESULTS_DIR / f"{safe_model}-{config.dataset}-{digest}.nc"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -154,23 +163,35 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
 
 
 def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | None = None,
-            checkpoints: str | os.PathLike | None = None, overwrite: bool = False,
-            progress: bool = False, make_folder: bool = False, **options: Any) -> xr.Dataset:
+            work_dir: str | os.PathLike | None = None, checkpoints: str | os.PathLike | None = None,
+            fresh: bool = False, overwrite: bool = False, progress: bool = False,
+            make_folder: bool = False, **options: Any) -> xr.Dataset:
     """Run the whole study and return its results Dataset (and write it when ``out`` is given).
+
+    Every finished unit of work (the training state at each interval, each (interval, seed) grid)
+    is saved in the work directory as soon as it is done; a rerun skips it, and its results equal
+    an uninterrupted run's (:mod:`toolkit.workdir`).
 
     Args:
         config: an :class:`AnalysisConfig`; or leave it out and pass its fields as keywords.
         out: path of the ``.nc`` file to write; nothing is written when None.
-        checkpoints: folder for the model's ``state_dict`` at each interval
-            (``interval-0.25.pt``, ...); none are saved when None.
-        overwrite: replace an existing ``out`` and checkpoints in ``checkpoints``.
+        work_dir: the run's work directory; default ``<out without .nc>.work`` when ``out`` is
+            given, else nothing is persisted. Once the results file is written it keeps the
+            training checkpoints (``interval-<t>.pt``) and drops the units.
+        checkpoints: a folder of model weights, one file per interval (``interval-0.25.pt``, ...,
+            named ``f"interval-{t:g}.pt"``; a ``state_dict`` of the model or of its network, or a
+            work directory's training states), analysed instead of training.
+        fresh: discard what an earlier run left in the work directory and start over.
+        overwrite: replace an existing ``out``.
         progress: show progress bars on stderr.
         make_folder: create the folder of ``out`` (after validation) if it does not exist.
         **options: fields of :class:`AnalysisConfig` (when ``config`` is None).
 
     Raises:
-        UsageError: bad options, unknown plugins, missing data or an existing ``out``; raised before
-            any training, and nothing is written.
+        UsageError: bad options, unknown plugins, missing data or checkpoints, an existing ``out``,
+            a work directory of another run; raised before any training, and nothing is written.
+        NumericalError: NaN or Inf in training losses, synthesis losses or features (unless
+            ``nonfinite="record"``); the work finished before it stays in the work directory.
     """
     if config is None:
         config = AnalysisConfig(**_known_options(options))
@@ -179,8 +200,13 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     resolved = plan(config)
     if out is not None:
         results.check_writable(out, overwrite, folder_may_be_missing=make_folder)
+    if work_dir is None and out is not None:
+        work_dir = default_work_dir(out)
+    work = WorkDir(work_dir) if work_dir is not None else None
+    if work is not None:
+        work.check()
     if checkpoints is not None:
-        _check_checkpoint_dir(Path(checkpoints), overwrite, folder_may_be_missing=make_folder)
+        _check_checkpoints(Path(checkpoints), config.intervals)
     device = resolve_device(config.device)
     check_metrics(resolved.metrics, config.metric_options)
     data = load_dataset(resolved.dataset, config)
@@ -188,6 +214,14 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
 
     if out is not None and make_folder:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if work is not None:
+        identity = run_identity(config.to_json(), data, toolkit.__version__)
+        if checkpoints is not None:
+            identity["weights"] = {name: _file_digest(Path(checkpoints) / name)
+                                   for name in map(checkpoint_name, config.intervals)}
+        resumed = work.claim(identity, fresh=fresh)
+        if resumed and progress:
+            print(f"resuming from {work.path}: {resumed} finished file(s)", file=sys.stderr)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     model = build_model(resolved.model, data).to(device)
@@ -204,28 +238,54 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     def bar(description: str, total: int, unit: str = "step"):
         return progress_bar(description, total, enabled=progress, unit=unit)
 
-    features, records, stages = [], [], []
-    for stage in train_through_intervals(model, data, config.intervals, config.schedule, training,
-                                         config.seed, device, progress=bar):
+    trainer = None if checkpoints is not None else Trainer(
+        model, data, config.intervals, config.schedule, training, config.seed, device)
+    stages, units = [], []
+    for fraction in config.intervals:
+        if trainer is None:
+            stage = load_weights(model, resolved.model, Path(checkpoints) / checkpoint_name(fraction),
+                                 data, device)
+        elif work is not None and (state := work.load_training(fraction)) is not None:
+            trainer.load_state_dict(state)
+            stage = Stage(**state["stage"])
+        else:
+            stage = trainer.next_stage(bar)
+            if not stage.finite and config.nonfinite == "stop":
+                raise NumericalError(f"training reached NaN or Inf losses before interval "
+                                     f"{fraction:.0%}; lower --train_lr, or pass --nonfinite record "
+                                     "to keep going")
+            if work is not None:
+                work.save_training(fraction, {**trainer.state_dict(), "stage": dataclasses.asdict(stage)})
         stages.append(stage)
-        if checkpoints is not None:
-            save_checkpoint(model, Path(checkpoints) / f"interval-{stage.fraction:g}.pt")
-        synth_bar = bar(f"probe {stage.fraction:.0%} (acc {stage.test_accuracy:.3f})",
-                        config.seeds * data.num_classes ** 2, unit="img")
-        noise = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
-                             for seed in config.seed_values])
-        with frozen(model):
-            grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
-                                                 noise, synthesis, progress=synth_bar.update)
-            feats = extract_features(model, grid.flatten(0, 2), device=device)
-        synth_bar.close()
-        features.append(feats.view(*grid.shape[:3], -1).numpy())
-        records.append({name: value.numpy() for name, value in grid_records.items()})
+
+        done = {seed: work.load_unit(fraction, seed) for seed in config.seed_values} if work else {}
+        pending = [seed for seed in config.seed_values if done.get(seed) is None]
+        if pending:
+            synth_bar = bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
+                            len(pending) * data.num_classes ** 2, unit="img")
+            noise = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+                                 for seed in pending])
+            with frozen(model):
+                grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
+                                                     noise, synthesis, progress=synth_bar.update)
+                feats = extract_features(model, grid.flatten(0, 2), device=device)
+            synth_bar.close()
+            feats = feats.view(*grid.shape[:3], -1).numpy()
+            for index, seed in enumerate(pending):
+                done[seed] = {"features": feats[index],
+                              **{name: value[index].numpy() for name, value in grid_records.items()}}
+                if work is not None:
+                    work.save_unit(fraction, seed, done[seed])
+        for seed in config.seed_values:
+            _check_finite(done[seed], fraction, seed, config.nonfinite)
+        units.append([done[seed] for seed in config.seed_values])
 
     ds = results.build_dataset(
         intervals=[s.fraction for s in stages], seeds=config.seed_values,
-        class_names=data.class_names, features=np.stack(features),
-        records={name: np.stack([r[name] for r in records]) for name in records[0]},
+        class_names=data.class_names,
+        features=np.stack([[unit["features"] for unit in row] for row in units]),
+        records={name: np.stack([[unit[name] for unit in row] for row in units])
+                 for name in units[0][0] if name != "features"},
         test_accuracy=[s.test_accuracy for s in stages], train_size=[s.train_size for s in stages])
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
@@ -235,24 +295,67 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         wall_time_s=round(time.perf_counter() - started, 3)))
     if out is not None:
         results.write_results(ds, out, overwrite=overwrite)
+        if work is not None:
+            work.discard_units()
     return ds
 
 
-def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    """Save the ``state_dict`` (weights only, no pickled code) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+def default_work_dir(out: str | os.PathLike) -> Path:
+    """``results/x.nc`` -> ``results/x.work``: the work directory of the run writing ``out``."""
+    return Path(out).with_suffix(".work")
 
 
-def _check_checkpoint_dir(folder: Path, overwrite: bool, folder_may_be_missing: bool = False) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"checkpoint folder {str(folder)!r} is a file")
-    if folder.is_dir() and any(folder.glob("interval-*.pt")) and not overwrite:
-        raise UsageError(f"{folder} already holds checkpoints; pass --overwrite or choose another --out")
-    if not folder.parent.is_dir() and not folder_may_be_missing:
-        raise UsageError(f"checkpoint folder's parent {str(folder.parent)!r} does not exist")
+def load_weights(model: NormalizedClassifier, registration: Registration, path: Path,
+                 data: ImageDataset, device: torch.device) -> Stage:
+    """Load one interval's weights from ``path`` into ``model`` and return the :class:`Stage` they give.
+
+    ``path`` holds a ``state_dict`` of the whole classifier or of the model plugin's network alone,
+    or a work directory's training state (whose stage record gives the training-set size; for the
+    others it is unknown, recorded as -1).
+    """
+    state = load_checkpoint(path)
+    weights = model_weights(state, path)
+    whole = {"mean", "std"} <= set(weights) and all(
+        name.startswith("model.") or name in ("mean", "std") for name in weights)
+    shape = f"{data.in_chans}x{data.image_size}x{data.image_size}"
+    try:
+        (model if whole else model.model).load_state_dict(weights)
+    except RuntimeError as exc:
+        problem = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise UsageError(f"checkpoint {path} does not fit model {registration.name!r} for "
+                         f"{data.num_classes} classes of {shape} images: {problem}") from None
+    model.to(device)
+    recorded = state.get("stage") if isinstance(state.get("stage"), dict) else {}
+    return Stage(fraction=float(path.stem.split("-", 1)[1]),
+                 train_size=int(recorded.get("train_size", -1)),
+                 test_accuracy=accuracy(model, data.test_images, data.test_labels, device))
+
+
+def _check_checkpoints(folder: Path, intervals: tuple[float, ...]) -> None:
+    if not folder.is_dir():
+        raise UsageError(f"--checkpoints {str(folder)!r} is not a folder; give the folder holding "
+                         "interval-<t>.pt files")
+    missing = [name for name in map(checkpoint_name, intervals) if not (folder / name).is_file()]
+    if missing:
+        found = sorted(p.name for p in folder.glob("interval-*.pt"))
+        raise UsageError(f"--checkpoints {folder} lacks {', '.join(missing)} (one file per interval, "
+                         f"named interval-<t>.pt); it holds: {', '.join(found) or 'none'}")
+
+
+def _check_finite(unit: Mapping[str, np.ndarray], fraction: float, seed: int, mode: str) -> None:
+    bad = ~(np.isfinite(unit["features"]).all(-1) & np.isfinite(unit["loss"]))
+    if bad.any() and mode == "stop":
+        raise NumericalError(f"interval {fraction:.0%}, seed {seed}: {int(bad.sum())} of {bad.size} "
+                             "images have NaN or Inf losses or features; lower --lr, or pass "
+                             "--nonfinite record to record them and continue")
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[str, Any]) -> xr.Dataset:

@@ -31,6 +31,7 @@ class Stage:
     fraction: float
     train_size: int
     test_accuracy: float
+    finite: bool = True  # every training loss of the stage was finite
 
 
 def nested_stratified_subsets(labels: torch.Tensor, fractions: Sequence[float],
@@ -111,59 +112,109 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return correct / len(labels)
 
 
+class Trainer:
+    """Trains ``model`` in place through the intervals, one stage per :meth:`next_stage`.
+
+    Schedule ``data``: stage t trains ``epochs`` epochs on a nested stratified subset holding
+    fraction t of the training set, continuing from the previous stage, with a fresh cosine learning
+    rate per stage. After each stage the BatchNorm statistics are recomputed over the images seen
+    (:func:`recompute_batchnorm`). Schedule ``epochs``: one cosine run of ``epochs`` epochs on the
+    whole set, interrupted at fraction t of its steps. The consumer may use the model between
+    stages (in eval mode); training resumes in train mode.
+
+    :meth:`state_dict` holds everything the next stage depends on (weights, optimizer, random
+    generator, position), so a trainer restored with :meth:`load_state_dict` trains the remaining
+    stages exactly as an uninterrupted one would.
+    """
+
+    def __init__(self, model: nn.Module, data: ImageDataset, intervals: Sequence[float],
+                 schedule: str, settings: TrainingSettings, seed: int, device: torch.device | str):
+        self.model, self.data, self.settings, self.device = model, data, settings, device
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
+                                         weight_decay=settings.weight_decay,
+                                         nesterov=settings.momentum > 0)
+        labels = data.train_labels
+        # One entry per stage: (run, fraction, training subset, step at which the stage ends,
+        # steps of the whole run).
+        self._stops: list[tuple[int, float, torch.Tensor, int, int]] = []
+        if schedule == "data":
+            subsets = nested_stratified_subsets(labels, intervals, self.generator)
+            for run, (fraction, subset) in enumerate(zip(intervals, subsets)):
+                total = self._steps_per_epoch(subset) * settings.epochs
+                self._stops.append((run, fraction, subset, total, total))
+        else:
+            everything = torch.arange(len(labels))
+            total = self._steps_per_epoch(everything) * settings.epochs
+            self._stops += [(0, f, everything, max(1, round(f * total)), total) for f in intervals]
+        self.stage_index = 0      # the next stage to train
+        self._step = 0            # steps taken in the current run
+        self._order = torch.empty(0, dtype=torch.int64)  # this epoch's shuffled subset
+
+    def _steps_per_epoch(self, subset: torch.Tensor) -> int:
+        # Full batches only (the rest of each shuffled epoch waits for the next): a last batch of
+        # one image would break BatchNorm, and tiny ones make noisy steps.
+        return max(1, len(subset) // self.settings.batch_size)
+
+    @property
+    def done(self) -> bool:
+        return self.stage_index >= len(self._stops)
+
+    def next_stage(self, progress: Callable[[str, int], ProgressBar] = progress_bar) -> Stage:
+        """Train up to the next interval and return the model's :class:`Stage` there."""
+        if self.done:
+            raise RuntimeError("every stage is trained")
+        run, fraction, subset, mark, total = self._stops[self.stage_index]
+        if self.stage_index and self._stops[self.stage_index - 1][0] != run:
+            self._step = 0
+        settings, model = self.settings, self.model
+        per_epoch = self._steps_per_epoch(subset)
+        train_x, train_y = self.data.train_images, self.data.train_labels
+        bar = progress(f"train {fraction:.0%}", mark - self._step)
+        model.train()
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
+        while self._step < mark:
+            offset = self._step % per_epoch
+            if offset == 0:
+                self._order = subset[torch.randperm(len(subset), generator=self.generator)]
+            batch = self._order[offset * settings.batch_size:(offset + 1) * settings.batch_size]
+            for group in self.optimizer.param_groups:
+                group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * self._step / total))
+            images = augment(to_pixels(train_x[batch], self.device), settings.crop_padding,
+                             settings.flip, self.generator)
+            loss = F.cross_entropy(model(images), train_y[batch].to(self.device))
+            finite &= torch.isfinite(loss)  # checked once per stage: no host sync per step
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self._step += 1
+            bar.update(1)
+        bar.close()
+        recompute_batchnorm(model, train_x[subset], self.device)
+        self.stage_index += 1
+        return Stage(fraction, len(subset), accuracy(model, self.data.test_images, self.data.test_labels,
+                                                     self.device), bool(finite))
+
+    def state_dict(self) -> dict:
+        """Weights, optimizer, generator and position: tensors and numbers only (weights-only safe)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "stage_index": self.stage_index,
+                "step": self._step, "order": self._order.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.stage_index, self._step, self._order = state["stage_index"], state["step"], state["order"]
+
+
 def train_through_intervals(model: nn.Module, data: ImageDataset, intervals: Sequence[float],
                             schedule: str, settings: TrainingSettings, seed: int,
                             device: torch.device | str,
                             progress: Callable[[str, int], ProgressBar] = progress_bar,
                             ) -> Iterator[Stage]:
-    """Train ``model`` in place and yield a :class:`Stage` whenever it reaches an interval.
-
-    Schedule ``data``: stage t trains ``epochs`` epochs on a nested stratified subset holding
-    fraction t of the training set, continuing from the previous stage, with a fresh cosine learning
-    rate per stage. After each stage the BatchNorm statistics are recomputed over the images seen
-    (:func:`recompute_batchnorm`). Schedule ``epochs``: one cosine run of ``epochs`` epochs on the whole set,
-    interrupted at fraction t of its steps. The consumer may use the model between stages (in eval
-    mode); training resumes in train mode.
-
-    ``progress(description, total_steps)`` makes the progress bar of each stage.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
-    train_x, train_y = data.train_images, data.train_labels
-    if schedule == "data":
-        subsets = nested_stratified_subsets(train_y, intervals, generator)
-        runs = [(subset, [(fraction, settings.epochs)]) for fraction, subset in zip(intervals, subsets)]
-    else:
-        everything = torch.arange(len(train_y))
-        runs = [(everything, [(fraction, None) for fraction in intervals])]
-
-    for subset, stops in runs:
-        # Full batches only (the rest of each shuffled epoch waits for the next): a last batch of
-        # one image would break BatchNorm, and tiny ones make noisy steps.
-        per_epoch = max(1, len(subset) // settings.batch_size)
-        total = per_epoch * settings.epochs
-        # Steps at which each stop is reached: the end of the run, or fraction t of it.
-        marks = [(f, total if epochs else max(1, round(f * total))) for f, epochs in stops]
-        step = 0
-        for fraction, mark in marks:
-            bar = progress(f"train {fraction:.0%}", mark - step)
-            model.train()
-            while step < mark:
-                offset = step % per_epoch
-                if offset == 0:
-                    order = subset[torch.randperm(len(subset), generator=generator)]
-                batch = order[offset * settings.batch_size:(offset + 1) * settings.batch_size]
-                for group in optimizer.param_groups:
-                    group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                images = augment(to_pixels(train_x[batch], device), settings.crop_padding,
-                                 settings.flip, generator)
-                loss = F.cross_entropy(model(images), train_y[batch].to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                bar.update(1)
-            bar.close()
-            recompute_batchnorm(model, train_x[subset], device)
-            yield Stage(fraction, len(subset), accuracy(model, data.test_images, data.test_labels, device))
+    """Train ``model`` in place and yield a :class:`Stage` whenever it reaches an interval
+    (see :class:`Trainer`, which this drives from start to end)."""
+    trainer = Trainer(model, data, intervals, schedule, settings, seed, device)
+    while not trainer.done:
+        yield trainer.next_stage(progress)

@@ -1,0 +1,233 @@
+"""The run's work directory: every finished unit of work is on disk the moment it is done.
+
+A study takes hours; a crash, a full disk or Ctrl-C must not cost what was already computed.
+Rerunning the same command finds the work directory (``<results>.work/`` beside the results file),
+checks that it belongs to the same run, skips what is finished and writes a results file whose data
+equal an uninterrupted run's.
+
+Layout::
+
+    run.json                   the run's identity: configuration, data fingerprint, toolkit version
+    interval-<t>.pt            training state after interval t (``{"model": state_dict, "optimizer",
+                               "generator", "stage_index", "step", "order", "stage"}``)
+    unit-<t>-seed-<s>.npz      one (interval, seed) grid: its features and per-image records
+
+``<t>`` is the fraction as Python's ``f"{t:g}"`` writes it (``interval-0.25.pt``, ``interval-1.pt``);
+``analyze --checkpoints DIR`` reads the same names, so a finished run's work directory, or a folder
+of the user's own ``state_dict`` files, can be analysed again without training.
+
+Every file is written under a temporary name in the same folder and renamed into place, so a crash
+leaves the old file or the new one, never a torn one. Nothing is unpickled: checkpoints load with
+``torch.load(weights_only=True)``, units with ``numpy.load(allow_pickle=False)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from toolkit.errors import UsageError
+
+IDENTITY_FILE = "run.json"
+
+# Options that do not change a single number of the results: a run may resume with others.
+NOT_IN_IDENTITY = ("data_root", "download", "nonfinite")
+
+
+def checkpoint_name(fraction: float) -> str:
+    """The file name of the checkpoint of interval ``fraction``: ``interval-0.25.pt``."""
+    return f"interval-{fraction:g}.pt"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` for a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint without running any code it may carry; ``UsageError`` names the problem.
+
+    Only tensors, numbers, strings and containers of them are accepted (``weights_only=True``); a
+    file that needs anything else (a pickled object, whose loading could execute code) is refused.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = str(exc).split("\n")
+        detail = next((line.strip() for line in refused if "GLOBAL" in line or "Unsupported" in line),
+                      refused[0].strip())
+        raise UsageError(f"checkpoint {path} holds Python objects, not just weights ({detail}); "
+                         "refusing to load it, since that could run code; save a state_dict "
+                         "(torch.save(model.state_dict(), path))") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        reason = str(exc).split("\n")[0].strip() or type(exc).__name__
+        raise UsageError(f"checkpoint {path} is not a readable PyTorch file ({reason})") from None
+    if not isinstance(state, dict):
+        raise UsageError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict")
+    return state
+
+
+def model_weights(state: Mapping[str, Any], path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model's ``state_dict`` in a checkpoint: a training state's ``"model"`` entry, or the
+    whole file when it is a plain ``state_dict``."""
+    weights = state.get("model", state)
+    if not isinstance(weights, Mapping) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise UsageError(f"checkpoint {path} is not a state_dict (a mapping of names to tensors)")
+    return dict(weights)
+
+
+def data_fingerprint(data) -> str:
+    """A short hash of a dataset's images, labels and class names."""
+    digest = hashlib.blake2b(digest_size=12)
+    for tensor in (data.train_images, data.train_labels, data.test_images, data.test_labels):
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update(json.dumps(list(data.class_names)).encode())
+    return digest.hexdigest()
+
+
+def run_identity(config_json: str, data, toolkit_version: str) -> dict[str, Any]:
+    """What must match for finished units to belong to a run: every option that changes a number,
+    the data and the toolkit version."""
+    config = {k: v for k, v in json.loads(config_json).items() if k not in NOT_IN_IDENTITY}
+    return {"config": config, "data": data_fingerprint(data), "toolkit_version": toolkit_version}
+
+
+class WorkDir:
+    """The work directory of one run (see the module's docstring for its layout)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._unwritten_identity: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"WorkDir({str(self.path)!r})"
+
+    def ours(self) -> list[Path]:
+        """The files here that a run wrote (anything else in the folder is left alone)."""
+        if not self.path.is_dir():
+            return []
+        patterns = (IDENTITY_FILE, "interval-*.pt", "unit-*.npz", ".*.tmp")
+        return sorted({p for pattern in patterns for p in self.path.glob(pattern)})
+
+    def check(self) -> None:
+        """Refuse a path that cannot be a work directory (before any work is done)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"work directory {str(self.path)!r} is a file; move it or choose another --out")
+
+    def claim(self, identity: Mapping[str, Any], fresh: bool = False) -> int:
+        """Make this the work directory of the run ``identity``; return how many files it resumes.
+
+        ``fresh`` discards what an earlier run left. Otherwise the directory must be empty or hold
+        the same run; units of another run are never mixed in. The folder and its identity file
+        are written with the first unit, so a run that fails before finishing any leaves nothing.
+        """
+        self.check()
+        if fresh:
+            self.clear()
+        identity = json.loads(json.dumps(identity))
+        marker = self.path / IDENTITY_FILE
+        if marker.is_file():
+            try:
+                recorded = json.loads(marker.read_text())
+            except (OSError, ValueError):
+                recorded = {}
+            differences = _differences(recorded, identity)
+            if differences:
+                raise UsageError(f"{self.path} holds work of a different run ({'; '.join(differences[:3])}"
+                                 f"{'; ...' if len(differences) > 3 else ''}); rerun with --fresh to "
+                                 "discard it, or choose another --out")
+            return len(self.ours()) - 1
+        if any(p.name != IDENTITY_FILE for p in self.ours()):
+            raise UsageError(f"{self.path} holds checkpoints or units but no {IDENTITY_FILE}, so they "
+                             "cannot be matched to this run; rerun with --fresh to discard them")
+        self._unwritten_identity = identity
+        return 0
+
+    def _ready(self) -> None:
+        if self._unwritten_identity is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(self._unwritten_identity, indent=1, sort_keys=True)
+            atomic_write(self.path / IDENTITY_FILE, lambda tmp: tmp.write_text(text))
+            self._unwritten_identity = None
+
+    def clear(self) -> None:
+        """Delete what runs wrote here; the folder itself goes if nothing else is in it."""
+        for path in self.ours():
+            path.unlink()
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
+    # training states, one per interval
+    def checkpoint(self, fraction: float) -> Path:
+        return self.path / checkpoint_name(fraction)
+
+    def load_training(self, fraction: float) -> dict[str, Any] | None:
+        path = self.checkpoint(fraction)
+        return load_checkpoint(path) if path.is_file() else None
+
+    def save_training(self, fraction: float, state: Mapping[str, Any]) -> None:
+        self._ready()
+        atomic_write(self.checkpoint(fraction), lambda tmp: torch.save(dict(state), tmp))
+
+    # (interval, seed) units
+    def unit(self, fraction: float, seed: int) -> Path:
+        return self.path / f"unit-{fraction:g}-seed-{seed}.npz"
+
+    def load_unit(self, fraction: float, seed: int) -> dict[str, np.ndarray] | None:
+        path = self.unit(fraction, seed)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name: arrays[name] for name in arrays.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:
+            raise UsageError(f"unit {path} is unreadable ({exc}); rerun with --fresh") from None
+
+    def save_unit(self, fraction: float, seed: int, arrays: Mapping[str, np.ndarray]) -> None:
+        self._ready()
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, **arrays)
+        atomic_write(self.unit(fraction, seed), write)
+
+    def discard_units(self) -> None:
+        """Drop the units once the results file holds their data; checkpoints and identity stay."""
+        for path in self.path.glob("unit-*.npz"):
+            path.unlink()
+        if not any(self.path.glob("interval-*.pt")):
+            self.clear()
+
+
+def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(recorded) | set(wanted)):
+        there, here = recorded.get(key, "(absent)"), wanted.get(key, "(absent)")
+        if isinstance(there, Mapping) and isinstance(here, Mapping):
+            out += _differences(there, here, f"{prefix}{key}.")
+        elif there != here:
+            name = f"{prefix}{key}".removeprefix("config.")
+            out.append(f"{name}: {json.dumps(there)} there, {json.dumps(here)} here")
+    return out
