@@ -1,4 +1,5 @@
-"""Built-in datasets: CIFAR-10 and CIFAR-100 through torchvision, and scikit-learn's bundled digits.
+"""Built-in datasets: CIFAR-10 and CIFAR-100 (downloaded by torchvision, read by a reader that
+cannot run code), and scikit-learn's bundled digits.
 
 Each loader returns the whole dataset in memory as uint8 tensors (:class:`toolkit.ImageDataset`).
 The ``defaults`` registered with each dataset are the analysis options the study uses for it.
@@ -6,6 +7,7 @@ The ``defaults`` registered with each dataset are the analysis options the study
 from __future__ import annotations
 
 import os
+import pickle
 import urllib.error
 import warnings
 from pathlib import Path
@@ -16,17 +18,50 @@ import torch
 import toolkit
 
 
-def _files_only(tv_class: type) -> type:
-    """torchvision's CIFAR class that requires the files to exist but not to carry official checksums.
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles CIFAR's python batches and nothing else: dicts, lists, strings, numbers and numpy
+    arrays. Any other global (the way a pickle runs code) is refused, so a crafted file cannot
+    execute anything; torchvision's reader would ``pickle.load`` it unrestricted."""
 
-    torchvision refuses files whose md5 differs from the official release; the toolkit reads them
-    anyway (users re-pack or subset CIFAR, our tests write small files in its exact format) and warns.
-    """
-    return type(tv_class.__name__, (tv_class,), {
-        "train_list": [[name, None] for name, _ in tv_class.train_list],
-        "test_list": [[name, None] for name, _ in tv_class.test_list],
-        "meta": {**tv_class.meta, "md5": None},
-    })
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            entry = _ArraysOnly(handle, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise toolkit.UsageError(f"{path} is not a CIFAR python batch ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); "
+                                 "delete it and download again") from None
+    if not isinstance(entry, dict):
+        raise toolkit.UsageError(f"{path} is not a CIFAR python batch (a {type(entry).__name__}, "
+                                 "not a dict)")
+    return entry
+
+
+def _read_cifar(folder: Path, files: list[str], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (N, 3, 32, 32) uint8 and labels of CIFAR python batches."""
+    images, labels = [], []
+    for name in files:
+        entry = _read_batch(folder / name)
+        data = np.asarray(entry.get("data", ()))
+        targets = entry.get("labels", entry.get(label_key))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or \
+                targets is None or len(targets) != len(data):
+            raise toolkit.UsageError(f"{folder / name} is not a CIFAR python batch (expected uint8 "
+                                     "rows of 3072 pixels and one label per row); delete it and "
+                                     "download again")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.extend(int(t) for t in targets)
+    return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64)
 
 
 def _cifar_loader(tv_name: str, label: str):
@@ -53,21 +88,19 @@ def _cifar_loader(tv_name: str, label: str):
         if not all(check_integrity(str(folder / name), md5) for name, md5 in checked):
             warnings.warn(f"{folder} does not match the official {label} checksums; using it as it is",
                           stacklevel=2)
-        reader = _files_only(official)
-        train, test = reader(str(root), train=True), reader(str(root), train=False)
+        label_key = "fine_labels" if official.meta["key"].startswith("fine") else "labels"
+        train_x, train_y = _read_cifar(folder, [name for name, _ in official.train_list], label_key)
+        test_x, test_y = _read_cifar(folder, [name for name, _ in official.test_list], label_key)
+        classes = _read_batch(folder / official.meta["filename"]).get(official.meta["key"])
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise toolkit.UsageError(f"{folder / official.meta['filename']} lacks the class names "
+                                     f"({official.meta['key']!r}); delete it and download again")
         return toolkit.ImageDataset(
-            name=label.lower().replace("-", ""),
-            train_images=_chw(train.data), train_labels=torch.as_tensor(train.targets, dtype=torch.int64),
-            test_images=_chw(test.data), test_labels=torch.as_tensor(test.targets, dtype=torch.int64),
-            class_names=tuple(train.classes),
-        )
+            name=label.lower().replace("-", ""), train_images=train_x, train_labels=train_y,
+            test_images=test_x, test_labels=test_y, class_names=tuple(classes))
 
     load.__doc__ = f"{label} via torchvision: downloaded into ROOT when allowed, else read from ROOT."
     return load
-
-
-def _chw(images_hwc: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images_hwc.transpose(0, 3, 1, 2)))
 
 
 def load_digits(root: Path, download: bool) -> toolkit.ImageDataset:

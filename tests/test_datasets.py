@@ -104,3 +104,40 @@ def test_image_dataset_rejects_broken_contents(change, message):
     fields.update(change)
     with pytest.raises(ValueError, match=message):
         toolkit.ImageDataset(**fields)
+
+
+class _Payload:
+    """Unpickling this runs code: it creates the file ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_cifar_file_carrying_a_pickle_payload_is_refused_and_not_run(tmp_path):
+    write_cifar(tmp_path, "cifar10")
+    marker = tmp_path / "payload-ran"
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
+        pickle.dump({"data": _Payload(marker), "labels": []}, f)
+    loader = get_registry("dataset").get("cifar10").obj
+    with pytest.warns(UserWarning), pytest.raises(toolkit.UsageError,
+                                                  match="data_batch_2 is not a CIFAR python batch .*refusing io.open"):
+        loader(tmp_path, download=False)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is not a CIFAR python batch \\(EOFError"),
+    (b"garbage that is not a pickle", "is not a CIFAR python batch"),
+    (pickle.dumps({"data": np.zeros((2, 10), np.uint8), "labels": [0, 1]}), "expected uint8 rows of 3072"),
+    (pickle.dumps([1, 2, 3]), "a list, not a dict"),
+])
+def test_corrupt_cifar_files_are_one_line_errors(tmp_path, content, message):
+    write_cifar(tmp_path, "cifar10")
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(content)
+    loader = get_registry("dataset").get("cifar10").obj
+    with pytest.warns(UserWarning), pytest.raises(toolkit.UsageError, match=message) as info:
+        loader(tmp_path, download=False)
+    assert "\n" not in str(info.value)
