@@ -16,20 +16,24 @@ COLUMNS = {
     "C_out": ("C_outlier_fraction", "{:.2%}"),
     "R_out": ("R_outlier_fraction", "{:.2%}"),
     "converged": ("converged", "{:.1%}"),
+    "unconverged": ("converged", "{:.0f}"),  # a count: images that never reached the threshold
     "steps": ("steps", "{:.1f}"),
 }
 
 
 def summary_rows(ds: xr.Dataset) -> list[dict[str, float | None]]:
-    """Per interval: test accuracy, C/R mean and std, outlier fractions, converged fraction and
-    mean steps per image (over seeds and the whole grid)."""
+    """Per interval: test accuracy, C/R mean and std, outlier fractions, converged fraction, the
+    number of unconverged images and mean steps per image (over seeds and the whole grid)."""
     per_interval = {}
     for column, (variable, _) in COLUMNS.items():
         if variable not in ds.variables:
             continue
         values = ds[variable]
         extra = [d for d in values.dims if d != "interval"]
-        per_interval[column] = values.astype(float).mean(extra) if extra else values
+        if column == "unconverged":
+            per_interval[column] = (~values.astype(bool)).sum(extra)
+        else:
+            per_interval[column] = values.astype(float).mean(extra) if extra else values
     return [{column: float(per_interval[column][t]) if column in per_interval else None
              for column in COLUMNS} for t in range(ds.sizes["interval"])]
 

@@ -75,9 +75,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        refused = str(exc).split("\n")
-        detail = next((line.strip() for line in refused if "GLOBAL" in line or "Unsupported" in line),
-                      refused[0].strip())
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line), None)
+        if detail is None:  # not a pickle of anything: garbage, a truncated file
+            raise UsageError(f"checkpoint {path} is not a readable PyTorch file "
+                             f"({lines[0] if lines else 'unpickling failed'})") from None
         raise UsageError(f"checkpoint {path} holds Python objects, not just weights ({detail}); "
                          "refusing to load it, since that could run code; save a state_dict "
                          "(torch.save(model.state_dict(), path))") from None
