@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -76,11 +77,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = next((line for line in lines if "GLOBAL" in line), None)
-        if detail is None:  # not a pickle of anything: garbage, a truncated file
+        needs = re.search(r"GLOBAL (\S+)", str(exc))
+        if needs is None:  # not a pickle of anything: garbage, a truncated file
             raise UsageError(f"checkpoint {path} is not a readable PyTorch file "
                              f"({lines[0] if lines else 'unpickling failed'})") from None
-        raise UsageError(f"checkpoint {path} holds Python objects, not just weights ({detail}); "
+        raise UsageError(f"checkpoint {path} holds Python objects, not just weights (it needs "
+                         f"{needs.group(1)}); "
                          "refusing to load it, since that could run code; save a state_dict "
                          "(torch.save(model.state_dict(), path))") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
