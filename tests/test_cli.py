@@ -1,18 +1,44 @@
 """The command line: bad input is one line on stderr, exit status 2, and nothing written."""
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+import torch
+import xarray as xr
 
 from toolkit.__main__ import main
 from toolkit.config import AnalysisConfig
+
+def corrupt_cifar(tmp_path):
+    folder = tmp_path / "data" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(b"\x80\x04 not really a pickle")
+
+
+def foreign_checkpoints(tmp_path):
+    (tmp_path / "ckpt").mkdir()
+    for t in ("0.5", "1"):
+        torch.save({"fc.weight": torch.zeros(7, 512)}, tmp_path / "ckpt" / f"interval-{t}.pt")
+
+
+def read_only_folder(tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0:  # permission bits do not stop root; the immutable attribute does
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+            pytest.skip("cannot make a folder read-only for root here (no chattr)")
+
 
 BAD = [
     (["--model", "resnet99"], "unknown model 'resnet99'; known models: resnet18, resnet18-tv, timm:<name>"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: cifar10, cifar100, digits"),
     (["--synthesizer", "magic"], "unknown synthesizer 'magic'; known synthesizers: prototype"),
     (["--metrics", "cosine,nope"], "unknown metric 'nope'; known metrics: cosine, zscore"),
+    (["--intervals", ""], "--intervals is empty; give training fractions in (0, 1]"),
     (["--intervals", "0.5,0.25"], "--intervals must be strictly increasing"),
     (["--intervals", "0.5,0.5"], "--intervals must be strictly increasing without duplicates"),
     (["--intervals", "0,0.5"], "--intervals must lie in (0, 1]"),
@@ -21,26 +47,58 @@ BAD = [
     (["--epochs", "0"], "--epochs must be a whole number >= 1"),
     (["--lr", "-0.1"], "--lr must be a positive number"),
     (["--loss_threshold", "0"], "--loss_threshold must be a positive number"),
+    (["--loss_threshold", "-0.01"], "--loss_threshold must be a positive number"),
+    (["--train_lr", "-1"], "--train_lr must be a positive number"),
+    (["--nonfinite", "ignore"], "unknown --nonfinite 'ignore'; allowed: stop, record"),
+    (["--metrics", "zscore"], "zscore needs variable 'C'; list a metric that makes it"),
     (["--schedule", "weekly"], "unknown --schedule 'weekly'; allowed: data, epochs"),
     (["--device", "tpu"], "unknown --device 'tpu'; allowed: auto, cpu, cuda, cuda:<index>"),
     (["--metric_options", '{"zscore": {"reference": "galaxy"}}'],
      "zscore reference must be one of pooled, seed, seed_means"),
     (["--metric_options", '{"zscore": {"colour": 1}}'], "metric 'zscore' does not take options"),
     (["--dataset", "cifar10", "--nodownload"], "CIFAR-10 is not in"),
+    (["--dataset", "cifar10", "--nodownload"], "data_batch_1 is not a CIFAR python batch", corrupt_cifar),
+    (["--checkpoints", "{tmp}/ckpt", "--intervals", "0.5,1"], "does not fit model 'resnet18' for 10 classes",
+     foreign_checkpoints),
+    (["--checkpoints", "{tmp}/none"], "--checkpoints '{tmp}/none' is not a folder"),
+    (["--out", "{tmp}/locked/r.nc"], "--out folder '{tmp}/locked' is not writable", read_only_folder),
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD)
-def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, args, message):
+@pytest.mark.parametrize("args, message, setup", [(*case, None)[:3] for case in BAD])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, args, message,
+                                                          setup):
     monkeypatch.chdir(tmp_path)
+    if setup is not None:
+        setup(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
     out = tmp_path / "r.nc"
-    argv = ["analyze", *args, "--out", str(out), "--data_root", str(tmp_path / "data"), "--noprogress"]
-    assert main(argv) == 2
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
+    argv = ["analyze", "--out", str(out), *args, "--data_root", str(tmp_path / "data"), "--noprogress"]
+    try:
+        assert main(argv) == 2
+    finally:
+        if (tmp_path / "locked").exists():
+            subprocess.run(["chattr", "-i", str(tmp_path / "locked")], capture_output=True)
+            (tmp_path / "locked").chmod(0o755)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("toolkit: error: ")
-    assert message in err
-    assert not out.exists() and not (tmp_path / "r.work").exists()
-    assert not (tmp_path / "results").exists()
+    assert message.replace("{tmp}", str(tmp_path)) in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing written, nothing removed
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_text("just text"), "is not a readable netCDF file"),
+    (lambda p: xr.Dataset({"x": ("t", [1.0])}).to_netcdf(p), "is not a toolkit results file"),
+    (lambda p: xr.Dataset(attrs={"toolkit_schema_version": 99}).to_netcdf(p),
+     "has results schema version 99; this toolkit reads version 1"),
+])
+def test_a_results_file_that_is_not_ours_is_refused(tmp_path, capsys, make, message):
+    path = tmp_path / "x.nc"
+    make(path)
+    assert main(["summary", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
 
 
 def test_existing_output_is_refused(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """Nothing lost, nothing executed: resume after a kill, safe checkpoints, numerical faults."""
 import os
-import pickle
 import signal
 import subprocess
 import sys

@@ -3,6 +3,7 @@ run that failed on the way, 130 for Ctrl-C)."""
 from __future__ import annotations
 
 import sys
+import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -11,6 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.cli import Toolkit
     from toolkit.errors import ToolkitError
 
+    warnings.formatwarning = _one_line
     try:
         fire.Fire(Toolkit, command=argv, name="toolkit")
     except ToolkitError as exc:
@@ -21,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
               "from the work directory)", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    return f"toolkit: warning: {message}\n"
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ RECORD_ATTRS = {
     "predicted": dict(long_name="class the model assigns to P[k, j]"),
     "confidence": dict(long_name="softmax probability of the predicted class", units="1"),
     "test_accuracy": dict(long_name="top-1 accuracy on the test split", units="1"),
-    "train_size": dict(long_name="training images the model had seen by this interval"),
+    "train_size": dict(long_name="training images the model had seen by this interval",
+                       comment="-1: unknown (weights given with --checkpoints)"),
 }
 
 
@@ -185,8 +186,12 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False,
         raise UsageError(f"--out {str(path)!r} is a folder; name a .nc file")
     if path.exists() and not overwrite:
         raise UsageError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"--out folder {str(path.parent)!r} is not writable")
+    try:  # a real probe: permission bits do not stop root, a read-only filesystem does
+        fd, probe = tempfile.mkstemp(prefix=".toolkit-probe-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--out folder {str(path.parent)!r} is not writable ({exc.strerror})") from None
 
 
 def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:

@@ -163,6 +163,8 @@ class WorkDir:
                 raise UsageError(f"{self.path} holds work of a different run ({'; '.join(differences[:3])}"
                                  f"{'; ...' if len(differences) > 3 else ''}); rerun with --fresh to "
                                  "discard it, or choose another --out")
+            for torn in self.path.glob(".*.tmp"):  # a write that a crash cut short
+                torn.unlink()
             return len(self.ours()) - 1
         if any(p.name != IDENTITY_FILE for p in self.ours()):
             raise UsageError(f"{self.path} holds checkpoints or units but no {IDENTITY_FILE}, so they "
