@@ -211,11 +211,11 @@ def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugi
 
     def poisoned(model, images, **kwargs):
         features = real(model, images, **kwargs)
-        features[-1, 0] = float("nan")  # the last image of the last pending seed
+        features[-1, 0] = float("nan")  # the last image of each unit
         return features
 
     monkeypatch.setattr(pipeline, "extract_features", poisoned)
-    with pytest.raises(NumericalError, match="interval 50%, seed 1: 1 of 9 images have NaN or Inf"):
+    with pytest.raises(NumericalError, match="interval 50%, seed 0: 1 of 9 images have NaN or Inf"):
         toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     assert not (tmp_path / "r.nc").exists()
     assert (tmp_path / "r.work" / "unit-0.5-seed-0.npz").exists()  # finished work is kept
@@ -231,3 +231,24 @@ def test_summary_counts_the_unconverged_images(tiny_plugin):
     table = toolkit.summary(ds)
     assert "unconverged" in table.splitlines()[1]
     assert f" {unconverged} " in table.splitlines()[2] + " "
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, tiny_plugin, monkeypatch):
+    saved = []
+    real = np.savez
+
+    def disk_fills_up(file, **arrays):
+        if len(saved) == 1:
+            raise OSError(28, "No space left on device")
+        saved.append(file)
+        real(file, **arrays)
+
+    monkeypatch.setattr(np, "savez", disk_fills_up)
+    with pytest.raises(toolkit.ToolkitError, match="could not write .*unit-0.5-seed-1.npz \\(No space left "
+                                                   "on device\\); the work finished before it is kept"):
+        toolkit.analyze(out=tmp_path / "r.nc", **RUN)
+    assert sorted(p.name for p in (tmp_path / "r.work").iterdir()) == [
+        "interval-0.5.pt", "run.json", "unit-0.5-seed-0.npz"]  # no torn file
+    monkeypatch.setattr(np, "savez", real)
+    ds = toolkit.analyze(out=tmp_path / "r.nc", **RUN)
+    xr.testing.assert_identical(ds.drop_attrs(), toolkit.analyze(**RUN).drop_attrs())

@@ -132,8 +132,9 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
     ``noise`` is ``(seed, n, C, H, W)``. Class prototypes ``p_c`` start from ``noise[s, c]`` toward
     ``c``; then every ``P[s, k, j]`` with ``k != j`` starts from ``p_j`` of seed ``s`` toward ``k``.
     The diagonal holds the prototypes themselves, with the records of their synthesis from noise.
-    All seeds share one work queue per phase, so micro-batches stay full; the images do not
-    interact, so this gives each the result it would get alone.
+    The seeds given share one work queue per phase. The images do not interact, but the last bits
+    of a step can depend on the micro-batch's size, so :func:`analyze` calls this once per
+    (interval, seed) unit: a unit then comes out the same whatever else is computed with it.
     """
     n, seeds = num_classes, noise.shape[0]
     device = next(model.parameters()).device
@@ -263,19 +264,20 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         if pending:
             synth_bar = bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
                             len(pending) * data.num_classes ** 2, unit="img")
-            noise = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
-                                 for seed in pending])
-            with frozen(model):
-                grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
-                                                     noise, synthesis, progress=synth_bar.update)
-                feats = extract_features(model, grid.flatten(0, 2), device=device)
-            synth_bar.close()
-            feats = feats.view(*grid.shape[:3], -1).numpy()
-            for index, seed in enumerate(pending):
-                done[seed] = {"features": feats[index],
-                              **{name: value[index].numpy() for name, value in grid_records.items()}}
+            for seed in pending:
+                # Each (interval, seed) unit runs in its own work queue, so its micro-batches, and
+                # with them its last bits, are the same whichever other units are pending.
+                noise = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+                with frozen(model):
+                    grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
+                                                         noise[None], synthesis,
+                                                         progress=synth_bar.update)
+                    feats = extract_features(model, grid.flatten(0, 2), device=device)
+                done[seed] = {"features": feats.view(*grid.shape[1:3], -1).numpy(),
+                              **{name: value[0].numpy() for name, value in grid_records.items()}}
                 if work is not None:
                     work.save_unit(fraction, seed, done[seed])
+            synth_bar.close()
         for seed in config.seed_values:
             _check_finite(done[seed], fraction, seed, config.nonfinite)
         units.append([done[seed] for seed in config.seed_values])

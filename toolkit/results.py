@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from toolkit.errors import UsageError
+from toolkit.errors import ToolkitError, UsageError
 
 SCHEMA_VERSION = 1
 CONVENTIONS = "CF-1.8"
@@ -146,7 +146,11 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
     os.close(fd)
     keep = False
     try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+        try:
+            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+        except OSError as exc:
+            raise ToolkitError(f"could not write {path} ({exc.strerror or exc}); nothing was written, "
+                               "and rerunning the same command resumes from its work directory") from exc
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are ordinary files
         if overwrite:
             os.replace(tmp, path)

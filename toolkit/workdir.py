@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from toolkit.errors import UsageError
+from toolkit.errors import ToolkitError, UsageError
 
 IDENTITY_FILE = "run.json"
 
@@ -49,17 +49,24 @@ def checkpoint_name(fraction: float) -> str:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, then rename it into place."""
+    """Call ``write(tmp)`` for a temporary file beside ``path``, then rename it into place.
+
+    A failed write (a full disk, say) leaves no file and raises a one-line ``ToolkitError``.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ToolkitError(f"could not write {path} ({exc.strerror or exc}); the work finished "
+                           "before it is kept: free the space and rerun the same command") from exc
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 
