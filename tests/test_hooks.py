@@ -78,7 +78,7 @@ class Recorder:
             self._record("dataset", root=root, download=download)
             return make_tiny_dataset()
 
-        register("rec-data", loader, defaults={"lr": 0.5, "epochs": 20})
+        register("rec-data", loader, defaults={"lr": 0.5, "epochs": 8})
 
     @toolkit.hookimpl
     def register_synthesizers(self, register):
@@ -109,8 +109,8 @@ def study(tmp_path_factory):
     with register_plugin(recorder):
         ds = toolkit.analyze(model="rec-model", dataset="rec-data", synthesizer="rec-synth",
                              metrics="cosine,zscore,rec-metric", metric_options={"rec-metric": {"scale": 3}},
-                             intervals=(0.5, 1.0), seeds=2, seed=4, train_lr=0.1, train_batch_size=16,
-                             max_steps=60, batch_size=4, data_root=str(root), download=False)
+                             intervals=(1.0,), seeds=2, seed=4, train_lr=0.1, train_batch_size=16,
+                             max_steps=15, batch_size=4, data_root=str(root), download=False)
     return recorder.calls, ds, root
 
 
@@ -135,13 +135,13 @@ def test_hook_register_datasets(study):
 def test_hook_register_synthesizers(study):
     calls, ds, _ = study
     runs = calls["synthesizer"]
-    assert len(runs) == 4          # per interval: the prototypes of all seeds, then the grid
+    assert len(runs) == 2          # per interval: the prototypes of all seeds, then the grid
     prototypes, grid = runs[0], runs[1]
     for run in runs:
         assert run["training"] is False and not any(run["grads"])
         assert run["start"].dtype == torch.float32 and run["targets"].dtype == torch.int64
         assert 0 <= float(run["start"].min()) and float(run["start"].max()) <= 1
-        assert isinstance(run["settings"], toolkit.SynthesisSettings) and run["settings"].max_steps == 60
+        assert isinstance(run["settings"], toolkit.SynthesisSettings) and run["settings"].max_steps == 15
         assert callable(run["progress"])
     assert prototypes["start"].shape == (2 * 3, 1, 6, 6)            # seeds x classes, from noise
     assert prototypes["targets"].tolist() == [0, 1, 2, 0, 1, 2]

@@ -127,7 +127,7 @@ def configure(*, plugins: str | Iterable[str] | None = None, plugins_dir: str | 
     """Choose extra plugin files and plugins to leave out, for the rest of this process.
 
     The process-wide manager is rebuilt on its next use; the environment's ``TOOLKIT_PLUGINS``
-    and ``TOOLKIT_DISABLE_PLUGINS`` still apply.
+    and ``TOOLKIT_DISABLE_PLUGINS`` still apply. Each call replaces the settings of the last.
 
     Args:
         plugins: plugin files (``.py``) or folders of them, a list or comma-separated.
