@@ -8,6 +8,7 @@ import pytest
 import toolkit
 from toolkit import hookspecs
 from toolkit.plugins import get_plugin_manager, get_registry
+from toolkit.testing import register_plugin
 
 
 def test_unknown_name_lists_the_known_ones():
@@ -41,15 +42,13 @@ class Clash:
         register("cosine", lambda ds: {})
 
 
-def test_a_name_registered_twice_names_both_plugins():
-    pm = get_plugin_manager()
-    pm.register(Clash(), name="clash")
-    try:
+def test_a_name_registered_twice_names_both_plugins_and_other_names_still_work():
+    with register_plugin(Clash(), name="clash"):
+        metrics = get_registry("metric")
         with pytest.raises(toolkit.PluginError, match="'cosine' is registered by both "
                                                       "'toolkit_plugins.metrics' and 'clash'"):
-            get_registry("metric")
-    finally:
-        pm.unregister(name="clash")
+            metrics.get("cosine")
+        assert metrics.get("zscore").plugin == "toolkit_plugins.metrics"
 
 
 def test_every_hook_has_a_docstring():

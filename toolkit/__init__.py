@@ -38,7 +38,21 @@ def summary(results) -> str:
     return summary_table(results)
 
 
+def get_plugins(all: bool = False, hook: str | None = None) -> list[dict]:
+    """The loaded plugins as ``toolkit plugins`` lists them: name, version, hooks, what each
+    registers, whether it is disabled, and the errors that made the toolkit skip it or a hook of it.
+
+    Args:
+        all: include the built-in plugins.
+        hook: only the plugins that implement this hook, e.g. ``"register_metrics"``.
+    """
+    from toolkit.plugins import describe_plugins
+
+    return describe_plugins(builtins=all, hook=hook)
+
+
 __all__ = [
     "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
     "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
+    "get_plugins",
 ]

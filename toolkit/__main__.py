@@ -7,14 +7,27 @@ import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     import fire
 
     from toolkit.cli import Toolkit
     from toolkit.errors import ToolkitError
+    from toolkit.plugins import PluginWarning
+
+    show = warnings.showwarning
+
+    def show_warning(message, category, *args, **kwargs):
+        if issubclass(category, PluginWarning):  # a skipped plugin: one line, no source line
+            print(f"toolkit: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, *args, **kwargs)
 
     warnings.formatwarning = _one_line
     try:
-        fire.Fire(Toolkit, command=argv, name="toolkit")
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            fire.Fire(Toolkit, command=argv, name="toolkit")
     except ToolkitError as exc:
         print(f"toolkit: error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_status", 2)

@@ -14,7 +14,19 @@ class Toolkit:
 
     Commands: analyze (run the study), summary (table of a results file), plugins (what is
     installed). Add --help after a command for its options.
+
+    Args:
+        plugins_dir: also load every .py file in this folder as a plugin, without packaging it
+            (as does the environment variable TOOLKIT_PLUGINS=FILE.py,DIR,...).
+        disable_plugins: plugin names (as `toolkit plugins` shows them) or distribution names not
+            to load, comma-separated (as does TOOLKIT_DISABLE_PLUGINS).
     """
+
+    def __init__(self, plugins_dir: str | None = None, disable_plugins=None):
+        if plugins_dir is not None or disable_plugins is not None:
+            from toolkit.plugins import configure
+
+            configure(plugins_dir=plugins_dir, disable=disable_plugins)
 
     def analyze(self, model: str = _D.model, dataset: str = _D.dataset,
                 intervals=",".join(f"{t:g}" for t in _D.intervals), schedule: str = _D.schedule,
@@ -102,12 +114,14 @@ class Toolkit:
         with open_results(results) as ds:
             print(summary_table(ds))
 
-    def plugins(self, all: bool = False) -> None:
-        """Print the installed plugins as JSON: name, version, hooks and what each registers.
+    def plugins(self, all: bool = False, hook: str | None = None) -> None:
+        """Print the installed plugins as JSON: name, version, hooks, what each registers, and why
+        a plugin that failed to load or raised in a hook was skipped.
 
         Args:
             all: include the built-in plugins.
+            hook: only the plugins that implement this hook, e.g. register_metrics.
         """
-        from toolkit.plugins import describe_plugins
+        from toolkit import get_plugins
 
-        print(json.dumps(describe_plugins(builtins=all), indent=2))
+        print(json.dumps(get_plugins(all=all, hook=hook), indent=2))

@@ -1,0 +1,160 @@
+"""Every hook is documented and exercised (as datasette's test_plugin_hooks_are_documented).
+
+One study runs with a plugin that implements every hook and records what the toolkit hands each
+registered object; the ``test_hook_<name>`` tests check those against the documented contract.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import xarray as xr
+
+import toolkit
+from toolkit import hookdocs, hookspecs
+from toolkit.testing import register_plugin
+from tests.conftest import TinyCNN, make_tiny_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = hookspecs.hook_names()
+
+
+def test_the_hook_reference_is_generated_from_the_hookspecs_and_up_to_date():
+    page = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
+    assert page == hookdocs.render(), "docs/hooks.md is stale: python -m toolkit.hookdocs docs/hooks.md"
+    assert re.findall(r"^## (\w+)$", page, flags=re.M) == HOOKS
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented(hook):
+    assert getattr(hookspecs, hook).__doc__.strip()
+    assert f"`{hook}`" in (ROOT / "docs" / "writing-plugins.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_has_a_test(hook):
+    assert callable(globals().get(f"test_hook_{hook}")), f"add test_hook_{hook} to {__file__}"
+
+
+def test_the_example_plugin_implements_every_hook():
+    source = (ROOT / "examples" / "toolkit-plugin-example" / "toolkit_plugin_example"
+              / "__init__.py").read_text(encoding="utf-8")
+    assert re.findall(r"@toolkit.hookimpl\ndef (\w+)\(register\)", source) == HOOKS
+
+
+class Recorder:
+    """Registers one of each kind around the tiny test objects, recording every call."""
+
+    __name__ = "recorder"
+
+    def __init__(self):
+        self.calls: dict[str, list] = {}
+
+    def _record(self, kind, **seen):
+        self.calls.setdefault(kind, []).append(seen)
+
+    @toolkit.hookimpl
+    def register_models(self, register):
+        def factory(*args, **kwargs):
+            self._record("model", args=args, kwargs=kwargs, seed_state=torch.random.get_rng_state())
+            net = TinyCNN(*args, **kwargs)
+            original = net.forward_features
+
+            def forward_features(x):
+                self._record("model_input", min=float(x.detach().min()))
+                return original(x)
+
+            net.forward_features = forward_features
+            return net
+
+        register("rec-model", factory, description="recording TinyCNN")
+
+    @toolkit.hookimpl
+    def register_datasets(self, register):
+        def loader(root, download):
+            self._record("dataset", root=root, download=download)
+            return make_tiny_dataset()
+
+        register("rec-data", loader, defaults={"lr": 0.5, "epochs": 8})
+
+    @toolkit.hookimpl
+    def register_synthesizers(self, register):
+        from toolkit_plugins.synthesis import prototype
+
+        def synthesizer(model, start, targets, settings, progress=None):
+            self._record("synthesizer", training=model.training,
+                         grads=[p.requires_grad for p in model.parameters()],
+                         start=start.clone(), targets=targets.clone(), settings=settings,
+                         progress=progress)
+            return prototype(model, start, targets, settings, progress)
+
+        register("rec-synth", synthesizer)
+
+    @toolkit.hookimpl
+    def register_metrics(self, register):
+        def metric(ds, scale=1.0):
+            self._record("metric", variables=set(ds.variables), dims=dict(ds.sizes), scale=scale)
+            return {"scaled_c": (ds["C_mean"] * scale).assign_attrs(long_name="C mean, scaled", units="1")}
+
+        register("rec-metric", metric, check_options=lambda scale=1.0: self._record("check", scale=scale))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    recorder = Recorder()
+    root = tmp_path_factory.mktemp("data")
+    with register_plugin(recorder):
+        ds = toolkit.analyze(model="rec-model", dataset="rec-data", synthesizer="rec-synth",
+                             metrics="cosine,zscore,rec-metric", metric_options={"rec-metric": {"scale": 3}},
+                             intervals=(1.0,), seeds=2, seed=4, train_lr=0.1, train_batch_size=16,
+                             max_steps=15, batch_size=4, data_root=str(root), download=False)
+    return recorder.calls, ds, root
+
+
+def test_hook_register_models(study):
+    calls, ds, _ = study
+    (built,) = calls["model"]
+    assert built["args"] == (3, 1, 6) and all(type(a) is int for a in built["args"])
+    assert torch.equal(built["seed_state"], torch.Generator().manual_seed(4).get_state())
+    # the model sees normalised inputs (the toolkit normalises), not [0, 1] pixels
+    assert min(call["min"] for call in calls["model_input"]) < 0
+    assert ds.sizes["feature"] == 16   # forward_head(pre_logits=True) is what C and R compare
+
+
+def test_hook_register_datasets(study):
+    calls, ds, root = study
+    assert calls["dataset"] == [{"root": root, "download": False}]
+    assert isinstance(calls["dataset"][0]["root"], Path)
+    assert list(ds["class_name"].values) == ["bar0", "bar1", "bar2"]
+    assert json.loads(ds.attrs["config"])["lr"] == 0.5                # the dataset's default
+
+
+def test_hook_register_synthesizers(study):
+    calls, ds, _ = study
+    runs = calls["synthesizer"]
+    assert len(runs) == 2          # per interval: the prototypes of all seeds, then the grid
+    prototypes, grid = runs[0], runs[1]
+    for run in runs:
+        assert run["training"] is False and not any(run["grads"])
+        assert run["start"].dtype == torch.float32 and run["targets"].dtype == torch.int64
+        assert 0 <= float(run["start"].min()) and float(run["start"].max()) <= 1
+        assert isinstance(run["settings"], toolkit.SynthesisSettings) and run["settings"].max_steps == 15
+        assert callable(run["progress"])
+    assert prototypes["start"].shape == (2 * 3, 1, 6, 6)            # seeds x classes, from noise
+    assert prototypes["targets"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert grid["start"].shape == (2 * 3 * 2, 1, 6, 6)              # the off-diagonal P[k, j]
+    assert ds["steps"].dims == ("interval", "seed", "k", "j")
+
+
+def test_hook_register_metrics(study):
+    calls, ds, _ = study
+    assert calls["check"] == [{"scale": 3}]                          # before training
+    trial, real = calls["metric"]                                    # the trial run, then the study
+    assert trial["dims"] == {"interval": 2, "seed": 2, "k": 3, "j": 3, "feature": 4, "class": 3, "i": 3}
+    assert {"features", "steps", "C", "R", "C_mean", "test_accuracy"} <= real["variables"]
+    assert real["scale"] == 3
+    xr.testing.assert_allclose(ds["scaled_c"], ds["C_mean"] * 3)
+    assert ds["scaled_c"].attrs["long_name"] == "C mean, scaled"
