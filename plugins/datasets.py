@@ -83,11 +83,6 @@ def _cifar_loader(tv_name: str, label: str):
                 reason = str(getattr(exc, "reason", exc)).strip() or type(exc).__name__
                 raise toolkit.UsageError(f"{label} is not in {folder} and could not be downloaded "
                                          f"({reason}); {where}") from None
-        checked = [(name, md5) for name, md5 in official.train_list + official.test_list]
-        checked.append((official.meta["filename"], official.meta["md5"]))
-        if not all(check_integrity(str(folder / name), md5) for name, md5 in checked):
-            warnings.warn(f"{folder} does not match the official {label} checksums; using it as it is",
-                          stacklevel=2)
         label_key = "fine_labels" if official.meta["key"].startswith("fine") else "labels"
         train_x, train_y = _read_cifar(folder, [name for name, _ in official.train_list], label_key)
         test_x, test_y = _read_cifar(folder, [name for name, _ in official.test_list], label_key)
@@ -95,6 +90,12 @@ def _cifar_loader(tv_name: str, label: str):
         if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
             raise toolkit.UsageError(f"{folder / official.meta['filename']} lacks the class names "
                                      f"({official.meta['key']!r}); delete it and download again")
+        # Warned only once the files have read well: a corrupt file is an error, not a warning.
+        checked = [(name, md5) for name, md5 in official.train_list + official.test_list]
+        checked.append((official.meta["filename"], official.meta["md5"]))
+        if not all(check_integrity(str(folder / name), md5) for name, md5 in checked):
+            warnings.warn(f"{folder} does not match the official {label} checksums; using it as it is",
+                          stacklevel=2)
         return toolkit.ImageDataset(
             name=label.lower().replace("-", ""), train_images=train_x, train_labels=train_y,
             test_images=test_x, test_labels=test_y, class_names=tuple(classes))

@@ -122,7 +122,7 @@ def test_cifar_file_carrying_a_pickle_payload_is_refused_and_not_run(tmp_path):
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
         pickle.dump({"data": _Payload(marker), "labels": []}, f)
     loader = get_registry("dataset").get("cifar10").obj
-    with pytest.warns(UserWarning), pytest.raises(toolkit.UsageError,
+    with pytest.raises(toolkit.UsageError,
                                                   match="data_batch_2 is not a CIFAR python batch .*refusing io.open"):
         loader(tmp_path, download=False)
     assert not marker.exists()
@@ -138,6 +138,6 @@ def test_corrupt_cifar_files_are_one_line_errors(tmp_path, content, message):
     write_cifar(tmp_path, "cifar10")
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(content)
     loader = get_registry("dataset").get("cifar10").obj
-    with pytest.warns(UserWarning), pytest.raises(toolkit.UsageError, match=message) as info:
+    with pytest.raises(toolkit.UsageError, match=message) as info:
         loader(tmp_path, download=False)
     assert "\n" not in str(info.value)

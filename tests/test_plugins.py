@@ -7,7 +7,7 @@ import pytest
 
 import toolkit
 from toolkit import hookspecs
-from toolkit.plugins import get_plugin_manager, get_registry
+from toolkit.plugins import get_registry
 from toolkit.testing import register_plugin
 
 

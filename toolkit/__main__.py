@@ -7,26 +7,14 @@ import warnings
 
 
 def main(argv: list[str] | None = None) -> int:
-    import warnings
-
     import fire
 
     from toolkit.cli import Toolkit
     from toolkit.errors import ToolkitError
-    from toolkit.plugins import PluginWarning
 
-    show = warnings.showwarning
-
-    def show_warning(message, category, *args, **kwargs):
-        if issubclass(category, PluginWarning):  # a skipped plugin: one line, no source line
-            print(f"toolkit: warning: {message}", file=sys.stderr)
-        else:
-            show(message, category, *args, **kwargs)
-
-    warnings.formatwarning = _one_line
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = show_warning
+            warnings.showwarning = _one_line  # a skipped plugin, an odd dataset file: one line each
             fire.Fire(Toolkit, command=argv, name="toolkit")
     except ToolkitError as exc:
         print(f"toolkit: error: {exc}", file=sys.stderr)
@@ -38,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one_line(message, category, filename, lineno, line=None) -> str:
-    return f"toolkit: warning: {message}\n"
+def _one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"toolkit: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":
