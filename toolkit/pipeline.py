@@ -26,7 +26,7 @@ from toolkit.errors import PluginError, ToolkitError, UsageError
 from toolkit.model import NormalizedClassifier, extract_features, frozen
 from toolkit.plugins import Registration, get_registry
 from toolkit.progress import progress_bar
-from toolkit.synthesis import SynthesisResult, SynthesisSettings
+from toolkit.synthesis import SynthesisResult, SynthesisSettings, auto_batch_size
 from toolkit.training import TrainingSettings, train_through_intervals
 
 DEFAULT_DATA_ROOT = Path(os.environ.get("TOOLKIT_DATA", "~/.cache/toolkit/data")).expanduser()
@@ -195,18 +195,24 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     training = TrainingSettings(epochs=config.epochs, lr=config.train_lr,
                                 batch_size=config.train_batch_size, momentum=config.momentum,
                                 weight_decay=config.weight_decay, crop_padding=config.crop_padding,
-                                flip=config.flip)
+                                flip=config.flip, precision=config.precision)
+    shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
+    batch_size = (auto_batch_size(device, shape[1:]) if config.batch_size == "auto"
+                  else config.batch_size)
     synthesis = SynthesisSettings(lr=config.lr, loss_threshold=config.loss_threshold,
                                   max_steps=config.max_steps, fixed_steps=config.fixed_steps,
-                                  batch_size=config.batch_size)
-    shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
+                                  batch_size=batch_size, precision=config.precision,
+                                  compile=config.compile)
+    seconds = dict.fromkeys(("training", "synthesis", "features", "metrics"), 0.0)
 
     def bar(description: str, total: int, unit: str = "step"):
         return progress_bar(description, total, enabled=progress, unit=unit)
 
     features, records, stages = [], [], []
+    clock = time.perf_counter()
     for stage in train_through_intervals(model, data, config.intervals, config.schedule, training,
                                          config.seed, device, progress=bar):
+        seconds["training"] += time.perf_counter() - clock
         stages.append(stage)
         if checkpoints is not None:
             save_checkpoint(model, Path(checkpoints) / f"interval-{stage.fraction:g}.pt")
@@ -215,24 +221,35 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         noise = torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
                              for seed in config.seed_values])
         with frozen(model):
+            clock = time.perf_counter()
             grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
                                                  noise, synthesis, progress=synth_bar.update)
+            seconds["synthesis"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             feats = extract_features(model, grid.flatten(0, 2), device=device)
+            seconds["features"] += time.perf_counter() - clock
         synth_bar.close()
         features.append(feats.view(*grid.shape[:3], -1).numpy())
         records.append({name: value.numpy() for name, value in grid_records.items()})
+        clock = time.perf_counter()
 
     ds = results.build_dataset(
         intervals=[s.fraction for s in stages], seeds=config.seed_values,
         class_names=data.class_names, features=np.stack(features),
         records={name: np.stack([r[name] for r in records]) for name in records[0]},
         test_accuracy=[s.test_accuracy for s in stages], train_size=[s.train_size for s in stages])
+    clock = time.perf_counter()
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
+    seconds["metrics"] = time.perf_counter() - clock
     ds.attrs.update(results.provenance(
         config.to_json(), model=config.model, dataset=config.dataset,
         synthesizer=config.synthesizer, metrics=",".join(config.metrics), device=str(device),
         wall_time_s=round(time.perf_counter() - started, 3)))
+    ds.attrs.update(results.speed_attrs(
+        **{f"time_{stage}_s": value for stage, value in seconds.items()},
+        image_steps=int(ds["steps"].sum()), precision=config.precision, compile=config.compile,
+        synthesis_batch_size=batch_size))
     if out is not None:
         results.write_results(ds, out, overwrite=overwrite)
     return ds
