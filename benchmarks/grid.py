@@ -315,7 +315,7 @@ def main() -> None:
 
     limits = {p: gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
     for p in PRECISIONS:
-        rows.append((f"GEMM limit {p} (1024x1024 matmul)", f"{limits[p]:,.0f} GFLOP/s", ""))
+        rows.append((f"GEMM limit {p} (1024x1024 matmul)", f"{limits[p]:,.2f} GFLOP/s", ""))
     for label, channels, size in (("32x32x3, random weights", 3, 32), ("8x8x1, random weights", 1, 8)):
         model = resnet18(10, channels, size)
         flops = step_flops(model, channels, size)
