@@ -9,9 +9,31 @@ Each image stops on its own, once its cross-entropy is below ``loss_threshold`` 
 ``max_steps`` steps (with ``fixed_steps``: after exactly that many). The images form one work
 queue run in micro-batches of ``batch_size``: a finished image leaves its batch at once and the next
 waiting image takes its slot, so the few slow images never hold a whole batch hostage.
+
+How the queue keeps the hardware busy (the active-set engine, :class:`_ActiveSet`):
+
+- The micro-batch is a preallocated buffer of ``batch_size`` slots (channels-last). One iteration
+  runs the model once on every slot: the forward gives each image's loss (the stopping test) and the
+  backward its gradient. Images whose test says "done" are written to the outputs with one
+  ``index_copy_`` (slots that finish nothing write to a spare row), the others take their step, and
+  finished slots are refilled from the waiting images by a cumulative sum over the finished mask,
+  all with tensor operations: no Python work per image and no host synchronisation per step.
+- The host learns how many images are still at work once per iteration, from a copy made one
+  iteration *earlier* (on CUDA a non-blocking copy to pinned memory, read after the next iteration
+  has been queued, so the device never waits for the host). It stops when nothing is left and,
+  once no image is waiting any more, shrinks the buffer to the images still at work whenever an
+  eighth of its slots have fallen empty, so the tail of the queue does not compute empty slots.
+- The only work that does not move an unconverged image: each image's last forward and backward
+  (the forward is its final stopping test; the backward comes with the batch and is dropped), and
+  empty slots at the tail (under an eighth of the buffer) plus, on CUDA, the one iteration the host
+  runs behind. No image is stepped once its test has said "done".
+- ``precision="bf16"`` runs the model under autocast; the loss, the stopping test, the gradient
+  norm and the images stay float32.
 """
 from __future__ import annotations
 
+import contextlib
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -22,64 +44,173 @@ import toolkit
 # Below this gradient norm an image is treated as having no gradient (it does not move).
 _TINY = 1e-12
 
+# torch.compile wrappers, one per model, so every call on the same model reuses its compiled code.
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` (``fp32``: none) on ``device``'s type."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``, made once per model."""
+    if model not in _COMPILED:
+        # Shapes change at the tail of the queue; dynamic shapes avoid one compile per size.
+        _COMPILED[model] = torch.compile(model, dynamic=True)
+    return _COMPILED[model]
+
+
+class _Pending:
+    """A device count the host reads one iteration late, so that it never stalls the device."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.queue: list = []
+
+    def push(self, value: torch.Tensor) -> None:
+        if not self.cuda:
+            self.queue.append(value)  # the CPU runs synchronously: nothing to wait for
+            return
+        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+        host.copy_(value, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.queue.append((host, event))
+
+    def ready(self) -> bool:
+        return len(self.queue) > (1 if self.cuda else 0)
+
+    def pop(self) -> torch.Tensor:
+        item = self.queue.pop(0)
+        if not self.cuda:
+            return item
+        host, event = item
+        event.synchronize()
+        return host
+
+
+class _ActiveSet:
+    """The work queue of one call: slot buffers, outputs and the counters the host reads."""
+
+    def __init__(self, start: torch.Tensor, targets: torch.Tensor, settings: toolkit.SynthesisSettings):
+        n, device = start.shape[0], start.device
+        self.n, self.device = n, device
+        self.fixed = settings.fixed_steps is not None
+        self.budget = settings.fixed_steps if self.fixed else settings.max_steps
+        self.threshold, self.lr = settings.loss_threshold, settings.lr
+        self.layout = torch.channels_last if start.dim() == 4 else torch.contiguous_format
+        self.start = start.detach()
+        # One spare row (index n) receives the writes of slots that finish nothing this step.
+        self.targets = torch.cat([targets, targets.new_zeros(1)])
+        self.images = start.new_empty((n + 1, *start.shape[1:]))
+        self.steps = torch.zeros(n + 1, dtype=torch.int64, device=device)
+        self.loss = torch.zeros(n + 1, dtype=torch.float32, device=device)
+        self.predicted = torch.zeros(n + 1, dtype=torch.int64, device=device)
+        self.confidence = torch.zeros(n + 1, dtype=torch.float32, device=device)
+
+        size = min(settings.batch_size, n)
+        self.slot = torch.arange(size, device=device)            # image in each slot; n: empty
+        self.x = self.start[:size].clone(memory_format=self.layout)
+        self.taken = torch.zeros(size, dtype=torch.int64, device=device)
+        self.waiting = torch.tensor(size, device=device)         # next image to enter
+        self.finished = torch.zeros((), dtype=torch.int64, device=device)
+        self.computed = 0                                         # slot-steps the model ran
+
+    def iterate(self, model: torch.nn.Module, precision: str) -> None:
+        """One forward and backward over every slot, then record, step and refill."""
+        x = self.x.requires_grad_(True)
+        with autocast(self.device, precision):
+            logits = model(x)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, self.targets[self.slot], reduction="none")
+        # Per-sample losses are independent in eval mode, so the gradient of their sum holds each
+        # image's own gradient.
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        self.computed += len(self.slot)
+        with torch.no_grad():
+            x = x.detach()
+            filled = self.slot < self.n
+            at_budget = self.taken >= self.budget
+            done = filled & (at_budget if self.fixed else at_budget | (loss < self.threshold))
+            # Record the finished images; other slots write to the spare row n.
+            dest = torch.where(done, self.slot, self.n)
+            confidence, predicted = logits.softmax(1).max(1)
+            self.images.index_copy_(0, dest, x)
+            for out, value in ((self.steps, self.taken), (self.loss, loss),
+                               (self.predicted, predicted), (self.confidence, confidence)):
+                out.index_copy_(0, dest, value)
+            # Step the images still at work.
+            active = filled & ~done
+            norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY)
+            stepped = (x - self.lr * grad / _expand(norm, x)).clamp_(0.0, 1.0)
+            x = torch.where(_expand(active, x), stepped, x)
+            # Finished slots take the next waiting images, in slot order.
+            entering = self.waiting + torch.cumsum(done, 0) - 1
+            refill = done & (entering < self.n)
+            entering = torch.where(refill, entering, self.n)
+            fresh = self.start[entering.clamp(max=self.n - 1)]
+            self.x = torch.where(_expand(refill, x), fresh, x).contiguous(memory_format=self.layout)
+            self.slot = torch.where(refill | active, torch.where(refill, entering, self.slot), self.n)
+            self.taken = torch.where(active, self.taken + 1, 0)
+            count = done.sum()
+            self.waiting = torch.clamp(self.waiting + count, max=self.n)
+            self.finished = self.finished + count
+
+    def counters(self) -> torch.Tensor:
+        """(images finished so far, images in the slots still at work), on the device."""
+        return torch.stack([self.finished, (self.slot < self.n).sum()])
+
+    def shrink(self, size: int) -> None:
+        """Keep ``size`` slots, the working ones first (``size`` is at least their number)."""
+        order = torch.argsort((self.slot >= self.n).to(torch.int8), stable=True)[:size]
+        self.slot, self.taken = self.slot[order], self.taken[order]
+        self.x = self.x[order].contiguous(memory_format=self.layout)
+
+    def result(self) -> toolkit.SynthesisResult:
+        n = self.n
+        converged = self.loss[:n] < self.threshold
+        return toolkit.SynthesisResult(self.images[:n], self.steps[:n], self.loss[:n], converged,
+                                       self.predicted[:n], self.confidence[:n])
+
+
+def _expand(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
 
 def prototype(model: torch.nn.Module, start: torch.Tensor, targets: torch.Tensor,
               settings: toolkit.SynthesisSettings,
               progress: Optional[Callable[[int], None]] = None) -> toolkit.SynthesisResult:
     """Optimise each image of ``start`` until the model assigns it to its target class."""
-    n, device = start.shape[0], start.device
-    budget = settings.fixed_steps if settings.fixed_steps is not None else settings.max_steps
-    threshold = settings.loss_threshold
-    out = start.detach().clone()
-    steps = torch.zeros(n, dtype=torch.int64, device=device)
-    loss_out = torch.zeros(n, dtype=torch.float32, device=device)
-    predicted = torch.zeros(n, dtype=torch.int64, device=device)
-    confidence = torch.zeros(n, dtype=torch.float32, device=device)
-
-    slots = torch.empty(0, dtype=torch.int64, device=device)      # which image each slot holds
-    x = start.new_empty((0, *start.shape[1:]))                      # the images in the slots
-    taken = torch.empty(0, dtype=torch.int64, device=device)       # steps each slot has taken
-    waiting = 0                                                     # next image to enter
+    n = start.shape[0]
+    if n == 0:
+        empty = torch.zeros(0, device=start.device)
+        return toolkit.SynthesisResult(start.clone(), empty.long(), empty, empty.bool(),
+                                       empty.long(), empty)
+    work = _ActiveSet(start, targets, settings)
+    forward = compiled(model) if settings.compile else model
+    pending = _Pending(start.device)
+    reported = 0
     while True:
-        room = settings.batch_size - len(slots)
-        if room > 0 and waiting < n:
-            entering = torch.arange(waiting, min(n, waiting + room), device=device)
-            waiting += len(entering)
-            slots = torch.cat([slots, entering])
-            x = torch.cat([x, start[entering].detach()])
-            taken = torch.cat([taken, torch.zeros_like(entering)])
-        if len(slots) == 0:
-            break
-
-        x.requires_grad_(True)
-        logits = model(x).float()
-        loss = F.cross_entropy(logits, targets[slots], reduction="none")
-        with torch.no_grad():
-            at_budget = taken >= budget
-            done = at_budget if settings.fixed_steps is not None else at_budget | (loss < threshold)
-            if done.any():
-                finished = slots[done]
-                out[finished] = x[done]
-                steps[finished] = taken[done]
-                loss_out[finished] = loss[done]
-                confidence[finished], predicted[finished] = logits[done].softmax(1).max(1)
-                if progress is not None:
-                    progress(int(done.sum()))
-        active = ~done
-        if not active.any():
-            slots, x, taken = slots[active], x.detach()[active], taken[active]
+        work.iterate(forward, settings.precision)
+        pending.push(work.counters())
+        if not pending.ready():
             continue
-        # Per-sample losses are independent in eval mode, so the gradient of their sum holds each
-        # image's own gradient.
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        with torch.no_grad():
-            grad = grad[active]
-            norm = grad.flatten(1).norm(dim=1).clamp_min(_TINY).view(-1, *([1] * (grad.dim() - 1)))
-            x = (x.detach()[active] - settings.lr * grad / norm).clamp_(0.0, 1.0)
-        slots, taken = slots[active], taken[active] + 1
-
-    converged = loss_out < threshold
-    return toolkit.SynthesisResult(out, steps, loss_out, converged, predicted, confidence)
+        finished, working = (int(v) for v in pending.pop().tolist())
+        if progress is not None and finished > reported:
+            progress(finished - reported)
+            reported = finished
+        if finished == n:
+            break
+        slots = len(work.slot)
+        # Once nobody waits, drop empty slots when an eighth of the buffer is empty. On CUDA the
+        # count is an iteration old, so it can only be too high: nothing working is dropped.
+        if n - finished == working < slots - max(1, slots // 8) + 1:
+            work.shrink(max(working, 1))
+            pending.queue.clear()  # counts of the old buffer; the next iteration brings new ones
+    return work.result()
 
 
 @toolkit.hookimpl

@@ -19,6 +19,10 @@ NONFINITE = {
     "stop": "NaN or Inf in training losses, synthesis losses or features stops the run",
     "record": "they are recorded in the results file and the run goes on",
 }
+PRECISIONS = {
+    "fp32": "float32 throughout",
+    "bf16": "the model under bfloat16 autocast (CPU and CUDA); loss, stopping test and images float32",
+}
 
 # Options a dataset plugin may give defaults for (its ``defaults`` metadata). Left at None by the
 # user, they take the dataset's default, else the fallback here.
@@ -49,7 +53,10 @@ class AnalysisConfig:
         loss_threshold: an image is done once its cross-entropy is below this.
         max_steps: most steps one image may take; default from the dataset.
         fixed_steps: every image takes exactly this many steps (the authors' code: 250).
-        batch_size: images optimised at once during synthesis.
+        batch_size: images optimised at once during synthesis: a whole number, or ``auto``
+            (or None) to choose it from the device (``toolkit.synthesis.auto_batch_size``).
+        precision: ``fp32`` or ``bf16`` (autocast) for synthesis and training; see ``PRECISIONS``.
+        compile: run the model through ``torch.compile`` during synthesis.
         metrics: registered metric names, run in this order.
         metric_options: keyword options per metric, e.g. ``{"zscore": {"reference": "seed"}}``.
         data_root: folder holding (or to receive) the dataset files.
@@ -76,19 +83,23 @@ class AnalysisConfig:
     loss_threshold: float = 0.01
     max_steps: int | None = None
     fixed_steps: int | None = None
-    batch_size: int = 128
+    batch_size: int | str | None = "auto"
     metrics: tuple[str, ...] = ("cosine", "zscore")
     metric_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     data_root: str | None = None
     download: bool = True
     device: str = "auto"
     nonfinite: str = "stop"
+    precision: str = "fp32"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 (frozen)
         set_("intervals", _floats("intervals", self.intervals))
         set_("metrics", _names("metrics", self.metrics))
         set_("metric_options", _metric_options(self.metric_options))
+        if self.batch_size is None:
+            set_("batch_size", "auto")
         for name in ("model", "dataset", "synthesizer", "schedule", "device", "nonfinite"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise UsageError(f"--{name} must be a name; got {getattr(self, name)!r}")
@@ -115,7 +126,14 @@ class AnalysisConfig:
         _check_int("train_batch_size", self.train_batch_size, 1, optional=True)
         _check_int("max_steps", self.max_steps, 1, optional=True)
         _check_int("fixed_steps", self.fixed_steps, 1, optional=True)
-        _check_int("batch_size", self.batch_size, 1)
+        if self.batch_size != "auto":
+            try:
+                _check_int("batch_size", self.batch_size, 1)
+            except UsageError:
+                raise UsageError(f"--batch_size must be auto or a whole number >= 1; "
+                                 f"got {self.batch_size!r}") from None
+        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
+            raise UsageError(f"unknown --precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         _check_int("crop_padding", self.crop_padding, 0, optional=True)
         for name in ("train_lr", "lr", "loss_threshold"):
             value = getattr(self, name)
@@ -127,7 +145,7 @@ class AnalysisConfig:
                 raise UsageError(f"--{name} must be a number >= 0; got {value!r}")
         if self.momentum >= 1:
             raise UsageError(f"--momentum must be below 1; got {self.momentum!r}")
-        for name in ("download",) + (("flip",) if self.flip is not None else ()):
+        for name in ("download", "compile") + (("flip",) if self.flip is not None else ()):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"--{name} must be true or false; got {getattr(self, name)!r}")
         if not (self.device in ("auto", "cpu", "cuda") or

@@ -28,7 +28,7 @@ from toolkit.errors import NumericalError, PluginError, ToolkitError, UsageError
 from toolkit.model import NormalizedClassifier, extract_features, frozen
 from toolkit.plugins import Registration, get_registry
 from toolkit.progress import progress_bar
-from toolkit.synthesis import SynthesisResult, SynthesisSettings
+from toolkit.synthesis import SynthesisResult, SynthesisSettings, auto_batch_size
 from toolkit.training import Stage, Trainer, TrainingSettings, accuracy
 from toolkit.workdir import (NOT_IN_IDENTITY, WorkDir, checkpoint_name, load_checkpoint,
                              model_weights, run_identity)
@@ -230,11 +230,17 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     training = TrainingSettings(epochs=config.epochs, lr=config.train_lr,
                                 batch_size=config.train_batch_size, momentum=config.momentum,
                                 weight_decay=config.weight_decay, crop_padding=config.crop_padding,
-                                flip=config.flip)
+                                flip=config.flip, precision=config.precision)
+    shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
+    batch_size = (auto_batch_size(device, shape[1:]) if config.batch_size == "auto"
+                  else config.batch_size)
     synthesis = SynthesisSettings(lr=config.lr, loss_threshold=config.loss_threshold,
                                   max_steps=config.max_steps, fixed_steps=config.fixed_steps,
-                                  batch_size=config.batch_size)
-    shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
+                                  batch_size=batch_size, precision=config.precision,
+                                  compile=config.compile)
+    # Speed of the work done in this process (a resumed run does not count what it reused).
+    seconds = dict.fromkeys(("training", "synthesis", "features", "metrics"), 0.0)
+    image_steps = 0
 
     def bar(description: str, total: int, unit: str = "step"):
         return progress_bar(description, total, enabled=progress, unit=unit)
@@ -243,6 +249,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         model, data, config.intervals, config.schedule, training, config.seed, device)
     stages, units = [], []
     for fraction in config.intervals:
+        clock = time.perf_counter()
         if trainer is None:
             stage = load_weights(model, resolved.model, Path(checkpoints) / checkpoint_name(fraction),
                                  data, device)
@@ -251,6 +258,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             stage = Stage(**state["stage"])
         else:
             stage = trainer.next_stage(bar)
+            seconds["training"] += time.perf_counter() - clock
             if not stage.finite and config.nonfinite == "stop":
                 raise NumericalError(f"training reached NaN or Inf losses before interval "
                                      f"{fraction:.0%}; lower --train_lr, or pass --nonfinite record "
@@ -269,10 +277,15 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                 # with them its last bits, are the same whichever other units are pending.
                 noise = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
                 with frozen(model):
+                    clock = time.perf_counter()
                     grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
                                                          noise[None], synthesis,
                                                          progress=synth_bar.update)
+                    seconds["synthesis"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
                     feats = extract_features(model, grid.flatten(0, 2), device=device)
+                    seconds["features"] += time.perf_counter() - clock
+                image_steps += int(grid_records["steps"].sum())
                 done[seed] = {"features": feats.view(*grid.shape[1:3], -1).numpy(),
                               **{name: value[0].numpy() for name, value in grid_records.items()}}
                 if work is not None:
@@ -289,12 +302,18 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         records={name: np.stack([[unit[name] for unit in row] for row in units])
                  for name in units[0][0] if name != "features"},
         test_accuracy=[s.test_accuracy for s in stages], train_size=[s.train_size for s in stages])
+    clock = time.perf_counter()
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
+    seconds["metrics"] = time.perf_counter() - clock
     ds.attrs.update(results.provenance(
         config.to_json(), model=config.model, dataset=config.dataset,
         synthesizer=config.synthesizer, metrics=",".join(config.metrics), device=str(device),
         wall_time_s=round(time.perf_counter() - started, 3)))
+    ds.attrs.update(results.speed_attrs(
+        **{f"time_{stage}_s": value for stage, value in seconds.items()},
+        image_steps=image_steps, precision=config.precision, compile=config.compile,
+        synthesis_batch_size=batch_size))
     if out is not None:
         results.write_results(ds, out, overwrite=overwrite)
         if work is not None:

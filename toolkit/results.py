@@ -60,6 +60,32 @@ RECORD_ATTRS = {
 }
 
 
+# Attributes that say how fast a run went (set by ``toolkit.analyze``; files written before them
+# lack them, and readers must cope).
+SPEED_ATTRS = {
+    "time_training_s": "wall time spent training, in seconds (all intervals)",
+    "time_synthesis_s": "wall time spent synthesising the prototype grids, in seconds",
+    "time_features_s": "wall time spent extracting penultimate features, in seconds",
+    "time_metrics_s": "wall time spent in the metric plugins, in seconds",
+    "image_steps": "input-gradient steps taken, summed over every image of every grid",
+    "precision": "fp32 or bf16 (autocast) for synthesis and training",
+    "compile": "1 if the model ran through torch.compile during synthesis, else 0",
+    "synthesis_batch_size": "micro-batch size of the synthesis work queue",
+}
+
+
+def speed_attrs(*, time_training_s: float, time_synthesis_s: float, time_features_s: float,
+                time_metrics_s: float, image_steps: int, precision: str, compile: bool,
+                synthesis_batch_size: int) -> dict[str, Any]:
+    """The ``SPEED_ATTRS`` of one run, in netCDF-friendly types."""
+    return {"time_training_s": round(float(time_training_s), 3),
+            "time_synthesis_s": round(float(time_synthesis_s), 3),
+            "time_features_s": round(float(time_features_s), 3),
+            "time_metrics_s": round(float(time_metrics_s), 3),
+            "image_steps": int(image_steps), "precision": str(precision), "compile": int(compile),
+            "synthesis_batch_size": int(synthesis_batch_size)}
+
+
 def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_names: Sequence[str],
                   features: np.ndarray, records: Mapping[str, np.ndarray],
                   test_accuracy: Sequence[float], train_size: Sequence[int]) -> xr.Dataset:

@@ -53,4 +53,21 @@ def summary_table(ds: xr.Dataset) -> str:
     for row in summary_rows(ds):
         cells.append(["-" if row[c] is None else COLUMNS[c][1].format(row[c]) for c in COLUMNS])
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
-    return "\n".join([head] + ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells])
+    lines = [head] + ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells]
+    speed = speed_line(ds)
+    return "\n".join(lines + ([speed] if speed else []))
+
+
+def speed_line(ds: xr.Dataset) -> str | None:
+    """How fast the run went (``results.SPEED_ATTRS``), or None for a file that does not say."""
+    attrs = ds.attrs
+    if "time_synthesis_s" not in attrs or "image_steps" not in attrs:
+        return None
+    synthesis = float(attrs["time_synthesis_s"])
+    rate = int(attrs["image_steps"]) / synthesis if synthesis > 0 else float("nan")
+    stages = ", ".join(f"{stage} {float(attrs[f'time_{stage}_s']):.1f} s"
+                       for stage in ("training", "synthesis", "features", "metrics")
+                       if f"time_{stage}_s" in attrs)
+    return (f"speed: {rate:,.1f} image-steps/s ({int(attrs['image_steps']):,} steps, "
+            f"{attrs.get('precision', '?')}{', compiled' if int(attrs.get('compile', 0)) else ''}, "
+            f"batch {attrs.get('synthesis_batch_size', '?')}, on {attrs.get('device', '?')}); {stages}")

@@ -1,6 +1,7 @@
 """Training the classifier through the stages the study probes it at (DESIGN.md 1.6)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable, Iterator, Sequence
@@ -22,6 +23,7 @@ class TrainingSettings:
     weight_decay: float = 5e-4
     crop_padding: int = 0
     flip: bool = False
+    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +137,11 @@ class Trainer:
                                          weight_decay=settings.weight_decay,
                                          nesterov=settings.momentum > 0)
         labels = data.train_labels
+        # The whole training set lives on the device as uint8 (a quarter of float32's size): a batch
+        # is one index, one conversion and one batched augmentation, with no host copies.
+        self._train_x, self._train_y = data.train_images.to(device), data.train_labels.to(device)
+        self._test_x = data.test_images.to(device)
+        self._mixed = settings.precision == "bf16"
         # One entry per stage: (run, fraction, training subset, step at which the stage ends,
         # steps of the whole run).
         self._stops: list[tuple[int, float, torch.Tensor, int, int]] = []
@@ -169,7 +176,7 @@ class Trainer:
             self._step = 0
         settings, model = self.settings, self.model
         per_epoch = self._steps_per_epoch(subset)
-        train_x, train_y = self.data.train_images, self.data.train_labels
+        train_x, train_y = self._train_x, self._train_y
         bar = progress(f"train {fraction:.0%}", mark - self._step)
         model.train()
         finite = torch.ones((), dtype=torch.bool, device=self.device)
@@ -178,11 +185,15 @@ class Trainer:
             if offset == 0:
                 self._order = subset[torch.randperm(len(subset), generator=self.generator)]
             batch = self._order[offset * settings.batch_size:(offset + 1) * settings.batch_size]
+            batch = batch.to(self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * self._step / total))
             images = augment(to_pixels(train_x[batch], self.device), settings.crop_padding,
                              settings.flip, self.generator)
-            loss = F.cross_entropy(model(images), train_y[batch].to(self.device))
+            with (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+                  if self._mixed else contextlib.nullcontext()):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), train_y[batch])
             finite &= torch.isfinite(loss)  # checked once per stage: no host sync per step
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,9 +201,9 @@ class Trainer:
             self._step += 1
             bar.update(1)
         bar.close()
-        recompute_batchnorm(model, train_x[subset], self.device)
+        recompute_batchnorm(model, train_x[subset.to(self.device)], self.device)
         self.stage_index += 1
-        return Stage(fraction, len(subset), accuracy(model, self.data.test_images, self.data.test_labels,
+        return Stage(fraction, len(subset), accuracy(model, self._test_x, self.data.test_labels,
                                                      self.device), bool(finite))
 
     def state_dict(self) -> dict:

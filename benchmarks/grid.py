@@ -1,0 +1,361 @@
+"""How close synthesis runs to this machine's limits, and what the active-set queue buys.
+
+    python benchmarks/grid.py [--out benchmarks/results-cpu.md] [--big]
+
+One run measures, on the same models (ResNet18 with the CIFAR stem, ``toolkit``'s ``resnet18``):
+
+1. the machine's matmul limit (fp32 and bf16 GEMM, 1024 x 1024), the FLOPs of one input-gradient
+   image-step (counted by ``torch.utils.flop_counter`` over the forward and the backward to the
+   input), and the image-steps per second of the ``prototype`` synthesizer at 32x32x3 (random
+   weights) and 8x8x1 (digits), fp32 and bf16, as a fraction of that limit;
+2. a full prototype grid (n = 10 digits classes, one seed, a ResNet18 trained briefly on digits)
+   with the work queue in fp32 and bf16, against (a) the straightforward implementation, one image
+   at a time until CE < 0.01, and (b) the authors' style, batches of n images for a fixed 250 steps,
+   both fp32. (a) and (b) are timed on a sample (the first images of the grid; a few steps of one
+   batch) and scaled to the whole grid: (a) by the grid's own step counts, (b) by (n + 1) x 250
+   batch-steps;
+3. wasted image-steps: model rows computed that did not move an unconverged image, over all rows;
+4. peak resident memory of one CIFAR-sized grid unit (32x32x3, random weights, synthesis with
+   ``fixed_steps=1``, features and metrics), in a fresh subprocess each: n = 10, and with ``--big``
+   n = 100 (10,100 images; minutes on a 2-core CPU);
+5. C and R means of the digits grid under bf16 against fp32 (max absolute difference);
+6. training throughput against the model's own forward + backward + SGD step on the same batch, and
+   the time of the metrics for one n = 100 unit against the synthesis of that unit.
+
+It prints a Markdown table and writes it to ``--out``. Absolute numbers depend on the load of the
+machine (recorded with the numbers); the ratios to the GEMM limit are measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+import toolkit
+from toolkit.model import NormalizedClassifier, extract_features, frozen
+from toolkit.pipeline import synthesize_grid
+from toolkit.plugins import get_registry
+from toolkit.results import build_dataset
+from toolkit.synthesis import auto_batch_size
+from toolkit.training import TrainingSettings, augment, to_pixels, train_through_intervals
+from toolkit_plugins.metrics import cosine, zscore
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def resnet18(num_classes: int, channels: int, size: int, mean=None, std=None) -> NormalizedClassifier:
+    net = get_registry("model").get("resnet18").obj(num_classes, channels, size)
+    model = NormalizedClassifier(net, mean or [0.5] * channels, std or [0.25] * channels)
+    return model.to(memory_format=torch.channels_last)
+
+
+def best_time(work, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        began = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - began)
+    return best
+
+
+def gemm_gflops(dtype: torch.dtype, size: int = 1024, seconds: float = 1.0) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    calls = max(1, int(seconds / best_time(lambda: a @ b, 1)))
+    return 2 * size ** 3 * calls / best_time(lambda: [a @ b for _ in range(calls)], 3) / 1e9
+
+
+def step_flops(model: nn.Module, channels: int, size: int) -> float:
+    """FLOPs of one image's input-gradient step: forward, per-sample CE, backward to the input."""
+    x = torch.rand(8, channels, size, size).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    with frozen(model), FlopCounterMode(display=False) as counter:
+        loss = F.cross_entropy(model(x), torch.zeros(8, dtype=torch.int64), reduction="none")
+        loss.sum().backward()  # weights frozen: the backward computes the input gradient only
+    return counter.get_total_flops() / 8
+
+
+class RowCounter(nn.Module):
+    """Counts the image rows the model is run on (to measure wasted work)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, x):
+        self.rows += len(x)
+        return self.model(x)
+
+
+def synthesis_rate(model, channels: int, size: int, steps: int, precision: str) -> tuple[float, int]:
+    batch = auto_batch_size("cpu", (channels, size, size))
+    synth = get_registry("synthesizer").get("prototype").obj
+    start, targets = torch.rand(batch, channels, size, size), torch.arange(batch) % 10
+    settings = toolkit.SynthesisSettings(fixed_steps=steps, batch_size=batch, precision=precision)
+    with frozen(model):
+        synth(model, start, targets, toolkit.SynthesisSettings(fixed_steps=1, batch_size=batch,
+                                                                precision=precision))  # warm-up
+        seconds = best_time(lambda: synth(model, start, targets, settings), 1)
+    return batch * (steps + 1) / seconds, batch  # steps + 1 model runs per image (the last: its test)
+
+
+# --- the two baselines of the grid comparison, written the plain way ---------------------------
+
+def one_at_a_time(model, start: torch.Tensor, targets: torch.Tensor, lr: float, threshold: float,
+                  max_steps: int) -> int:
+    """Each image alone, stepped until CE < threshold; returns the model runs made."""
+    runs = 0
+    for x, target in zip(start, targets):
+        x = x[None].clone()
+        for t in range(max_steps + 1):
+            x.requires_grad_(True)
+            loss = F.cross_entropy(model(x), target[None])
+            runs += 1
+            if loss.item() < threshold or t == max_steps:
+                break
+            (grad,) = torch.autograd.grad(loss, x)
+            x = (x.detach() - lr * grad / grad.norm().clamp_min(1e-12)).clamp(0, 1)
+    return runs
+
+
+def fixed_batch(model, start: torch.Tensor, targets: torch.Tensor, lr: float, steps: int) -> None:
+    """The authors' loop: one batch, a fixed number of steps, no stopping test."""
+    x = start.clone()
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = F.cross_entropy(model(x), targets, reduction="none")
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        x = (x.detach() - lr * grad / norm).clamp(0, 1)
+
+
+def grid_comparison(args, rows: list, notes: list) -> None:
+    data = get_registry("dataset").get("digits").obj(Path("."), False)
+    n = data.num_classes
+    torch.manual_seed(0)
+    model = resnet18(n, data.in_chans, data.image_size, data.mean, data.std)
+    train = TrainingSettings(epochs=args.train_epochs, lr=0.1, batch_size=32)
+    began = time.perf_counter()
+    stage = list(train_through_intervals(model, data, [1.0], "data", train, 0, "cpu",
+                                         progress=lambda *a, **k: _Quiet()))[-1]
+    train_seconds = time.perf_counter() - began
+    notes.append(f"digits model: ResNet18 trained {args.train_epochs} epoch(s) on digits "
+                 f"(test accuracy {stage.test_accuracy:.3f}); the same weights for every grid row.")
+
+    # Training throughput against the model's own forward + backward + SGD step, batch 32.
+    per_epoch = len(data.train_labels) // train.batch_size
+    train_rate = per_epoch * train.batch_size * args.train_epochs / train_seconds
+    images = to_pixels(data.train_images[:train.batch_size], "cpu")
+    labels = data.train_labels[:train.batch_size]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-6, momentum=0.9)
+
+    def bare_step():
+        out = model(augment(images, 0, False, torch.Generator()))
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(out, labels).backward()
+        optimizer.step()
+
+    model.train()
+    bare_rate = train.batch_size * 20 / best_time(lambda: [bare_step() for _ in range(20)], 2)
+    model.eval()
+    rows.append(("training, digits 8x8, batch 32 (includes BN recompute and test accuracy)",
+                 f"{train_rate:,.0f} img/s", f"{train_rate / bare_rate:.0%} of bare fwd+bwd+SGD "
+                 f"({bare_rate:,.0f} img/s)"))
+
+    lr, threshold, max_steps = 0.1, 0.01, 100
+    noise = torch.rand(1, n, data.in_chans, data.image_size, data.image_size,
+                       generator=torch.Generator().manual_seed(0))
+    synthesizer = get_registry("synthesizer").get("prototype")
+    batch = auto_batch_size("cpu", noise.shape[2:])
+    grids = {}
+    for precision in PRECISIONS:
+        counter = RowCounter(model)
+        settings = toolkit.SynthesisSettings(lr=lr, loss_threshold=threshold, max_steps=max_steps,
+                                             batch_size=batch, precision=precision)
+        with frozen(model):
+            began = time.perf_counter()
+            grid, records = synthesize_grid(counter, synthesizer, n, noise, settings)
+            seconds = time.perf_counter() - began
+            feats = extract_features(model, grid.flatten(0, 2)).view(1, n, n, -1)
+        grids[precision] = (seconds, records, feats, counter.rows)
+        if precision == "fp32":
+            prototypes = grid[0].diagonal().permute(3, 0, 1, 2)   # p_c = P[c, c]: (n, C, H, W)
+
+    seconds32, records, _, computed = grids["fp32"]
+    steps = records["steps"]
+    total_runs = int((steps + 1).sum())
+    # (a): a sample of the grid's second-phase starts (the fp32 prototypes), one at a time.
+    sample = min(args.sample, n * (n - 1))
+    with frozen(model):
+        k, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        off = k != j
+        starts, targets = prototypes[j[off]][:sample], k[off][:sample]
+        began = time.perf_counter()
+        runs = one_at_a_time(model, starts, targets, lr, threshold, max_steps)
+        per_run = (time.perf_counter() - began) / runs
+        a_seconds = per_run * total_runs
+        # (b): one batch of n images, a few fixed steps, scaled to (n + 1) batches x 250 steps.
+        b_steps = args.fixed_sample_steps
+        b_seconds = best_time(lambda: fixed_batch(model, prototypes, torch.arange(n), lr, b_steps),
+                              1) / b_steps * (n + 1) * 250
+    mean_steps = float(steps.float().mean())
+    b_wasted = 1 - float(steps.clamp(max=250).sum()) / (n * n * 250)
+    for precision in PRECISIONS:
+        seconds, rec, _, rows_run = grids[precision]
+        useful = int(rec["steps"].sum())
+        rows.append((f"full grid n={n}, digits 8x8, work queue, {precision} (batch {batch})",
+                     f"{seconds:.1f} s",
+                     f"{a_seconds / seconds:.1f}x faster than (a); {useful:,} steps, mean "
+                     f"{float(rec['steps'].float().mean()):.1f}/image; wasted "
+                     f"{1 - useful / rows_run:.1%} of {rows_run:,} rows"))
+    rows.append((f"(a) one image at a time until CE < {threshold}, fp32",
+                 f"{a_seconds:.1f} s (est.)",
+                 f"timed {runs} model runs of {sample} images ({per_run * 1e3:.1f} ms each), "
+                 f"x {total_runs:,} runs of the grid"))
+    rows.append((f"(b) authors: batches of n={n}, fixed 250 steps, fp32", f"{b_seconds:.1f} s (est.)",
+                 f"timed {b_steps} steps of one batch, x {(n + 1) * 250} batch-steps; "
+                 f"{b_wasted:.0%} of its steps move converged images (queue needs "
+                 f"{mean_steps:.1f} steps/image)"))
+
+    means = {}
+    for precision in PRECISIONS:
+        _, rec, feats, _ = grids[precision]
+        ds = build_dataset(intervals=[1.0], seeds=[0], class_names=data.class_names,
+                           features=feats[None].numpy(),
+                           records={name: v[None].numpy() for name, v in rec.items()},
+                           test_accuracy=[stage.test_accuracy], train_size=[stage.train_size])
+        ds = ds.assign(cosine(ds))
+        ds = ds.assign(zscore(ds))
+        means[precision] = (float(ds.C_mean[0]), float(ds.R_mean[0]))
+    diff = max(abs(a - b) for a, b in zip(means["fp32"], means["bf16"]))
+    rows.append(("C/R means, bf16 vs fp32 (digits grid)", f"max abs diff {diff:.4f}",
+                 f"fp32 C {means['fp32'][0]:.4f} R {means['fp32'][1]:.4f}; "
+                 f"bf16 C {means['bf16'][0]:.4f} R {means['bf16'][1]:.4f}"))
+
+
+class _Quiet:
+    def update(self, *_):
+        pass
+
+    def close(self):
+        pass
+
+
+def peak_rss_of_unit(n: int, batch: int) -> float:
+    """Peak resident memory (GiB) of one CIFAR-sized unit, measured in a fresh interpreter."""
+    code = f"""
+import resource, sys, torch, numpy as np, toolkit
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from grid import resnet18
+from toolkit.model import extract_features, frozen
+from toolkit.pipeline import synthesize_grid
+from toolkit.plugins import get_registry
+from toolkit.results import build_dataset
+from toolkit_plugins.metrics import cosine, zscore
+n = {n}
+model = resnet18(n, 3, 32)
+noise = torch.rand(1, n, 3, 32, 32)
+settings = toolkit.SynthesisSettings(fixed_steps=1, batch_size={batch})
+with frozen(model):
+    grid, records = synthesize_grid(model, get_registry("synthesizer").get("prototype"), n, noise, settings)
+    feats = extract_features(model, grid.flatten(0, 2)).view(1, 1, n, n, -1)
+ds = build_dataset(intervals=[1.0], seeds=[0], class_names=[str(c) for c in range(n)],
+                   features=feats.numpy(), records={{k: v[None].numpy() for k, v in records.items()}},
+                   test_accuracy=[0.0], train_size=[0])
+ds = ds.assign(cosine(ds)); ds = ds.assign(zscore(ds))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    return int(out.stdout.split()[-1]) / 2 ** 20  # ru_maxrss is in KiB on Linux
+
+
+def metric_seconds(n: int = 100, features: int = 512) -> float:
+    from toolkit.results import dataset_from_features
+
+    ds = dataset_from_features(np.random.default_rng(0).random((1, 1, n, n, features), dtype=np.float32))
+    return best_time(lambda: zscore(ds.assign(cosine(ds))), 2)
+
+
+def machine() -> str:
+    load = os.getloadavg()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
+            f"{torch.__version__}; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results-cpu.md"),
+                        help="Markdown file to write the table to")
+    parser.add_argument("--big", action="store_true", help="also measure peak memory at n = 100")
+    parser.add_argument("--steps", type=int, default=2, help="fixed steps per rate measurement")
+    parser.add_argument("--sample", type=int, default=6, help="images timed one at a time for (a)")
+    parser.add_argument("--fixed_sample_steps", type=int, default=10, help="steps timed for (b)")
+    parser.add_argument("--train_epochs", type=int, default=2, help="epochs of the digits model")
+    args = parser.parse_args()
+    began = time.perf_counter()
+    header = machine()
+    print(header, flush=True)
+    rows: list[tuple[str, str, str]] = []
+    notes: list[str] = []
+
+    limits = {p: gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
+    for p in PRECISIONS:
+        rows.append((f"GEMM limit {p} (1024x1024 matmul)", f"{limits[p]:,.2f} GFLOP/s", ""))
+    for label, channels, size in (("32x32x3, random weights", 3, 32), ("8x8x1, random weights", 1, 8)):
+        model = resnet18(10, channels, size)
+        flops = step_flops(model, channels, size)
+        rows.append((f"FLOPs of one input-gradient image-step, {label}", f"{flops / 1e6:,.1f} MFLOP",
+                     "FlopCounterMode: forward + backward to the input"))
+        for p in PRECISIONS:
+            rate, batch = synthesis_rate(model, channels, size, args.steps, p)
+            if size == 32 and p == "fp32":
+                per_unit = 100 * 100 / rate  # a lower bound: one step per image, fp32
+            rows.append((f"synthesis {p}, {label} (batch {batch})", f"{rate:,.1f} image-steps/s",
+                         f"{rate * flops / 1e9:,.1f} GFLOP/s = {rate * flops / 1e9 / limits[p]:.0%} "
+                         f"of the {p} GEMM limit"))
+            print(rows[-1], flush=True)
+    grid_comparison(args, rows, notes)
+    print(rows[-1], flush=True)
+
+    auto32 = auto_batch_size("cpu", (3, 32, 32))
+    for n in (10, 100) if args.big else (10,):
+        rss = peak_rss_of_unit(n, auto32)
+        rows.append((f"peak resident memory, one unit n={n}, 32x32x3 (batch {auto32})",
+                     f"{rss:.2f} GiB", "fresh subprocess; synthesis (fixed_steps=1), features, metrics"))
+    if not args.big:
+        rows.append(("peak resident memory, one unit n=100, 32x32x3", "not measured", "pass --big"))
+    seconds = metric_seconds()
+    rows.append(("metrics (cosine + zscore), one unit n=100, 512 features", f"{seconds:.2f} s",
+                 f"{seconds / per_unit:.2%} of that unit's synthesis at one step per image in fp32 "
+                 f"({per_unit:,.0f} s), a lower bound on it"))
+    rows.append(("GPU", "not measured", "no GPU in this run" if not torch.cuda.is_available() else
+                 "run this script with CUDA to fill it in"))
+
+    table = "\n".join(["| measurement | result | detail |", "|---|---|---|"]
+                      + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+    load = os.getloadavg()
+    text = (f"Machine: {header}; load average at end {load[0]:.1f}.\n"
+            f"Command: `python benchmarks/grid.py {' '.join(sys.argv[1:])}` "
+            f"({time.perf_counter() - began:.0f} s).\n\n{table}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

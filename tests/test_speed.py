@@ -1,0 +1,68 @@
+"""Speed options (precision, compile, automatic micro-batch) and the speed each run records."""
+import numpy as np
+import pytest
+import torch
+
+import toolkit
+from toolkit.config import AnalysisConfig
+from toolkit.results import SPEED_ATTRS, dataset_from_features, speed_attrs
+from toolkit.synthesis import auto_batch_size
+from toolkit.table import summary_table
+from tests.conftest import TINY_RUN
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(precision="fp16"), "unknown --precision 'fp16'; allowed: fp32, bf16"),
+    (dict(batch_size=0), "--batch_size must be auto or a whole number >= 1; got 0"),
+    (dict(batch_size="big"), "--batch_size must be auto or a whole number >= 1; got 'big'"),
+    (dict(compile="yes"), "--compile must be true or false; got 'yes'"),
+])
+def test_bad_speed_options_are_one_line_usage_errors(options, message):
+    with pytest.raises(toolkit.UsageError) as info:
+        AnalysisConfig(**options)
+    assert str(info.value) == message
+
+
+def test_batch_size_defaults_to_auto_and_none_means_auto():
+    assert AnalysisConfig().batch_size == "auto"
+    assert AnalysisConfig(batch_size=None).batch_size == "auto"
+    assert AnalysisConfig(batch_size=64).batch_size == 64
+
+
+def test_auto_batch_size_follows_the_device_and_the_image_area():
+    assert auto_batch_size("cpu", (3, 32, 32)) == 128
+    assert auto_batch_size("cpu", (1, 8, 8)) == 2048
+    assert auto_batch_size("cpu", (3, 224, 224)) == 16
+    assert auto_batch_size("cuda", (3, 32, 32)) == 1024
+    assert auto_batch_size(torch.device("cuda", 1), (3, 64, 64)) == 256
+
+
+def test_summary_prints_image_steps_per_second():
+    ds = dataset_from_features(np.random.default_rng(0).random((1, 1, 3, 3, 4)))
+    ds.attrs.update(speed_attrs(time_training_s=1.5, time_synthesis_s=4.0, time_features_s=0.2,
+                                time_metrics_s=0.1, image_steps=1000, precision="bf16",
+                                compile=False, synthesis_batch_size=128), device="cpu")
+    assert set(SPEED_ATTRS) <= set(ds.attrs)
+    last = summary_table(ds).splitlines()[-1]
+    assert last.startswith("speed: 250.0 image-steps/s (1,000 steps, bf16, batch 128, on cpu)")
+    assert "training 1.5 s, synthesis 4.0 s, features 0.2 s, metrics 0.1 s" in last
+
+
+def test_summary_of_a_file_without_speed_records_has_no_speed_line():
+    ds = dataset_from_features(np.random.default_rng(0).random((1, 1, 3, 3, 4)))
+    assert "image-steps/s" not in summary_table(ds)
+
+
+@pytest.mark.slow
+def test_a_bf16_run_records_its_stages_steps_and_settings(tiny_plugin, tmp_path):
+    ds = toolkit.analyze(**{**TINY_RUN, "seeds": 1}, precision="bf16", out=tmp_path / "r.nc")
+    with toolkit.open_results(tmp_path / "r.nc") as written:
+        attrs = written.attrs
+        assert attrs["precision"] == "bf16" and attrs["compile"] == 0 and attrs["device"] == "cpu"
+        assert attrs["synthesis_batch_size"] == TINY_RUN["batch_size"]
+        assert attrs["image_steps"] == int(ds["steps"].sum()) > 0
+        for stage in ("training", "synthesis", "features", "metrics"):
+            assert attrs[f"time_{stage}_s"] >= 0
+        assert attrs["time_training_s"] + attrs["time_synthesis_s"] <= attrs["wall_time_s"]
+        assert "image-steps/s" in summary_table(written)
+    assert ds["converged"].mean() > 0.5
