@@ -197,10 +197,9 @@ def test_figures_say_what_a_file_lacks_instead_of_crashing():
 
 def test_plot_writes_each_figure_in_each_format(tmp_path, ds):
     path = results.write_results(ds, tmp_path / "run.nc")
-    written = toolkit.plot(path, formats="png,pdf")
+    written = toolkit.plot(path, formats="png,pdf", figures="means,grid")  # all: see analyze's test
     folder = tmp_path / "run.figures"
-    assert sorted(p.name for p in written) == sorted(f"{name}.{fmt}" for name in plotting.FIGURES
-                                                      for fmt in ("png", "pdf"))
+    assert [p.name for p in written] == ["means.png", "means.pdf", "grid.png", "grid.pdf"]
     assert all(p.parent == folder and p.stat().st_size > 1000 for p in written)
     assert (folder / "means.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (folder / "means.pdf").read_bytes()[:5] == b"%PDF-"
@@ -268,3 +267,78 @@ def test_images_round_trip_as_quantised_pixels_in_0_1(tmp_path):
     pixels = np.array([0.0, 0.5, 1 / 255 * 0.49, 1.0, 1.2])
     np.testing.assert_allclose(results.quantize(pixels), [0, 128 / 255, 0, 1, 1], rtol=1e-6)
     assert json.loads(ds.attrs["config"])["save_images"] is None
+
+
+@pytest.mark.slow
+def test_analyze_draws_the_figures_beside_its_results_unless_noplots(tmp_path, capsys, tiny_plugin):
+    import torch
+
+    from tests.conftest import TINY_RUN
+    from tests.test_end_to_end import cli_args
+    from toolkit.__main__ import main
+
+    out = tmp_path / "tiny.nc"
+    assert main(["analyze", *cli_args(TINY_RUN), "--out", str(out), "--noprogress"]) == 0
+    folder = tmp_path / "tiny.figures"
+    assert f"figures: {folder}/ (8 files)" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{name}.png" for name in plotting.FIGURES)
+    with toolkit.open_results(out) as ds:
+        assert json.loads(ds.attrs["config"])["save_images"] is True  # 3 classes: on by default
+        assert ds["P"].dims == results.IMAGES["P"] and ds["P"].shape[-3:] == (1, 6, 6)
+        diagonal = xr.DataArray(np.arange(3), dims="class")
+        xr.testing.assert_equal(ds["prototypes"].drop_vars("class"),
+                                ds["P"].isel(k=diagonal, j=diagonal).drop_vars(["k", "j"]))
+        # the stored noise is the noise each seed's prototypes started from
+        noise = torch.rand((3, 1, 6, 6), generator=torch.Generator().manual_seed(1)).numpy()
+        np.testing.assert_array_equal(ds["noise"].sel(seed=1).values, results.quantize(noise))
+        assert float(ds["P"].min()) >= 0 and float(ds["P"].max()) <= 1
+
+    bare = tmp_path / "bare.nc"
+    argv = ["analyze", *cli_args({**TINY_RUN, "seeds": 1}), "--out", str(bare), "--noprogress",
+            "--noplots", "--nosave_images"]
+    assert main(argv) == 0
+    assert "figures:" not in capsys.readouterr().out
+    assert not (tmp_path / "bare.figures").exists()
+    with toolkit.open_results(bare) as ds:
+        assert "P" not in ds and ds["prototypes"].sizes["class"] == 3
+        assert json.loads(ds.attrs["config"])["save_images"] is False
+
+
+def test_analyze_refuses_existing_figures_before_training(tmp_path, capsys, tiny_plugin, monkeypatch):
+    import toolkit.pipeline as pipeline
+    from tests.conftest import TINY_RUN
+    from tests.test_end_to_end import cli_args
+    from toolkit.__main__ import main
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pipeline, "train_through_intervals", no_training)
+    (tmp_path / "r.figures").mkdir()
+    (tmp_path / "r.figures" / "grid.png").write_bytes(b"mine")
+    assert main(["analyze", *cli_args(TINY_RUN), "--out", str(tmp_path / "r.nc"), "--noprogress"]) == 2
+    assert "r.figures already holds figures (grid.png); pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "r.figures" / "grid.png").read_bytes() == b"mine"
+    assert not (tmp_path / "r.nc").exists()
+
+
+def test_save_images_must_be_a_boolean():
+    with pytest.raises(toolkit.UsageError, match="--save_images must be true or false; got 'yes'"):
+        AnalysisConfig(save_images="yes")
+    assert AnalysisConfig().with_save_images_for(20).save_images is True
+    assert AnalysisConfig().with_save_images_for(21).save_images is False
+    assert AnalysisConfig(save_images=False).with_save_images_for(3).save_images is False
+
+
+def test_example_draws_a_figure_from_plain_xarray(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = results.write_results(make_results(n=3), tmp_path / "run.nc")
+    script = Path(__file__).parents[1] / "examples" / "plot_from_xarray.py"
+    run = subprocess.run([sys.executable, str(script), str(path), "1"], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"figure: {tmp_path / 'run-prototypes.png'}\n"
+    assert (tmp_path / "run-prototypes.png").read_bytes()[:4] == b"\x89PNG"
