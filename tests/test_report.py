@@ -149,8 +149,14 @@ def browser(tmp_path_factory):
 
 
 def open_page(browser, path):
-    """Load ``path``; return (console errors, [(complete, naturalWidth)] of every <img>)."""
+    """Load ``path`` and let it settle; return (console errors, [(complete, naturalWidth)] of
+    every <img>)."""
+    from selenium.webdriver.support.wait import WebDriverWait
+
     browser.get(path.resolve().as_uri())
+    # a busy machine may still be decoding images after the load event
+    WebDriverWait(browser, 60).until(lambda b: b.execute_script(
+        "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete);"))
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     images = browser.execute_script(
         "return Array.from(document.images).map(i => [i.complete, i.naturalWidth]);")
