@@ -141,7 +141,7 @@ def test_grid_of_many_classes_shows_a_readable_subset():
     big = make_results(intervals=(1.0,), seeds=(0,), n=30, size=3, metrics=("cosine",))
     fig = plotting.render(big, "grid")
     assert len(fig.axes[0].get_yticklabels()) == plotting.MAX_CLASSES
-    assert "20 of 30 classes shown" in fig.get_suptitle()
+    assert ", 20 of 30 classes shown" in fig.get_suptitle()
     fig = plotting.render(big, "grid", classes=["class3", 5])
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["class3", "class5"]
 

@@ -125,7 +125,7 @@ def spreads(ds: xr.Dataset) -> Figure:
     fig = _new_figure(6.4, 4.2)
     ax = fig.add_subplot()
     _seed_band(ax, ds, "std")
-    ax.set_ylabel(f"standard deviation of {DISSIMILARITY}")
+    ax.set_ylabel(f"std of {DISSIMILARITY}")
     _legend_above(ax, f"band: ±1 std across seeds of the per-seed stds; {_self_pairs_note(ds)}")
     fig.suptitle(f"Spread of C and R over training (std, averaged over seeds)\n{run_title(ds)}",
                  fontsize=11)
@@ -249,7 +249,7 @@ def _pick_classes(ds: xr.Dataset, classes: Sequence[int | str] | None,
 
 
 def _subset_note(shown: np.ndarray, n: int) -> str:
-    return "" if len(shown) == n else f" ({len(shown)} of {n} classes shown)"
+    return "" if len(shown) == n else f", {len(shown)} of {n} classes shown"
 
 
 def mosaic(tiles: np.ndarray, pad: int | None = None, fill: float = 1.0) -> np.ndarray:
@@ -310,7 +310,7 @@ def prototypes(ds: xr.Dataset, seed: int | None = None,
     ax.set_xlabel("training completed", labelpad=6)
     ax.xaxis.set_label_position("top")
     missing = "" if "noise" in ds else "; starting noise not in this file"
-    fig.suptitle(f"How class prototypes train (seed {seed}){_subset_note(shown, ds.sizes['class'])}"
+    fig.suptitle(f"How class prototypes train, seed {seed}{_subset_note(shown, ds.sizes['class'])}"
                  f"{missing}\n{run_title(ds)}", fontsize=10)
     return fig
 
@@ -335,13 +335,13 @@ def grid(ds: xr.Dataset, interval: float | None = None, seed: int | None = None,
     names = [str(c) for c in ds["class_name"].values[shown]]
     fontsize = 8 if n <= 12 else 6
     ax.set_yticks(_tile_centres(n, h, pad), names, fontsize=fontsize)
-    ax.set_xticks(_tile_centres(n, w, pad), names, fontsize=fontsize, rotation=90)
+    ax.set_xticks(_tile_centres(n, w, pad), names, fontsize=fontsize,
+                  rotation=90 if max(map(len, names)) > 3 else 0)
     ax.set_ylabel("target class k (pushed into)")
     ax.set_xlabel("origin class j (started from its prototype)")
-    for d in range(n):
-        ax.add_patch(Rectangle((d * (w + pad) - 0.5 - pad / 2, d * (h + pad) - 0.5 - pad / 2),
-                               w + pad, h + pad, fill=False, edgecolor=COLOURS["highlight"],
-                               linewidth=1.2))
+    for d in range(n):  # on the tile's own edge, so it neither hides a neighbour nor is clipped
+        ax.add_patch(Rectangle((d * (w + pad) - 0.5, d * (h + pad) - 0.5), w, h, fill=False,
+                               edgecolor=COLOURS["highlight"], linewidth=1.5, clip_on=False))
     converged = ds["converged"].sel(at).isel(k=shown, j=shown).transpose("k", "j").values
     rows, cols = np.nonzero(~converged.astype(bool))
     limits = ax.get_xlim(), ax.get_ylim()
@@ -373,16 +373,16 @@ def heatmaps(ds: xr.Dataset) -> Figure:
     fig = _new_figure(1.4 + 2.1 * t, 5.0)
     axes = fig.subplots(2, t, squeeze=False, sharex=True, sharey=True)
     names = [str(c) for c in ds["class_name"].values]
-    ticks = np.arange(n) if n <= 12 else np.linspace(0, n - 1, 6).round().astype(int)
-    labels = [names[i] for i in ticks] if n <= 12 else [str(i) for i in ticks]
     image = None
     for row, v in enumerate(("C", "R")):
         for col in range(t):
             ax = axes[row, col]
             image = ax.imshow(maps[v].isel(interval=col).transpose("k", "j").values, cmap=HEATMAP_CMAP,
                               vmin=vmin, vmax=vmax, interpolation="nearest")
-            ax.set_xticks(ticks, labels, fontsize=6, rotation=90 if n > 5 else 0)
-            ax.set_yticks(ticks, labels, fontsize=6)
+            if n <= 12:  # class names; beyond that, matplotlib's round class indices
+                ax.set_xticks(np.arange(n), names, rotation=90 if n > 5 else 0)
+                ax.set_yticks(np.arange(n), names)
+            ax.tick_params(labelsize=6)
             if row == 0:
                 ax.set_title(f"{float(ds['interval'][col]):.0%} trained", fontsize=9)
             if row == 1:
