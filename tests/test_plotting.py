@@ -313,7 +313,7 @@ def test_analyze_refuses_existing_figures_before_training(tmp_path, capsys, tiny
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(pipeline, "train_through_intervals", no_training)
+    monkeypatch.setattr(pipeline, "Trainer", no_training)
     (tmp_path / "r.figures").mkdir()
     (tmp_path / "r.figures" / "grid.png").write_bytes(b"mine")
     assert main(["analyze", *cli_args(TINY_RUN), "--out", str(tmp_path / "r.nc"), "--noprogress"]) == 2

@@ -3,6 +3,7 @@ import base64
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -40,7 +41,8 @@ def expected_cells(path):
         for t in range(ds.sizes["interval"]):
             at = ds.isel(interval=t)
             values = {"interval": float(at["interval"]), "test_acc": float(at["test_accuracy"]),
-                      "converged": float(at["converged"].mean()), "steps": float(at["steps"].mean())}
+                      "converged": float(at["converged"].mean()), "steps": float(at["steps"].mean()),
+                      "unconverged": float((~at["converged"]).sum())}
             for column, (variable, _) in COLUMNS.items():
                 if column not in values:
                     values[column] = float(at[variable]) if variable in ds else None
@@ -109,10 +111,14 @@ def test_cli_report_and_plot(tmp_path, files, capsys):
     assert main(["report", str(files[1]), "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"report: {out}\n"
     assert "--runs: 1" in out.read_text()
-    assert main(["plot", str(files[1]), "--out", str(tmp_path / "figs"), "--format", "png,svg"]) == 0
-    captured = capsys.readouterr()
-    assert len(captured.out.splitlines()) == 2 * 4
-    assert "skipped figure grid: this file lacks P; rerun analyze with --save_images" in captured.err
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["plot", str(files[1]), "--out", str(tmp_path / "figs"), "--format", "png,svg"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2 * 4
+    skipped = [str(w.message) for w in caught]
+    assert len(skipped) == 4 and skipped[-1] == ("figure 'grid' skipped: this file lacks P; rerun "
+                                                 "analyze with --save_images (on by default for up "
+                                                 "to 20 classes)")
 
 
 # ---- the page in a real browser -------------------------------------------------------------
