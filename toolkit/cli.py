@@ -155,8 +155,10 @@ class Toolkit:
         from toolkit.reporting import report
 
         if not results:
-            raise UsageError("report needs at least one results file: toolkit report RESULTS.nc [MORE.nc ...]")
-        print(f"report: {report(list(results), out, seed=seed, interval=interval, overwrite=overwrite)}")
+            raise UsageError("report needs at least one results file: "
+                             "toolkit report RESULTS.nc [MORE.nc ...]")
+        page = report(list(results), out, seed=seed, interval=interval, overwrite=overwrite)
+        print(f"report: {page}")
 
     def plugins(self, all: bool = False) -> None:
         """Print the installed plugins as JSON: name, version, hooks and what each registers.
