@@ -17,6 +17,8 @@ COUNTERPARTS = {
     "analyze": "analyze",
     "summary": "summary",
     "plugins": "get_plugins",
+    "plot": "plot",
+    "report": "report",
 }
 
 

@@ -31,8 +31,8 @@ def test_cli_writes_a_complete_labelled_results_file(tmp_path, capsys, tiny_plug
 
     with xr.open_dataset(out) as ds:
         assert dict(ds.sizes) == {"interval": 2, "seed": 2, "k": 3, "j": 3, "i": 3, "feature": 16,
-                                  "class": 3}
-        for name, dims in {**results.REQUIRED, **results.FROM_METRICS}.items():
+                                  "class": 3, "channel": 1, "y": 6, "x": 6}
+        for name, dims in {**results.REQUIRED, **results.FROM_METRICS, **results.IMAGES}.items():
             assert ds[name].dims == dims, name
         assert ds["gap"].dims == ("interval", "seed")
         assert list(ds["interval"].values) == [0.5, 1.0]

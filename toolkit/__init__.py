@@ -51,8 +51,22 @@ def get_plugins(all: bool = False, hook: str | None = None) -> list[dict]:
     return describe_plugins(builtins=all, hook=hook)
 
 
+def plot(results, out=None, formats=("png",), **options):
+    """Draw the figures of a results file into a folder; see :func:`toolkit.plotting.plot`."""
+    from toolkit.plotting import plot as _plot
+
+    return _plot(results, out, formats, **options)
+
+
+def report(results, out="report.html", **options):
+    """One self-contained HTML page of one or more results files; see :func:`toolkit.reporting.report`."""
+    from toolkit.reporting import report as _report
+
+    return _report(results, out, **options)
+
+
 __all__ = [
     "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
     "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
-    "get_plugins",
+    "get_plugins", "plot", "report",
 ]

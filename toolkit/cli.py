@@ -12,8 +12,9 @@ _D = AnalysisConfig  # field defaults, so the defaults have one home
 class Toolkit:
     """Probe image classifiers without data: prototypes, their dissimilarities, over training.
 
-    Commands: analyze (run the study), summary (table of a results file), plugins (what is
-    installed). Add --help after a command for its options.
+    Commands: analyze (run the study), summary (table of a results file), plot (its figures),
+    report (an HTML page of one or more results files), plugins (what is installed). Add --help
+    after a command for its options.
 
     Args:
         plugins_dir: also load every .py file in this folder as a plugin, without packaging it
@@ -35,12 +36,14 @@ class Toolkit:
                 metric_options=None, lr: float | None = _D.lr,
                 loss_threshold: float = _D.loss_threshold, max_steps: int | None = _D.max_steps,
                 fixed_steps: int | None = _D.fixed_steps, batch_size=_D.batch_size,
+                save_images: bool | None = _D.save_images,
                 train_lr: float | None = _D.train_lr, train_batch_size: int | None = _D.train_batch_size,
                 data_root: str | None = _D.data_root, download: bool = _D.download,
                 device: str = _D.device, precision: str = _D.precision, compile: bool = _D.compile,
                 nonfinite: str = _D.nonfinite, out: str | None = None, overwrite: bool = False,
-                fresh: bool = False, checkpoints: str | None = None, progress: bool = True) -> None:
-        """Run the whole study and write one results file (netCDF).
+                fresh: bool = False, checkpoints: str | None = None, progress: bool = True,
+                plots: bool = True) -> None:
+        """Run the whole study and write one results file (netCDF), and its figures.
 
         Trains the model through the training intervals; at each one synthesises, for every seed,
         the class prototypes and the n x n grid of intermediary prototypes; computes C and R from
@@ -65,6 +68,8 @@ class Toolkit:
             fixed_steps: every image takes exactly this many steps (authors' code: 250).
             batch_size: images optimised at once during synthesis; auto (default) chooses it
                 from the device and image size (CPU: 128 at 32x32; GPU: 1024 at 32x32).
+            save_images: store the whole grid P of images in the file (--nosave_images to leave
+                it out); default: on for up to 20 classes. Class prototypes are stored always.
             train_lr: SGD learning rate for training, cosine-annealed per stage; default from the
                 dataset (digits 0.1, else 0.05).
             train_batch_size: training batch size; default from the dataset (digits 32, else 128).
@@ -81,14 +86,16 @@ class Toolkit:
                 OUT-without-.nc + ".work/": the training checkpoints (interval-<t>.pt, kept) and
                 each finished (interval, seed) grid (dropped once the results file is written).
                 Rerunning an interrupted command resumes from there.
-            overwrite: replace an existing results file.
+            overwrite: replace an existing results file (and its figures).
             fresh: discard the work an earlier run of this --out left, and start over.
             checkpoints: folder of model weights to analyse instead of training, one file per
                 interval named interval-<t>.pt (e.g. interval-0.25.pt): a state_dict, or a
                 finished run's OUT.work folder. Loaded as weights only; files carrying pickled
                 objects are refused.
             progress: show progress bars (--noprogress to hide).
+            plots: draw the figures into OUT-without-.nc + ".figures/" (--noplots to skip).
         """
+        from toolkit import plotting
         from toolkit.pipeline import analyze, default_output
         from toolkit.table import summary_table
 
@@ -96,14 +103,21 @@ class Toolkit:
             model=model, dataset=dataset, intervals=intervals, schedule=schedule, seeds=seeds,
             seed=seed, epochs=epochs, synthesizer=synthesizer, metrics=metrics,
             metric_options=metric_options, lr=lr, loss_threshold=loss_threshold,
-            max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size, train_lr=train_lr,
+            max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size,
+            save_images=save_images, train_lr=train_lr,
             train_batch_size=train_batch_size, data_root=data_root, download=download, device=device,
             precision=precision, compile=compile, nonfinite=nonfinite)
         path = Path(out) if out is not None else default_output(config)
+        figures = plotting.default_folder(path)
+        if plots and path.parent.is_dir():  # fail before training, not after it
+            plotting.check_folder(figures, overwrite=overwrite)
         ds = analyze(config, out=path, checkpoints=checkpoints, fresh=fresh, overwrite=overwrite,
                      progress=progress, make_folder=out is None)
         print(summary_table(ds))
         print(f"results: {path}")
+        if plots:
+            written = plotting.plot(ds, figures, overwrite=overwrite)
+            print(f"figures: {figures}/ ({len(written)} files)")
 
     def summary(self, results: str) -> None:
         """Print a results file's table: per interval, test accuracy, C/R mean and std, outliers,
@@ -117,6 +131,51 @@ class Toolkit:
 
         with open_results(results) as ds:
             print(summary_table(ds))
+
+    def plot(self, results: str, out: str | None = None, format="png", figures=None,
+             seed: int | None = None, interval: float | None = None, overwrite: bool = False) -> None:
+        """Draw the figures of a results file into a folder and print their paths.
+
+        Figures: means (C and R per interval), spreads (their std), outliers, accuracy (test
+        accuracy beside C and R), prototypes (how class prototypes train), grid (the n x n grid
+        P), heatmaps (C and R per class pair), convergence (steps and final loss per image).
+
+        Args:
+            results: path of a results file (.nc) written by analyze.
+            out: folder for the figures; default RESULTS-without-.nc + ".figures/".
+            format: file formats, comma-separated: png, pdf, svg.
+            figures: which figures, comma-separated (default all).
+            seed: the seed the prototypes and grid figures show (default the first).
+            interval: the interval the grid figure shows (default the last), e.g. 0.5.
+            overwrite: replace figures already in the folder.
+        """
+        from toolkit.plotting import plot
+
+        for path in plot(results, out, format, figures, seed=seed, interval=interval,
+                         overwrite=overwrite):
+            print(path)
+
+    def report(self, *results: str, out: str = "report.html", seed: int | None = None,
+               interval: float | None = None, overwrite: bool = False) -> None:
+        """Write one self-contained HTML page (figures embedded, no network needed) of one or
+        more results files, side by side: configuration, summary table, convergence statistics
+        and every figure with how to read it.
+
+        Args:
+            results: one or more results files (.nc) written by analyze.
+            out: the page to write (.html).
+            seed: the seed the prototypes and grid figures show (default the first).
+            interval: the interval the grid figure shows (default the last).
+            overwrite: replace an existing page.
+        """
+        from toolkit.errors import UsageError
+        from toolkit.reporting import report
+
+        if not results:
+            raise UsageError("report needs at least one results file: "
+                             "toolkit report RESULTS.nc [MORE.nc ...]")
+        page = report(list(results), out, seed=seed, interval=interval, overwrite=overwrite)
+        print(f"report: {page}")
 
     def plugins(self, all: bool = False, hook: str | None = None) -> None:
         """Print the installed plugins as JSON: name, version, hooks, what each registers, and why

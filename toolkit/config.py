@@ -29,6 +29,8 @@ PRECISIONS = {
 FALLBACKS = {"lr": 0.1, "epochs": 10, "crop_padding": 0, "flip": False, "train_lr": 0.05,
              "train_batch_size": 128, "max_steps": 1000}
 DATASET_DEFAULTABLE = tuple(FALLBACKS)
+# save_images left at None saves the whole grid P for at most this many classes (n^2 images).
+SAVE_IMAGES_UP_TO = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,9 @@ class AnalysisConfig:
             (or None) to choose it from the device (``toolkit.synthesis.auto_batch_size``).
         precision: ``fp32`` or ``bf16`` (autocast) for synthesis and training; see ``PRECISIONS``.
         compile: run the model through ``torch.compile`` during synthesis.
+        save_images: store the whole grid ``P`` of images in the results file (uint8); None saves
+            it when the dataset has at most ``SAVE_IMAGES_UP_TO`` classes. The class prototypes
+            and their starting noise are stored always.
         metrics: registered metric names, run in this order.
         metric_options: keyword options per metric, e.g. ``{"zscore": {"reference": "seed"}}``.
         data_root: folder holding (or to receive) the dataset files.
@@ -84,6 +89,7 @@ class AnalysisConfig:
     max_steps: int | None = None
     fixed_steps: int | None = None
     batch_size: int | str | None = "auto"
+    save_images: bool | None = None
     metrics: tuple[str, ...] = ("cosine", "zscore")
     metric_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     data_root: str | None = None
@@ -148,6 +154,8 @@ class AnalysisConfig:
         for name in ("download", "compile") + (("flip",) if self.flip is not None else ()):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"--{name} must be true or false; got {getattr(self, name)!r}")
+        if self.save_images is not None and not isinstance(self.save_images, bool):
+            raise UsageError(f"--save_images must be true or false; got {self.save_images!r}")
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise UsageError(f"unknown --device {self.device!r}; allowed: {', '.join(DEVICES)}")
@@ -167,6 +175,12 @@ class AnalysisConfig:
         filled = {name: defaults.get(name, FALLBACKS[name])
                   for name in DATASET_DEFAULTABLE if getattr(self, name) is None}
         return dataclasses.replace(self, **filled)
+
+    def with_save_images_for(self, num_classes: int) -> "AnalysisConfig":
+        """Resolve ``save_images`` left at None for a dataset of ``num_classes`` classes."""
+        if self.save_images is not None:
+            return self
+        return dataclasses.replace(self, save_images=num_classes <= SAVE_IMAGES_UP_TO)
 
     @property
     def seed_values(self) -> list[int]:

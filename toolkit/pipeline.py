@@ -212,6 +212,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     check_metrics(resolved.metrics, config.metric_options)
     data = load_dataset(resolved.dataset, config)
     config = config.with_dataset_defaults(resolved.dataset.metadata.get("defaults", {}))
+    config = config.with_save_images_for(data.num_classes)
 
     if out is not None and make_folder:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -272,14 +273,15 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         if pending:
             synth_bar = bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
                             len(pending) * data.num_classes ** 2, unit="img")
+            diagonal = torch.arange(data.num_classes)
             for seed in pending:
                 # Each (interval, seed) unit runs in its own work queue, so its micro-batches, and
                 # with them its last bits, are the same whichever other units are pending.
-                noise = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+                noise = initial_noise(shape, [seed])
                 with frozen(model):
                     clock = time.perf_counter()
                     grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
-                                                         noise[None], synthesis,
+                                                         noise, synthesis,
                                                          progress=synth_bar.update)
                     seconds["synthesis"] += time.perf_counter() - clock
                     clock = time.perf_counter()
@@ -287,7 +289,10 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                     seconds["features"] += time.perf_counter() - clock
                 image_steps += int(grid_records["steps"].sum())
                 done[seed] = {"features": feats.view(*grid.shape[1:3], -1).numpy(),
-                              **{name: value[0].numpy() for name, value in grid_records.items()}}
+                              **{name: value[0].numpy() for name, value in grid_records.items()},
+                              "prototypes": results.to_uint8(grid[0, diagonal, diagonal].numpy()),
+                              **({"P": results.to_uint8(grid[0].numpy())} if config.save_images
+                                 else {})}
                 if work is not None:
                     work.save_unit(fraction, seed, done[seed])
             synth_bar.close()
@@ -295,13 +300,17 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             _check_finite(done[seed], fraction, seed, config.nonfinite)
         units.append([done[seed] for seed in config.seed_values])
 
+    images = {name: np.stack([[unit[name] for unit in row] for row in units])
+              for name in ("prototypes", "P") if name in units[0][0]}
+    images["noise"] = results.to_uint8(initial_noise(shape, config.seed_values).numpy())
     ds = results.build_dataset(
         intervals=[s.fraction for s in stages], seeds=config.seed_values,
         class_names=data.class_names,
         features=np.stack([[unit["features"] for unit in row] for row in units]),
         records={name: np.stack([[unit[name] for unit in row] for row in units])
-                 for name in units[0][0] if name != "features"},
-        test_accuracy=[s.test_accuracy for s in stages], train_size=[s.train_size for s in stages])
+                 for name in units[0][0] if name != "features" and name not in results.IMAGES},
+        test_accuracy=[s.test_accuracy for s in stages], train_size=[s.train_size for s in stages],
+        images=images)
     clock = time.perf_counter()
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
@@ -319,6 +328,13 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         if work is not None:
             work.discard_units()
     return ds
+
+
+def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """The uniform noise the class prototypes of each seed start from, ``(seed, *shape)``: the
+    same at every interval, and drawn again for the results file rather than kept."""
+    return torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+                        for seed in seeds])
 
 
 def default_work_dir(out: str | os.PathLike) -> Path:

@@ -5,6 +5,16 @@ This module is the one home of the schema (DESIGN.md section 2). Dimensions: ``i
 (the class compared with), ``feature`` and ``class`` (with ``class_name``). ``P[k, j]`` is the image
 started at class ``j``'s prototype and pushed into class ``k``; ``P[k, k]`` is class ``k``'s
 prototype.
+
+Images (optional variables, so files without them are still schema version 1): ``noise``
+``(seed, class, channel, y, x)``, the uniform noise each seed's prototypes start from (the same at
+every interval; also ``torch.rand((n, C, H, W), generator=torch.Generator().manual_seed(seed))``);
+``prototypes`` ``(interval, seed, class, channel, y, x)``, each class prototype ``p_c = P[c, c]``;
+and, when the study saves images, the whole grid ``P`` ``(interval, seed, k, j, channel, y, x)``.
+Pixels live in [0, 1]; on disk they are uint8 with CF ``scale_factor = 1/255`` (pixel =
+round(255 x) / 255, an error of at most 1/510), so any CF reader, ``xarray.open_dataset`` among
+them, reads them back as float32 in [0, 1]. In memory they hold those quantised values already,
+so writing and reading a Dataset changes nothing.
 """
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ import json
 import os
 import platform
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -46,6 +57,20 @@ FROM_METRICS = {
     **{f"{v}_{s}": ("interval",) for v in ("C", "R") for s in ("mean", "std", "outlier_fraction")},
     **{f"{v}_seed_{s}": ("interval", "seed") for v in ("C", "R") for s in ("mean", "std")},
 }
+
+# Images: optional, dims checked where present (see the module docstring).
+PIXELS = ("channel", "y", "x")
+IMAGES = {
+    "noise": ("seed", "class", *PIXELS),
+    "prototypes": ("interval", "seed", "class", *PIXELS),
+    "P": (*GRID, *PIXELS),
+}
+IMAGE_ATTRS = {
+    "noise": dict(long_name="uniform noise the class prototypes start from", units="1"),
+    "prototypes": dict(long_name="class prototype p_c = P[c, c]", units="1"),
+    "P": dict(long_name="intermediary prototype P[k, j]: p_j pushed into class k", units="1"),
+}
+IMAGE_ENCODING = {"dtype": "uint8", "scale_factor": np.float32(1 / 255), "_FillValue": None}
 
 RECORD_ATTRS = {
     "features": dict(long_name="penultimate feature vector of P[k, j]", units="1"),
@@ -88,12 +113,21 @@ def speed_attrs(*, time_training_s: float, time_synthesis_s: float, time_feature
 
 def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_names: Sequence[str],
                   features: np.ndarray, records: Mapping[str, np.ndarray],
-                  test_accuracy: Sequence[float], train_size: Sequence[int]) -> xr.Dataset:
+                  test_accuracy: Sequence[float], train_size: Sequence[int],
+                  images: Mapping[str, np.ndarray] | None = None) -> xr.Dataset:
     """Assemble the per-image arrays of a study (before metrics) into a labelled Dataset.
 
     ``features`` is ``(interval, seed, k, j, feature)``; each record ``(interval, seed, k, j)``.
+    ``images`` may hold ``noise``, ``prototypes`` and ``P`` with the dims of ``IMAGES``, as uint8
+    (0-255) or floats in [0, 1]; they are stored quantised to 1/255.
     """
     n = len(class_names)
+    images = dict(images or {})
+    unknown = sorted(set(images) - set(IMAGES))
+    if unknown:
+        raise ValueError(f"unknown image variable(s) {', '.join(unknown)}; known: {', '.join(IMAGES)}")
+    pixels = {name: (IMAGES[name], quantize(value), IMAGE_ATTRS[name]) for name, value in images.items()}
+    shape = next(iter(pixels.values()))[1].shape[-3:] if pixels else None
     grid = {name: (GRID, np.asarray(records[name]), RECORD_ATTRS[name])
             for name in ("steps", "loss", "converged", "predicted", "confidence")}
     return xr.Dataset(
@@ -107,6 +141,7 @@ def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_nam
                            RECORD_ATTRS["train_size"]),
             "class_name": ("class", np.asarray(list(class_names), dtype=object),
                            dict(long_name="name of each class index")),
+            **pixels,
         },
         coords={
             "interval": ("interval", np.asarray(intervals, dtype=np.float64),
@@ -117,8 +152,27 @@ def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_nam
             "j": ("j", np.arange(n), dict(long_name="origin class")),
             "feature": ("feature", np.arange(features.shape[-1]), dict(long_name="feature index")),
             "class": ("class", np.arange(n), dict(long_name="class index")),
+            **({} if shape is None else {
+                "channel": ("channel", np.arange(shape[0]), dict(long_name="colour channel")),
+                "y": ("y", np.arange(shape[1]), dict(long_name="pixel row")),
+                "x": ("x", np.arange(shape[2]), dict(long_name="pixel column")),
+            }),
         },
     )
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 1] as stored on disk: ``round(255 x)`` as uint8 (uint8 passes through)."""
+    pixels = np.asarray(pixels)
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def quantize(pixels: np.ndarray) -> np.ndarray:
+    """The float32 values a reader of the file gets back for ``pixels`` (uint8, or floats in
+    [0, 1]): ``to_uint8(pixels) * float32(1/255)``, exactly as CF decoding computes them."""
+    return to_uint8(pixels).astype(np.float32) * IMAGE_ENCODING["scale_factor"]
 
 
 def dataset_from_features(features: np.ndarray) -> xr.Dataset:
@@ -156,9 +210,10 @@ def provenance(config_json: str, **extra: Any) -> dict[str, Any]:
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    # zlib only where it pays: numbers and booleans, not strings (as ArviZ does).
-    return {name: {"zlib": True, "complevel": 4} for name, var in ds.variables.items()
-            if var.dtype.kind in "biuf"}
+    # zlib only where it pays: numbers and booleans, not strings (as ArviZ does). Images go to
+    # disk as uint8 whatever encoding a variable carries (it is lost by many operations anyway).
+    return {name: {"zlib": True, "complevel": 4, **(IMAGE_ENCODING if name in IMAGES else {})}
+            for name, var in ds.variables.items() if var.dtype.kind in "biuf"}
 
 
 def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -173,7 +228,11 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
     keep = False
     try:
         try:
-            ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+            with warnings.catch_warnings():
+                # Images hold no NaN, so their uint8 needs no fill value (xarray warns all the same).
+                warnings.filterwarnings("ignore", "saving variable .* as an integer dtype without any "
+                                        "_FillValue")
+                ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
         except OSError as exc:
             raise ToolkitError(f"could not write {path} ({exc.strerror or exc}); nothing was written, "
                                "and rerunning the same command resumes from its work directory") from exc
@@ -236,7 +295,7 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
         if name not in ds.variables:
             raise UsageError(f"{source} lacks variable {name!r}; a results file holds "
                              + ", ".join(REQUIRED))
-    for name, dims in {**REQUIRED, **FROM_METRICS}.items():
+    for name, dims in {**REQUIRED, **FROM_METRICS, **IMAGES}.items():
         if name in ds.variables and ds[name].dims != dims:
             raise UsageError(f"{source}: variable {name!r} has dims {ds[name].dims}, expected {dims}")
     return ds

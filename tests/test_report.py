@@ -1,0 +1,206 @@
+"""The HTML report: self-contained, complete, side by side; and opened in a real headless browser."""
+import base64
+import os
+import re
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+import toolkit
+from toolkit import plotting, reporting, results
+from toolkit.__main__ import main
+from toolkit.table import COLUMNS
+from tests.test_plotting import make_results
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two results files to compare: a complete one, and a colour run without zscore or grid P."""
+    folder = tmp_path_factory.mktemp("runs")
+    full = results.write_results(make_results(), folder / "full.nc")
+    other = make_results(intervals=(0.5, 1.0), seeds=(3,), n=3, channels=3, grid=False,
+                         metrics=("cosine",))
+    other.attrs.update(model="timm:vit_tiny", dataset="cifar10")
+    partial = results.write_results(other, folder / "partial.nc")
+    return full, partial
+
+
+@pytest.fixture(scope="module")
+def page(files, tmp_path_factory):
+    out = tmp_path_factory.mktemp("page") / "report.html"
+    toolkit.report(list(files), out)
+    return out
+
+
+def expected_cells(path):
+    """The summary table's numbers, straight from the file's variables."""
+    with toolkit.open_results(path) as ds:
+        rows = []
+        for t in range(ds.sizes["interval"]):
+            at = ds.isel(interval=t)
+            values = {"interval": float(at["interval"]), "test_acc": float(at["test_accuracy"]),
+                      "converged": float(at["converged"].mean()), "steps": float(at["steps"].mean()),
+                      "unconverged": float((~at["converged"]).sum())}
+            for column, (variable, _) in COLUMNS.items():
+                if column not in values:
+                    values[column] = float(at[variable]) if variable in ds else None
+            rows.append({c: "-" if v is None else COLUMNS[c][1].format(v) for c, v in values.items()})
+        return rows
+
+
+def test_report_is_one_self_contained_page(page):
+    text = page.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    sources = re.findall(r'src="([^"]*)"', text)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
+    for source in sources:
+        assert base64.b64decode(source.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_has_config_summary_convergence_and_every_figure_with_how_to_read(page, files):
+    text = page.read_text()
+    for spec in plotting.FIGURES.values():
+        assert f"<h2>{spec.heading}</h2>" in text
+        assert reporting._e(spec.how_to_read) in text
+    assert '<section id="convergence-statistics">' in text
+    assert "<th>loss_threshold</th><td>0.01</td>" in text  # the configuration, from the file
+    # 8 figures of the full run; the partial one lacks means, spreads, outliers and grid
+    assert len(re.findall(r"<img ", text)) == 8 + 4
+    assert text.count('class="missing"') == 4
+    assert "partial.nc: not drawn, this file lacks C_mean" in text
+    assert "--runs: 2" in text  # two columns, side by side
+
+
+def test_summary_and_convergence_tables_hold_the_files_numbers(page, files):
+    text = page.read_text()
+    tables = re.findall(r'<table class="summary">(.*?)</table>', text, re.S)
+    assert len(tables) == 2
+    for table, path in zip(tables, files):
+        shown = [dict(re.findall(r'<td data-column="(\w+)"[^>]*>([^<]*)</td>', row))
+                 for row in re.findall(r"<tr>(<td.*?)</tr>", table)]
+        assert shown == expected_cells(path)
+    with toolkit.open_results(files[0]) as ds:
+        unconverged = int((~ds["converged"].isel(interval=0)).sum())
+    first = re.search(r'<table class="convergence">.*?<td data-column="unconverged">(\d+)</td>', text, re.S)
+    assert int(first.group(1)) == unconverged
+
+
+def test_report_refuses_bad_input_in_one_line(tmp_path, files, capsys):
+    existing = tmp_path / "mine.html"
+    existing.write_text("mine")
+    cases = [
+        (["report", str(files[0]), "--out", str(existing)], "already exists; pass --overwrite"),
+        (["report", str(files[0]), "--out", str(tmp_path / "r.txt")], "--out must name an .html file"),
+        (["report", str(tmp_path / "none.nc"), "--out", str(tmp_path / "r.html")], "no results file"),
+        (["report"], "report needs at least one results file"),
+        (["plot", str(files[0]), "--format", "gif"], "unknown --format gif; allowed: png, pdf, svg"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("toolkit: error: ") and err.count("\n") == 1 and message in err, argv
+    assert existing.read_text() == "mine"
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "r.txt").exists()
+
+
+def test_cli_report_and_plot(tmp_path, files, capsys):
+    out = tmp_path / "one.html"
+    assert main(["report", str(files[1]), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == f"report: {out}\n"
+    assert "--runs: 1" in out.read_text()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["plot", str(files[1]), "--out", str(tmp_path / "figs"), "--format", "png,svg"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2 * 4
+    skipped = [str(w.message) for w in caught]
+    assert len(skipped) == 4 and skipped[-1] == ("figure 'grid' skipped: this file lacks P; rerun "
+                                                 "analyze with --save_images (on by default for up "
+                                                 "to 20 classes)")
+
+
+# ---- the page in a real browser -------------------------------------------------------------
+
+BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--window-size=1400,1000")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's headless chromium, driven by its chromedriver through selenium (all offline)."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        why = ("Debian's chromium and chromium-driver are not installed; `make test` installs them "
+               "when run as root")
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    session = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def open_page(browser, path):
+    """Load ``path`` and let it settle; return (console errors, [(complete, naturalWidth)] of
+    every <img>)."""
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    browser.get(path.resolve().as_uri())
+    # a busy machine may still be decoding images after the load event
+    WebDriverWait(browser, 60).until(lambda b: b.execute_script(
+        "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete);"))
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.complete, i.naturalWidth]);")
+    return errors, images
+
+
+def test_the_browser_check_catches_a_broken_page(browser, tmp_path):
+    broken = tmp_path / "broken.html"
+    broken.write_text('<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'
+                      '<img src="data:image/png;base64,AAAA"><script>console.error("boom")</script>'
+                      "</body></html>")
+    errors, images = open_page(browser, broken)
+    assert any("boom" in entry["message"] for entry in errors)
+    assert images == [[True, 0]]
+
+
+@pytest.mark.slow
+def test_report_in_headless_chromium(browser, page, files, tmp_path):
+    errors, images = open_page(browser, page)
+    assert errors == []
+    assert len(images) == 8 + 4
+    assert all(complete and width > 0 for complete, width in images)
+    shown = browser.execute_script("""
+        return Array.from(document.querySelectorAll('#summary .run table.summary')).map(table =>
+            Array.from(table.tBodies[0].rows).map(row => Object.fromEntries(
+                Array.from(row.cells).map(cell => [cell.dataset.column, cell.textContent]))));""")
+    assert shown == [expected_cells(path) for path in files]
+    # side by side: the two runs' first figures sit next to each other, not one under the other
+    boxes = browser.execute_script("""
+        return Array.from(document.querySelectorAll('#figure-accuracy img'))
+            .map(i => { const r = i.getBoundingClientRect(); return [r.left, r.top, r.width]; });""")
+    assert len(boxes) == 2 and boxes[1][0] >= boxes[0][0] + boxes[0][2] and boxes[0][2] > 300
+    screenshot = tmp_path / "report.png"
+    assert browser.save_screenshot(str(screenshot))
+    from matplotlib.image import imread
+
+    pixels = imread(screenshot)
+    assert pixels.shape[0] > 500 and pixels.shape[1] > 1000
+    assert np.std(pixels[..., :3]) > 0.05  # text and figures, not a blank page
+    if os.environ.get("TOOLKIT_KEEP_SCREENSHOT"):
+        shutil.copy(screenshot, os.environ["TOOLKIT_KEEP_SCREENSHOT"])

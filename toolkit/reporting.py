@@ -1,0 +1,266 @@
+"""One self-contained HTML page of one or more results files.
+
+The page needs nothing but itself: figures are PNG data URIs, the style sheet is inline, and it
+holds no script and loads nothing. Several results files are shown side by side, one column each,
+so runs of different models or datasets compare at a glance.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+
+from toolkit import plotting
+from toolkit.errors import UsageError
+from toolkit.results import _umask
+from toolkit.table import COLUMNS, summary_rows
+
+SUMMARY_HOW_TO_READ = (
+    "One row per training interval. test_acc: accuracy on the held-out test split. C_mean, C_std, "
+    "R_mean, R_std: mean and standard deviation of the dissimilarities over ordered pairs, per seed, "
+    "then averaged over seeds. C_out, R_out: share of values with |z| above the threshold. "
+    "converged: share of synthesised images whose loss reached the threshold; steps: mean "
+    "input-gradient steps per image. A dash marks a number this file does not hold.")
+CONVERGENCE_HOW_TO_READ = (
+    "Per interval, over every seed and every cell of the grid P: how many images were synthesised, "
+    "how many reached the loss threshold, and how many steps and how much loss it took.")
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
+       max-width: 1400px; padding: 1rem 2rem 3rem; color: #1a1a1a; line-height: 1.45; }
+h1 { font-size: 1.6rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.25rem; border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; margin-top: 2.2rem; }
+h3 { font-size: 1rem; margin: 0.4rem 0; }
+.meta, .how { color: #444; font-size: 0.92rem; max-width: 70rem; }
+.runs { display: grid; gap: 1.5rem; grid-template-columns: repeat(var(--runs), minmax(0, 1fr)); }
+.run { min-width: 0; overflow-x: auto; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.3rem 0 0.8rem; }
+th, td { padding: 0.2rem 0.55rem; border-bottom: 1px solid #e2e2e2; text-align: right; }
+th { background: #f3f3f3; }
+table.config td, table.config th { text-align: left; vertical-align: top; }
+table.config td { font-family: ui-monospace, monospace; word-break: break-all; }
+figure { margin: 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.missing { color: #8a4b00; background: #fff6e5; padding: 0.5rem 0.8rem; border-radius: 4px; }
+nav a { margin-right: 0.9rem; }
+"""
+
+
+def report(results: xr.Dataset | str | os.PathLike | Sequence[xr.Dataset | str | os.PathLike],
+           out: str | os.PathLike = "report.html", *, overwrite: bool = False, dpi: int = 110,
+           seed: int | None = None, interval: float | None = None) -> Path:
+    """Write one self-contained HTML page about one or more results files; return its path.
+
+    Args:
+        results: a results file or Dataset, or several (shown side by side).
+        out: the page to write (``.html``); an existing one is kept unless ``overwrite``.
+        overwrite: replace an existing page.
+        dpi: resolution of the embedded figures.
+        seed, interval: which seed and interval the image figures show (default: the first seed
+            and the last interval of each run).
+
+    Raises:
+        UsageError: a missing or foreign results file, a bad ``out``, an existing page.
+    """
+    out = Path(out)
+    _check_out(out, overwrite)
+    items = [results] if isinstance(results, (xr.Dataset, str, os.PathLike)) else list(results)
+    if not items:
+        raise UsageError("give at least one results file")
+    runs, opened = [], []
+    try:
+        for item in items:
+            ds, path = plotting.as_dataset(item)
+            if path is not None:
+                opened.append(ds)
+            runs.append((path.name if path is not None else plotting.run_title(ds), ds))
+        page = render_page(runs, dpi=dpi, seed=seed, interval=interval)
+    finally:
+        for ds in opened:
+            ds.close()
+    return _write_text(out, page, overwrite)
+
+
+def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: int | None = None,
+                interval: float | None = None) -> str:
+    """The page's HTML for ``runs``: (label, Dataset) pairs, one column each."""
+    from toolkit import __version__
+
+    columns = f' style="--runs: {len(runs)}"'
+    labels = [label for label, _ in runs]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',  # no favicon request: the page loads nothing
+        f"<title>toolkit report: {_e(', '.join(labels))}</title>",
+        f"<style>{STYLE}</style>", "</head>", "<body>",
+        "<h1>Prototype dissimilarities of image classifiers, probed without data</h1>",
+        f'<p class="meta">Report of {len(runs)} results file{"s" if len(runs) > 1 else ""} '
+        f"({_e(', '.join(labels))}), made by toolkit {_e(__version__)} on "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        "C compares intermediary prototypes with the same origin class, R those with the same "
+        "target class; dissimilarity is 1 - cosine of penultimate features.</p>",
+        '<nav><a href="#summary">Summary</a><a href="#convergence-statistics">Convergence</a>'
+        + "".join(f'<a href="#figure-{name}">{_e(spec.heading)}</a>'
+                  for name, spec in plotting.FIGURES.items())
+        + '<a href="#runs">Configuration</a></nav>',
+        '<section id="summary"><h2>Summary per interval</h2>',
+        f'<p class="how">{_e(SUMMARY_HOW_TO_READ)}</p>', f'<div class="runs"{columns}>',
+        *(f'<div class="run"><h3>{_e(label)}</h3><p class="meta">{_e(plotting.run_title(ds))}; '
+          f"{_e(summary_note(ds))}</p>{summary_html(ds)}</div>" for label, ds in runs),
+        "</div></section>",
+        '<section id="convergence-statistics"><h2>Convergence statistics</h2>',
+        f'<p class="how">{_e(CONVERGENCE_HOW_TO_READ)}</p>', f'<div class="runs"{columns}>',
+        *(f'<div class="run"><h3>{_e(label)}</h3>{convergence_html(ds)}</div>' for label, ds in runs),
+        "</div></section>",
+    ]
+    for name, spec in plotting.FIGURES.items():
+        parts += [f'<section id="figure-{name}"><h2>{_e(spec.heading)}</h2>',
+                  f'<p class="how">{_e(spec.how_to_read)}</p>', f'<div class="runs"{columns}>']
+        for label, ds in runs:
+            parts.append(f'<div class="run">{_figure_html(ds, name, label, dpi, seed, interval)}</div>')
+        parts.append("</div></section>")
+    parts += [
+        '<section id="runs"><h2>Runs and their configuration</h2>',
+        f'<div class="runs"{columns}>',
+        *(f'<div class="run"><h3>{_e(label)}</h3><p class="meta">{_e(plotting.run_title(ds))}</p>'
+          f"{config_table(ds)}</div>" for label, ds in runs),
+        "</div></section>", "</body>", "</html>", ""]
+    return "\n".join(parts)
+
+
+def _figure_html(ds: xr.Dataset, name: str, label: str, dpi: int, seed: int | None,
+                 interval: float | None) -> str:
+    try:
+        fig = plotting.render(ds, name, seed=_if_in(ds, "seed", seed),
+                              interval=_if_in(ds, "interval", interval))
+    except plotting.MissingData as missing:
+        return f'<p class="missing">{_e(label)}: not drawn, {_e(str(missing))}</p>'
+    data = base64.b64encode(plotting.figure_png(fig, dpi)).decode("ascii")
+    alt = f"{plotting.FIGURES[name].heading}, {plotting.run_title(ds)}"
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
+            f"<figcaption>{_e(label)}</figcaption></figure>")
+
+
+def _if_in(ds: xr.Dataset, dim: str, value: Any) -> Any:
+    """A chosen seed or interval that this run holds, else None (its default): runs compared side
+    by side need not share seeds or intervals."""
+    if value is None:
+        return None
+    held = ds[dim].values
+    return value if np.isclose(held.astype(float), float(value)).any() else None
+
+
+def config_table(ds: xr.Dataset) -> str:
+    """The run's configuration (JSON attribute) and provenance as a two-column table."""
+    try:
+        config = json.loads(ds.attrs.get("config", "{}"))
+    except json.JSONDecodeError:
+        config = {"config": ds.attrs.get("config")}
+    rows = {key: json.dumps(value) for key, value in sorted(config.items())}
+    for key in ("toolkit_version", "toolkit_schema_version", "created_at", "device", "wall_time_s",
+                "library_versions"):
+        if key in ds.attrs:
+            rows[key] = str(ds.attrs[key])
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items())
+    return f'<table class="config">{body}</table>'
+
+
+def summary_note(ds: xr.Dataset) -> str:
+    notes = []
+    if "C_mean" in ds:
+        notes.append(f"self-pairs {ds['C_mean'].attrs.get('self_pairs', '?')}")
+    if "C_outlier_fraction" in ds:
+        attrs = ds["C_outlier_fraction"].attrs
+        notes.append(f"outliers: |z| > {attrs.get('threshold', '?')} against the "
+                     f"{attrs.get('reference', '?')} reference")
+    return "; ".join(notes)
+
+
+def summary_html(ds: xr.Dataset) -> str:
+    """``toolkit.table.summary_rows`` as an HTML table; each cell keeps its exact value in
+    ``data-value``, shown with the plain-text table's format."""
+    head = "".join(f"<th>{_e(column)}</th>" for column in COLUMNS)
+    body = []
+    for row in summary_rows(ds):
+        cells = []
+        for column, (_, fmt) in COLUMNS.items():
+            value = row[column]
+            if value is None:
+                cells.append(f'<td data-column="{column}">-</td>')
+            else:
+                cells.append(f'<td data-column="{column}" data-value="{value!r}">'
+                             f"{_e(fmt.format(value))}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def convergence_rows(ds: xr.Dataset) -> list[dict[str, float]]:
+    """Per interval: images, converged count and share, steps (mean, median, max) and final loss
+    (median, max), over every seed and grid cell."""
+    rows = []
+    for t in range(ds.sizes["interval"]):
+        at = ds.isel(interval=t)
+        converged = at["converged"].values.astype(bool)
+        steps, loss = at["steps"].values.astype(float), at["loss"].values.astype(float)
+        rows.append({"interval": float(ds["interval"][t]), "images": converged.size,
+                     "converged": int(converged.sum()), "unconverged": int((~converged).sum()),
+                     "converged_share": float(converged.mean()), "steps_mean": float(steps.mean()),
+                     "steps_median": float(np.median(steps)), "steps_max": float(steps.max()),
+                     "loss_median": float(np.median(loss)), "loss_max": float(loss.max())})
+    return rows
+
+
+CONVERGENCE_COLUMNS = {"interval": "{:.0%}", "images": "{:d}", "converged": "{:d}",
+                       "unconverged": "{:d}", "converged_share": "{:.1%}", "steps_mean": "{:.1f}",
+                       "steps_median": "{:.0f}", "steps_max": "{:.0f}", "loss_median": "{:.2e}",
+                       "loss_max": "{:.2e}"}
+
+
+def convergence_html(ds: xr.Dataset) -> str:
+    head = "".join(f"<th>{_e(column)}</th>" for column in CONVERGENCE_COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f'<td data-column="{c}">{_e(fmt.format(row[c]))}</td>'
+                         for c, fmt in CONVERGENCE_COLUMNS.items()) + "</tr>"
+        for row in convergence_rows(ds))
+    return f'<table class="convergence"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out must name an .html file; got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--out folder {str(out.parent)!r} does not exist; create it or choose another")
+    if out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a folder; name an .html file")
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
+
+
+def _write_text(out: Path, text: str, overwrite: bool) -> Path:
+    """Write atomically; refuse, keeping the new page aside, if ``out`` appeared meanwhile."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        if overwrite or not out.exists():
+            os.replace(tmp, out)
+        else:
+            raise UsageError(f"{out} appeared while the report was made; pass --overwrite")
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
