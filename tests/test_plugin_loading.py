@@ -101,7 +101,7 @@ def test_commands_that_do_not_use_a_broken_plugin_keep_working(broken_site, tmp_
     out = tmp_path / "r.nc"
     argv = ["analyze", "--model", "tiny-cnn", "--dataset", "tiny", "--intervals", "1",
             "--seeds", "1", "--epochs", "2", "--max_steps", "5", "--metrics", "cosine,still-works",
-            "--out", str(out), "--noprogress"]
+            "--out", str(out), "--noprogress", "--noplots"]
     with pytest.warns(PluginWarning) as warned:
         get_plugin_manager()
     assert any("plugin 'broken-import' failed to load" in str(w.message) for w in warned)

@@ -51,18 +51,22 @@ def get_plugins(all: bool = False, hook: str | None = None) -> list[dict]:
     return describe_plugins(builtins=all, hook=hook)
 
 
-def plot(results, out=None, formats=("png",), **options):
-    """Draw the figures of a results file into a folder; see :func:`toolkit.plotting.plot`."""
+def plot(results, out=None, formats=("png",), figures=None, *, overwrite=False, dpi=150, seed=None,
+         interval=None, classes=None):
+    """Draw the figures of a results file into a folder (default beside it) and return their
+    paths; see :func:`toolkit.plotting.plot`, which this imports on first use."""
     from toolkit.plotting import plot as _plot
 
-    return _plot(results, out, formats, **options)
+    return _plot(results, out, formats, figures, overwrite=overwrite, dpi=dpi, seed=seed,
+                 interval=interval, classes=classes)
 
 
-def report(results, out="report.html", **options):
-    """One self-contained HTML page of one or more results files; see :func:`toolkit.reporting.report`."""
+def report(results, out="report.html", *, overwrite=False, dpi=110, seed=None, interval=None):
+    """Write one self-contained HTML page of one or more results files and return its path; see
+    :func:`toolkit.reporting.report`, which this imports on first use."""
     from toolkit.reporting import report as _report
 
-    return _report(results, out, **options)
+    return _report(results, out, overwrite=overwrite, dpi=dpi, seed=seed, interval=interval)
 
 
 __all__ = [

@@ -108,16 +108,12 @@ class Toolkit:
             train_batch_size=train_batch_size, data_root=data_root, download=download, device=device,
             precision=precision, compile=compile, nonfinite=nonfinite)
         path = Path(out) if out is not None else default_output(config)
-        figures = plotting.default_folder(path)
-        if plots and path.parent.is_dir():  # fail before training, not after it
-            plotting.check_folder(figures, overwrite=overwrite)
         ds = analyze(config, out=path, checkpoints=checkpoints, fresh=fresh, overwrite=overwrite,
-                     progress=progress, make_folder=out is None)
+                     progress=progress, make_folder=out is None, plots=plots)
         print(summary_table(ds))
         print(f"results: {path}")
         if plots:
-            written = plotting.plot(ds, figures, overwrite=overwrite)
-            print(f"figures: {figures}/ ({len(written)} files)")
+            print(f"figures: {plotting.default_folder(path)}/")
 
     def summary(self, results: str) -> None:
         """Print a results file's table: per interval, test accuracy, C/R mean and std, outliers,

@@ -166,7 +166,7 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
 def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | None = None,
             work_dir: str | os.PathLike | None = None, checkpoints: str | os.PathLike | None = None,
             fresh: bool = False, overwrite: bool = False, progress: bool = False,
-            make_folder: bool = False, **options: Any) -> xr.Dataset:
+            make_folder: bool = False, plots: bool = False, **options: Any) -> xr.Dataset:
     """Run the whole study and return its results Dataset (and write it when ``out`` is given).
 
     Every finished unit of work (the training state at each interval, each (interval, seed) grid)
@@ -186,6 +186,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         overwrite: replace an existing ``out``.
         progress: show progress bars on stderr.
         make_folder: create the folder of ``out`` (after validation) if it does not exist.
+        plots: draw the figures of the results into ``<out without .nc>.figures/``
+            (:func:`toolkit.plot`); its folder is checked before any training.
         **options: fields of :class:`AnalysisConfig` (when ``config`` is None).
 
     Raises:
@@ -201,6 +203,10 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     resolved = plan(config)
     if out is not None:
         results.check_writable(out, overwrite, folder_may_be_missing=make_folder)
+    if plots and out is not None and Path(out).parent.is_dir():  # fail before training, not after
+        from toolkit import plotting
+
+        plotting.check_folder(plotting.default_folder(out), overwrite=overwrite)
     if work_dir is None and out is not None:
         work_dir = default_work_dir(out)
     work = WorkDir(work_dir) if work_dir is not None else None
@@ -327,6 +333,10 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         results.write_results(ds, out, overwrite=overwrite)
         if work is not None:
             work.discard_units()
+        if plots:
+            from toolkit import plotting
+
+            plotting.plot(ds, plotting.default_folder(out), overwrite=overwrite)
     return ds
 
 
