@@ -60,7 +60,7 @@ def kill_when(process, path: Path, timeout: float = 300) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [
     ["interval-0.5.pt"],                       # trained once, nothing synthesised
-    ["unit-0.5-seed-0.npz"],                   # half an interval's grids
+    ["unit-0.5-seed-0.npz"],                   # between two units of one interval
     ["interval-1.pt", "unit-0.5-seed-0.npz"],  # killed twice: the resumed run is killed again
 ])
 def test_killed_run_resumes_to_the_uninterrupted_results(tmp_path, uninterrupted, kill_after):
@@ -211,11 +211,11 @@ def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugi
 
     def poisoned(model, images, **kwargs):
         features = real(model, images, **kwargs)
-        features[-1, 0] = float("nan")  # the last image of each unit
+        features[-1, 0] = float("nan")  # the last image of the last seed
         return features
 
     monkeypatch.setattr(pipeline, "extract_features", poisoned)
-    with pytest.raises(NumericalError, match="interval 50%, seed 0: 1 of 9 images have NaN or Inf"):
+    with pytest.raises(NumericalError, match="interval 50%, seed 1: 1 of 9 images have NaN or Inf"):
         toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     assert not (tmp_path / "r.nc").exists()
     assert (tmp_path / "r.work" / "unit-0.5-seed-0.npz").exists()  # finished work is kept

@@ -132,9 +132,10 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
     ``noise`` is ``(seed, n, C, H, W)``. Class prototypes ``p_c`` start from ``noise[s, c]`` toward
     ``c``; then every ``P[s, k, j]`` with ``k != j`` starts from ``p_j`` of seed ``s`` toward ``k``.
     The diagonal holds the prototypes themselves, with the records of their synthesis from noise.
-    The seeds given share one work queue per phase. The images do not interact, but the last bits
-    of a step can depend on the micro-batch's size, so :func:`analyze` calls this once per
-    (interval, seed) unit: a unit then comes out the same whatever else is computed with it.
+    All seeds share one work queue per phase, so micro-batches stay full. The images do not
+    interact, though the last bits of a step can depend on the micro-batch's make-up (measured:
+    ResNet18 on the CPU at batch size 1), so :func:`analyze` always synthesises an interval's seeds
+    together, resumed or not.
     """
     n, seeds = num_classes, noise.shape[0]
     device = next(model.parameters()).device
@@ -275,33 +276,35 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         stages.append(stage)
 
         done = {seed: work.load_unit(fraction, seed) for seed in config.seed_values} if work else {}
-        pending = [seed for seed in config.seed_values if done.get(seed) is None]
-        if pending:
+        if any(done.get(seed) is None for seed in config.seed_values):
+            # All seeds of an interval share one work queue, so micro-batches stay full. The last
+            # bits of a step can depend on the micro-batch's make-up, so a unit is only reused
+            # when its whole interval finished: a resumed interval is computed again as a whole,
+            # exactly as in an uninterrupted run.
+            pending = config.seed_values
             synth_bar = bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
                             len(pending) * data.num_classes ** 2, unit="img")
+            noise = initial_noise(shape, pending)
+            with frozen(model):
+                clock = time.perf_counter()
+                grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
+                                                     noise, synthesis, progress=synth_bar.update)
+                seconds["synthesis"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                feats = extract_features(model, grid.flatten(0, 2), device=device)
+                seconds["features"] += time.perf_counter() - clock
+            synth_bar.close()
+            image_steps += int(grid_records["steps"].sum())
+            feats = feats.view(*grid.shape[:3], -1).numpy()
             diagonal = torch.arange(data.num_classes)
-            for seed in pending:
-                # Each (interval, seed) unit runs in its own work queue, so its micro-batches, and
-                # with them its last bits, are the same whichever other units are pending.
-                noise = initial_noise(shape, [seed])
-                with frozen(model):
-                    clock = time.perf_counter()
-                    grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
-                                                         noise, synthesis,
-                                                         progress=synth_bar.update)
-                    seconds["synthesis"] += time.perf_counter() - clock
-                    clock = time.perf_counter()
-                    feats = extract_features(model, grid.flatten(0, 2), device=device)
-                    seconds["features"] += time.perf_counter() - clock
-                image_steps += int(grid_records["steps"].sum())
-                done[seed] = {"features": feats.view(*grid.shape[1:3], -1).numpy(),
-                              **{name: value[0].numpy() for name, value in grid_records.items()},
-                              "prototypes": results.to_uint8(grid[0, diagonal, diagonal].numpy()),
-                              **({"P": results.to_uint8(grid[0].numpy())} if config.save_images
+            for index, seed in enumerate(pending):
+                done[seed] = {"features": feats[index],
+                              **{name: value[index].numpy() for name, value in grid_records.items()},
+                              "prototypes": results.to_uint8(grid[index, diagonal, diagonal].numpy()),
+                              **({"P": results.to_uint8(grid[index].numpy())} if config.save_images
                                  else {})}
                 if work is not None:
                     work.save_unit(fraction, seed, done[seed])
-            synth_bar.close()
         for seed in config.seed_values:
             _check_finite(done[seed], fraction, seed, config.nonfinite)
         units.append([done[seed] for seed in config.seed_values])
