@@ -52,13 +52,13 @@ def get_plugins(all: bool = False, hook: str | None = None) -> list[dict]:
 
 
 def plot(results, out=None, formats=("png",), figures=None, *, overwrite=False, dpi=150, seed=None,
-         interval=None, classes=None):
+         interval=None, classes=None, on_skip=None):
     """Draw the figures of a results file into a folder (default beside it) and return their
     paths; see :func:`toolkit.plotting.plot`, which this imports on first use."""
     from toolkit.plotting import plot as _plot
 
     return _plot(results, out, formats, figures, overwrite=overwrite, dpi=dpi, seed=seed,
-                 interval=interval, classes=classes)
+                 interval=interval, classes=classes, on_skip=on_skip)
 
 
 def report(results, out="report.html", *, overwrite=False, dpi=110, seed=None, interval=None):

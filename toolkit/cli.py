@@ -113,7 +113,8 @@ class Toolkit:
         print(summary_table(ds))
         print(f"results: {path}")
         if plots:
-            print(f"figures: {plotting.default_folder(path)}/")
+            folder = plotting.default_folder(path)
+            print(f"figures: {folder}/ ({sum(1 for _ in folder.iterdir())} files)")
 
     def summary(self, results: str) -> None:
         """Print a results file's table: per interval, test accuracy, C/R mean and std, outliers,
