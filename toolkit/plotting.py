@@ -15,7 +15,6 @@ import inspect
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -26,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from toolkit.errors import UsageError
-from toolkit.results import _umask
+from toolkit.files import atomic_write
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision
 # deficiency. C and R keep their colours in every figure.
@@ -631,16 +630,9 @@ def _warn_skip(name: str, reason: str) -> None:
 
 def _save(fig: Figure, path: Path, dpi: int) -> Path:
     """Save atomically, so an interrupted run leaves no half-written figure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix[1:], metadata=_metadata(path.suffix[1:]))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; figures are ordinary files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    kind = path.suffix[1:]
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=kind,
+                                                      metadata=_metadata(kind)))
 
 
 def _metadata(fmt: str) -> dict[str, Any] | None:

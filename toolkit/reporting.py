@@ -11,7 +11,6 @@ import datetime
 import html
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,7 +19,7 @@ import xarray as xr
 
 from toolkit import plotting
 from toolkit.errors import UsageError
-from toolkit.results import _umask
+from toolkit.files import atomic_write
 from toolkit.table import COLUMNS, summary_rows
 
 SUMMARY_HOW_TO_READ = (
@@ -251,16 +250,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 def _write_text(out: Path, text: str, overwrite: bool) -> Path:
     """Write atomically; refuse, keeping the new page aside, if ``out`` appeared meanwhile."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        if overwrite or not out.exists():
-            os.replace(tmp, out)
-        else:
-            raise UsageError(f"{out} appeared while the report was made; pass --overwrite")
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    if out.exists() and not overwrite:
+        raise UsageError(f"{out} appeared while the report was made; pass --overwrite")
+    return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))

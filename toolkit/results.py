@@ -31,6 +31,7 @@ import numpy as np
 import xarray as xr
 
 from toolkit.errors import ToolkitError, UsageError
+from toolkit.files import umask
 
 SCHEMA_VERSION = 1
 CONVENTIONS = "CF-1.8"
@@ -236,7 +237,7 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
         except OSError as exc:
             raise ToolkitError(f"could not write {path} ({exc.strerror or exc}); nothing was written, "
                                "and rerunning the same command resumes from its work directory") from exc
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are ordinary files
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; results are ordinary files
         if overwrite:
             os.replace(tmp, path)
             return path
@@ -253,12 +254,6 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
         if not keep and os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_writable(path: str | os.PathLike, overwrite: bool = False,

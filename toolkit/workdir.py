@@ -27,17 +27,18 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.errors import UsageError
+from toolkit.files import atomic_write
 
 IDENTITY_FILE = "run.json"
+_KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
 # Options that do not change a single number of the results: a run may resume with others.
 NOT_IN_IDENTITY = ("data_root", "download", "nonfinite")
@@ -46,29 +47,6 @@ NOT_IN_IDENTITY = ("data_root", "download", "nonfinite")
 def checkpoint_name(fraction: float) -> str:
     """The file name of the checkpoint of interval ``fraction``: ``interval-0.25.pt``."""
     return f"interval-{fraction:g}.pt"
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` for a temporary file beside ``path``, then rename it into place.
-
-    A failed write (a full disk, say) leaves no file and raises a one-line ``ToolkitError``.
-    """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        write(Path(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ToolkitError(f"could not write {path} ({exc.strerror or exc}); the work finished "
-                           "before it is kept: free the space and rerun the same command") from exc
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -183,7 +161,7 @@ class WorkDir:
         if self._unwritten_identity is not None:
             self.path.mkdir(parents=True, exist_ok=True)
             text = json.dumps(self._unwritten_identity, indent=1, sort_keys=True)
-            atomic_write(self.path / IDENTITY_FILE, lambda tmp: tmp.write_text(text))
+            atomic_write(self.path / IDENTITY_FILE, lambda tmp: tmp.write_text(text), hint=_KEPT)
             self._unwritten_identity = None
 
     def clear(self) -> None:
@@ -203,7 +181,7 @@ class WorkDir:
 
     def save_training(self, fraction: float, state: Mapping[str, Any]) -> None:
         self._ready()
-        atomic_write(self.checkpoint(fraction), lambda tmp: torch.save(dict(state), tmp))
+        atomic_write(self.checkpoint(fraction), lambda tmp: torch.save(dict(state), tmp), hint=_KEPT)
 
     # (interval, seed) units
     def unit(self, fraction: float, seed: int) -> Path:
@@ -224,7 +202,7 @@ class WorkDir:
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
-        atomic_write(self.unit(fraction, seed), write)
+        atomic_write(self.unit(fraction, seed), write, hint=_KEPT)
 
     def discard_units(self) -> None:
         """Drop the units once the results file holds their data; checkpoints and identity stay."""
