@@ -6,7 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from toolkit.errors import ToolkitError
+from toolkit.errors import ToolkitError, UsageError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, hint: str = "") -> Path:
@@ -33,6 +33,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, hint
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_output(path: Path, suffixes: tuple[str, ...], kind: str, overwrite: bool = False,
+                 folder_may_be_missing: bool = False) -> None:
+    """Raise ``UsageError`` unless a new file named ``path`` (``--out``) could be written.
+
+    ``suffixes`` are the allowed endings (lower case), ``kind`` names such a file in messages
+    ("a .nc file"). With ``folder_may_be_missing``, a missing folder passes (it will be created).
+    """
+    if path.suffix.lower() not in suffixes:
+        raise UsageError(f"--out must name {kind}; got {str(path)!r}")
+    if folder_may_be_missing and not path.parent.exists():
+        return
+    if not path.parent.is_dir():
+        raise UsageError(f"--out folder {str(path.parent)!r} does not exist; create it or choose another")
+    if path.is_dir():
+        raise UsageError(f"--out {str(path)!r} is a folder; name {kind}")
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
+    try:  # a real probe: permission bits do not stop root, a read-only filesystem does
+        fd, probe = tempfile.mkstemp(prefix=".toolkit-probe-", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"--out folder {str(path.parent)!r} is not writable ({exc.strerror})") from None
 
 
 def umask() -> int:

@@ -19,7 +19,7 @@ import xarray as xr
 
 from toolkit import plotting
 from toolkit.errors import UsageError
-from toolkit.files import atomic_write
+from toolkit.files import atomic_write, check_output
 from toolkit.table import COLUMNS, summary_rows
 
 SUMMARY_HOW_TO_READ = (
@@ -70,7 +70,7 @@ def report(results: xr.Dataset | str | os.PathLike | Sequence[xr.Dataset | str |
         UsageError: a missing or foreign results file, a bad ``out``, an existing page.
     """
     out = Path(out)
-    _check_out(out, overwrite)
+    check_output(out, (".html", ".htm"), "an .html file", overwrite)
     items = [results] if isinstance(results, (xr.Dataset, str, os.PathLike)) else list(results)
     if not items:
         raise UsageError("give at least one results file")
@@ -237,19 +237,8 @@ def _e(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.suffix.lower() not in (".html", ".htm"):
-        raise UsageError(f"--out must name an .html file; got {str(out)!r}")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out folder {str(out.parent)!r} does not exist; create it or choose another")
-    if out.is_dir():
-        raise UsageError(f"--out {str(out)!r} is a folder; name an .html file")
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists; pass --overwrite to replace it, or choose another --out")
-
-
 def _write_text(out: Path, text: str, overwrite: bool) -> Path:
-    """Write atomically; refuse, keeping the new page aside, if ``out`` appeared meanwhile."""
+    """Write atomically; refuse if ``out`` appeared while the page was made."""
     if out.exists() and not overwrite:
         raise UsageError(f"{out} appeared while the report was made; pass --overwrite")
     return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -31,7 +31,7 @@ import numpy as np
 import xarray as xr
 
 from toolkit.errors import ToolkitError, UsageError
-from toolkit.files import umask
+from toolkit.files import check_output, umask
 
 SCHEMA_VERSION = 1
 CONVENTIONS = "CF-1.8"
@@ -259,23 +259,7 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
 def check_writable(path: str | os.PathLike, overwrite: bool = False,
                    folder_may_be_missing: bool = False) -> None:
     """Raise ``UsageError`` unless a results file could be written at ``path``."""
-    path = Path(path)
-    if path.suffix != ".nc":
-        raise UsageError(f"--out must name a .nc file; got {str(path)!r}")
-    if folder_may_be_missing and not path.parent.exists():
-        return
-    if not path.parent.is_dir():
-        raise UsageError(f"--out folder {str(path.parent)!r} does not exist; create it or choose another")
-    if path.is_dir():
-        raise UsageError(f"--out {str(path)!r} is a folder; name a .nc file")
-    if path.exists() and not overwrite:
-        raise UsageError(f"{path} already exists; pass --overwrite to replace it, or choose another --out")
-    try:  # a real probe: permission bits do not stop root, a read-only filesystem does
-        fd, probe = tempfile.mkstemp(prefix=".toolkit-probe-", dir=path.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UsageError(f"--out folder {str(path.parent)!r} is not writable ({exc.strerror})") from None
+    check_output(Path(path), (".nc",), "a .nc file", overwrite, folder_may_be_missing)
 
 
 def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
