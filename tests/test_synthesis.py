@@ -1,4 +1,7 @@
 """The update rule, per-image stopping and the work queue of the `prototype` synthesizer."""
+import dataclasses
+import shutil
+
 import pytest
 import torch
 from torch import nn
@@ -188,6 +191,26 @@ def test_tail_of_the_queue_drops_empty_slots(tiny_problem):
     useful = int((got.steps + 1).sum())
     # At most an eighth of the 32 slots may idle before the buffer shrinks.
     assert useful <= counter.rows <= useful + 4 * int(got.steps.max() + 1)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_model_gives_the_records_of_the_eager_one(tiny_problem):
+    """``compile=True`` runs the queue through ``torch.compile`` (inductor): same steps, same images
+    up to float rounding, and the compiled wrapper is made once per model and reused."""
+    from toolkit_plugins import synthesis
+
+    model, start, targets = tiny_problem
+    settings = toolkit.SynthesisSettings(lr=0.05, max_steps=40, batch_size=4)
+    eager = prototype(model, start, targets, settings)
+    got = prototype(model, start, targets, dataclasses.replace(settings, compile=True))
+    assert torch.equal(got.steps, eager.steps)
+    assert torch.equal(got.predicted, eager.predicted)
+    diff = (got.images - eager.images).abs()
+    assert diff.max() < 1e-3 and diff.mean() < 1e-5, (diff.max(), diff.mean())
+    view = synthesis.folded(model)     # the BatchNorm-folded model is what gets compiled, once
+    assert view is not model and view in synthesis._COMPILED
 
 
 def test_bf16_autocast_keeps_the_records_float32_and_converges(trained_tiny):
