@@ -14,7 +14,10 @@ One run measures, on the same models (ResNet18 with the CIFAR stem, ``toolkit``'
    both fp32. (a) and (b) are timed on a sample (the first images of the grid; a few steps of one
    batch) and scaled to the whole grid: (a) by the grid's own step counts, (b) by (n + 1) x 250
    batch-steps;
-3. wasted image-steps: model rows computed that did not move an unconverged image, over all rows;
+3. wasted image-steps: of all model rows computed, those that moved an image (its steps), those
+   that tested an image and found it done (one per image: the forward is the stopping test every
+   method needs, the backward comes with the batch and is dropped) and empty slots at the queue's
+   tail;
 4. peak resident memory of one CIFAR-sized grid unit (32x32x3, random weights, synthesis with
    ``fixed_steps=1``, features and metrics), in a fresh subprocess each: n = 10, and with ``--big``
    n = 100 (10,100 images; minutes on a 2-core CPU);
@@ -22,16 +25,19 @@ One run measures, on the same models (ResNet18 with the CIFAR stem, ``toolkit``'
 6. training throughput against the model's own forward + backward + SGD step on the same batch, and
    the time of the metrics for one n = 100 unit against the synthesis of that unit.
 
+7. with ``--compile``, the same image-steps per second under ``torch.compile`` (fp32, 32x32).
+
 It prints a Markdown table and writes it to ``--out``. Absolute numbers depend on the load of the
-machine (recorded with the numbers); the ratios to the GEMM limit are measured in the same run.
+machine (recorded with the numbers), so each rate's GEMM limit is measured again right before it
+and its fraction is taken of that neighbouring limit. ``--threads`` sets torch's thread count (pin
+the process, e.g. ``taskset -c 0``, to measure one core while other work runs on the others).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -50,6 +56,7 @@ from toolkit.plugins import get_registry
 from toolkit.results import build_dataset
 from toolkit.synthesis import auto_batch_size
 from toolkit.training import TrainingSettings, augment, to_pixels, train_through_intervals
+from toolkit_plugins import synthesis as synthesis_plugin
 from toolkit_plugins.metrics import cosine, zscore
 
 PRECISIONS = ("fp32", "bf16")
@@ -87,28 +94,46 @@ def step_flops(model: nn.Module, channels: int, size: int) -> float:
     return counter.get_total_flops() / 8
 
 
+_ROWS = [0]  # image rows run through a RowCounter, all counters together
+
+
+@torch.fx.wrap  # kept as one call in a torch.fx trace, so the synthesizer can still fold the model
+def _count_rows(x: torch.Tensor) -> torch.Tensor:
+    _ROWS[0] += x.shape[0]
+    return x
+
+
 class RowCounter(nn.Module):
     """Counts the image rows the model is run on (to measure wasted work)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.rows = model, 0
+        self.model, self._base = model, _ROWS[0]
+
+    @property
+    def rows(self) -> int:
+        return _ROWS[0] - self._base
 
     def forward(self, x):
-        self.rows += len(x)
-        return self.model(x)
+        return self.model(_count_rows(x))
 
 
-def synthesis_rate(model, channels: int, size: int, steps: int, precision: str) -> tuple[float, int]:
+def synthesis_rate(model, channels: int, size: int, steps: int, precision: str,
+                   compile: bool = False, fold: bool = True) -> tuple[float, int, float]:
+    """(image-steps per second, batch size, seconds of the warm-up call, which compiles)."""
+    synthesis_plugin.FOLD_BATCHNORM = fold
     batch = auto_batch_size("cpu", (channels, size, size))
     synth = get_registry("synthesizer").get("prototype").obj
     start, targets = torch.rand(batch, channels, size, size), torch.arange(batch) % 10
-    settings = toolkit.SynthesisSettings(fixed_steps=steps, batch_size=batch, precision=precision)
+    settings = toolkit.SynthesisSettings(fixed_steps=steps, batch_size=batch, precision=precision,
+                                         compile=compile)
     with frozen(model):
-        synth(model, start, targets, toolkit.SynthesisSettings(fixed_steps=1, batch_size=batch,
-                                                                precision=precision))  # warm-up
+        warm_up = best_time(lambda: synth(model, start, targets, dataclasses.replace(
+            settings, fixed_steps=1)), 1)
         seconds = best_time(lambda: synth(model, start, targets, settings), 1)
-    return batch * (steps + 1) / seconds, batch  # steps + 1 model runs per image (the last: its test)
+    synthesis_plugin.FOLD_BATCHNORM = True
+    # steps + 1 model runs per image (the last: its test)
+    return batch * (steps + 1) / seconds, batch, warm_up
 
 
 # --- the two baselines of the grid comparison, written the plain way ---------------------------
@@ -147,10 +172,10 @@ def grid_comparison(args, rows: list, notes: list) -> None:
     torch.manual_seed(0)
     model = resnet18(n, data.in_chans, data.image_size, data.mean, data.std)
     train = TrainingSettings(epochs=args.train_epochs, lr=0.1, batch_size=32)
-    began = time.perf_counter()
+    loop = _LoopTimer()
     stage = list(train_through_intervals(model, data, [1.0], "data", train, 0, "cpu",
-                                         progress=lambda *a, **k: _Quiet()))[-1]
-    train_seconds = time.perf_counter() - began
+                                         progress=loop))[-1]
+    train_seconds = loop.seconds
     notes.append(f"digits model: ResNet18 trained {args.train_epochs} epoch(s) on digits "
                  f"(test accuracy {stage.test_accuracy:.3f}); the same weights for every grid row.")
 
@@ -170,9 +195,9 @@ def grid_comparison(args, rows: list, notes: list) -> None:
     model.train()
     bare_rate = train.batch_size * 20 / best_time(lambda: [bare_step() for _ in range(20)], 2)
     model.eval()
-    rows.append(("training, digits 8x8, batch 32 (includes BN recompute and test accuracy)",
-                 f"{train_rate:,.0f} img/s", f"{train_rate / bare_rate:.0%} of bare fwd+bwd+SGD "
-                 f"({bare_rate:,.0f} img/s)"))
+    rows.append(("training loop, digits 8x8, batch 32 (sampling, augmentation, lr schedule, "
+                 "fwd+bwd+SGD)", f"{train_rate:,.0f} img/s", f"{train_rate / bare_rate:.0%} of "
+                 f"the bare fwd+bwd+SGD step on one batch ({bare_rate:,.0f} img/s)"))
 
     lr, threshold, max_steps = 0.1, 0.01, 100
     noise = torch.rand(1, n, data.in_chans, data.image_size, data.image_size,
@@ -214,12 +239,14 @@ def grid_comparison(args, rows: list, notes: list) -> None:
     b_wasted = 1 - float(steps.clamp(max=250).sum()) / (n * n * 250)
     for precision in PRECISIONS:
         seconds, rec, _, rows_run = grids[precision]
-        useful = int(rec["steps"].sum())
+        useful, tests = int(rec["steps"].sum()), rec["steps"].numel()
         rows.append((f"full grid n={n}, digits 8x8, work queue, {precision} (batch {batch})",
                      f"{seconds:.1f} s",
                      f"{a_seconds / seconds:.1f}x faster than (a); {useful:,} steps, mean "
-                     f"{float(rec['steps'].float().mean()):.1f}/image; wasted "
-                     f"{1 - useful / rows_run:.1%} of {rows_run:,} rows"))
+                     f"{float(rec['steps'].float().mean()):.1f}/image"))
+        rows.append((f"model rows of that grid, {precision}", f"{rows_run:,}",
+                     f"steps {useful / rows_run:.1%}; final stopping tests (one per image) "
+                     f"{tests / rows_run:.1%}; empty slots {(rows_run - useful - tests) / rows_run:.1%}"))
     rows.append((f"(a) one image at a time until CE < {threshold}, fp32",
                  f"{a_seconds:.1f} s (est.)",
                  f"timed {runs} model runs of {sample} images ({per_run * 1e3:.1f} ms each), "
@@ -245,18 +272,32 @@ def grid_comparison(args, rows: list, notes: list) -> None:
                  f"bf16 C {means['bf16'][0]:.4f} R {means['bf16'][1]:.4f}"))
 
 
-class _Quiet:
-    def update(self, *_):
-        pass
+class _LoopTimer:
+    """A progress callback that times the training loop (from opening its bar to closing it),
+    leaving out the BatchNorm recompute and test accuracy that follow each stage."""
 
-    def close(self):
-        pass
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self, *_, **__):
+        began = time.perf_counter()
+        timer = self
+
+        class Bar:
+            def update(self, *_):
+                pass
+
+            def close(self):
+                timer.seconds += time.perf_counter() - began
+
+        return Bar()
 
 
 def peak_rss_of_unit(n: int, batch: int) -> float:
     """Peak resident memory (GiB) of one CIFAR-sized unit, measured in a fresh interpreter."""
     code = f"""
 import resource, sys, torch, numpy as np, toolkit
+torch.set_num_threads({torch.get_num_threads()})
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from grid import resnet18
 from toolkit.model import extract_features, frozen
@@ -306,7 +347,12 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=6, help="images timed one at a time for (a)")
     parser.add_argument("--fixed_sample_steps", type=int, default=10, help="steps timed for (b)")
     parser.add_argument("--train_epochs", type=int, default=2, help="epochs of the digits model")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure fp32 synthesis under torch.compile (compiles for minutes)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     began = time.perf_counter()
     header = machine()
     print(header, flush=True)
@@ -315,19 +361,25 @@ def main() -> None:
 
     limits = {p: gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
     for p in PRECISIONS:
-        rows.append((f"GEMM limit {p} (1024x1024 matmul)", f"{limits[p]:,.2f} GFLOP/s", ""))
+        rows.append((f"GEMM limit {p} (1024x1024 matmul), at the start", f"{limits[p]:,.2f} GFLOP/s", ""))
     for label, channels, size in (("32x32x3, random weights", 3, 32), ("8x8x1, random weights", 1, 8)):
         model = resnet18(10, channels, size)
         flops = step_flops(model, channels, size)
         rows.append((f"FLOPs of one input-gradient image-step, {label}", f"{flops / 1e6:,.1f} MFLOP",
                      "FlopCounterMode: forward + backward to the input"))
-        for p in PRECISIONS:
-            rate, batch = synthesis_rate(model, channels, size, args.steps, p)
-            if size == 32 and p == "fp32":
+        runs = [("fp32", False, False)] + [(p, False, True) for p in PRECISIONS]
+        runs += [("fp32", True, True)] if args.compile and size == 32 else []
+        for p, compile, fold in runs:
+            limit = gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16)  # right beside it
+            rate, batch, warm_up = synthesis_rate(model, channels, size, args.steps, p, compile, fold)
+            if size == 32 and p == "fp32" and fold and not compile:
                 per_unit = 100 * 100 / rate  # a lower bound: one step per image, fp32
-            rows.append((f"synthesis {p}, {label} (batch {batch})", f"{rate:,.1f} image-steps/s",
-                         f"{rate * flops / 1e9:,.1f} GFLOP/s = {rate * flops / 1e9 / limits[p]:.0%} "
-                         f"of the {p} GEMM limit"))
+            how = ", ".join([p] + (["torch.compile"] if compile else [])
+                            + ([] if fold else ["BatchNorm not folded (before)"]))
+            rows.append((f"synthesis {how}, {label} (batch {batch})", f"{rate:,.1f} image-steps/s",
+                         f"{rate * flops / 1e9:,.1f} GFLOP/s = {rate * flops / 1e9 / limit:.0%} "
+                         f"of the {p} GEMM limit measured just before it ({limit:,.2f} GFLOP/s)"
+                         + (f"; first call (compiling) {warm_up:.0f} s" if compile else "")))
             print(rows[-1], flush=True)
     grid_comparison(args, rows, notes)
     print(rows[-1], flush=True)
@@ -343,6 +395,9 @@ def main() -> None:
     rows.append(("metrics (cosine + zscore), one unit n=100, 512 features", f"{seconds:.2f} s",
                  f"{seconds / per_unit:.2%} of that unit's synthesis at one step per image in fp32 "
                  f"({per_unit:,.0f} s), a lower bound on it"))
+    for p in PRECISIONS:
+        end = gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16)
+        rows.append((f"GEMM limit {p} (1024x1024 matmul), at the end", f"{end:,.2f} GFLOP/s", ""))
     rows.append(("GPU", "not measured", "no GPU in this run" if not torch.cuda.is_available() else
                  "run this script with CUDA to fill it in"))
 
