@@ -110,6 +110,8 @@ class Toolkit:
         path = Path(out) if out is not None else default_output(config)
         ds = analyze(config, out=path, checkpoints=checkpoints, fresh=fresh, overwrite=overwrite,
                      progress=progress, make_folder=out is None, plots=plots)
+        if ds is None:  # a torchrun rank other than 0: rank 0 writes and prints
+            return
         print(summary_table(ds))
         print(f"results: {path}")
         if plots:
