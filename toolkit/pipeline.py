@@ -101,15 +101,27 @@ def build_model(registration: Registration, data: ImageDataset) -> NormalizedCla
         return NormalizedClassifier(net, data.mean, data.std)
 
 
-def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]]) -> None:
+def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]],
+                  save: tuple[str, ...] | None = None) -> None:
     """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
-    (a wrong order, a bad option) fails before hours of training, not after."""
+    (a wrong order, a bad option), or a ``save`` naming a tensor no metric makes, fails before
+    hours of training, not after."""
     # 2 intervals, 2 seeds, 3 classes, 4 features
     trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
     for registration in metrics:
         _check_metric_options(registration, options.get(registration.name, {}))
         with blamed_on(registration, "failed on a trial dataset before training"):
             trial = apply_metric(trial, registration, options.get(registration.name, {}))
+    made = pairwise_tensors(trial)
+    unknown = [name for name in save or () if name not in made]
+    if unknown:
+        raise UsageError(f"--save names {', '.join(unknown)}, which the metrics do not make; they "
+                         f"make: {', '.join(made) or 'none'} (or pass --save none)")
+
+
+def pairwise_tensors(ds: xr.Dataset) -> list[str]:
+    """The n x n x n variables of ``ds`` (dims interval, seed, k, j, i), which ``save`` selects."""
+    return [name for name in ds.data_vars if ds[name].dims == results.PAIRS]
 
 
 @contextlib.contextmanager
@@ -222,7 +234,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     world = distributed.world()
     device = distributed.device_for(world, resolve_device(config.device))
     progress = progress and world.main
-    check_metrics(resolved.metrics, config.metric_options)
+    check_metrics(resolved.metrics, config.metric_options, config.save)
     if not world.main:
         world.barrier()  # rank 0 fetches a missing dataset first; the others then read it
     data = load_dataset(resolved.dataset, config)
@@ -351,6 +363,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
     seconds["metrics"] = time.perf_counter() - clock
+    if config.save is not None:  # the summaries stay; the tensors not asked for go
+        ds = ds.drop_vars([name for name in pairwise_tensors(ds) if name not in config.save])
     ds.attrs.update(results.provenance(
         config.to_json(), model=config.model, dataset=config.dataset,
         synthesizer=config.synthesizer, metrics=",".join(config.metrics), device=str(device),
