@@ -70,8 +70,9 @@ class World:
         return bool(value.item())
 
 
-def world() -> World:
-    """This process's :class:`World`, joining torchrun's process group on first use."""
+def world(device: torch.device | str = "cpu") -> World:
+    """This process's :class:`World`, joining torchrun's process group on first use (``nccl``
+    when the run's ``device`` is CUDA, else ``gloo``)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
@@ -83,7 +84,7 @@ def world() -> World:
         if missing:
             raise UsageError(f"WORLD_SIZE={size} but {', '.join(missing)} not set; start the job "
                              "with torchrun (see the README's scaling section)")
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=TIMEOUT)

@@ -231,8 +231,9 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         work.check()
     if checkpoints is not None:
         _check_checkpoints(Path(checkpoints), config.intervals)
-    world = distributed.world()
-    device = distributed.device_for(world, resolve_device(config.device))
+    device = resolve_device(config.device)
+    world = distributed.world(device)
+    device = distributed.device_for(world, device)
     progress = progress and world.main
     check_metrics(resolved.metrics, config.metric_options, config.save)
     if not world.main:
