@@ -332,9 +332,10 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                               "prototypes": results.to_uint8(grid[index, diagonal, diagonal].numpy()),
                               **({"P": results.to_uint8(grid[index].numpy())} if config.save_images
                                  else {})}
-                _check_finite(done[seed], fraction, seed, config.nonfinite)
-                if work is not None:
+                if work is not None:  # kept even when faulty: --nonfinite record may reuse it
                     work.save_unit(fraction, seed, done[seed])
+            for seed in mine:
+                _check_finite(done[seed], fraction, seed, config.nonfinite)
         computed = world.gather(done)
         if not world.main:
             continue
