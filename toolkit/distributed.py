@@ -27,9 +27,10 @@ import torch.distributed as dist
 
 from toolkit.errors import UsageError
 
-# How long a collective waits for a rank before the job fails (torchrun also ends every rank once
-# one of them exits with an error, so this only bounds a rank that hangs without failing).
-TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("TOOLKIT_DIST_TIMEOUT_MIN", "60")))
+# How long a collective waits for a rank before the job fails. Ranks wait for each other at the end
+# of every interval, up to a whole shard's synthesis (hours on a CPU), hence a day; torchrun ends
+# every rank at once when one of them exits with an error, so this only bounds a hung rank.
+TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("TOOLKIT_DIST_TIMEOUT_MIN", "1440")))
 
 
 @dataclasses.dataclass(frozen=True)
