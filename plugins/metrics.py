@@ -37,15 +37,21 @@ def cosine(ds: xr.Dataset) -> dict[str, xr.DataArray]:
     coords = {name: ds[name] for name in GRID}
     coords["i"] = ("i", ds["k"].values)
     dims = (*GRID, "i")
-    common = {"units": "1", "valid_range": [0.0, 2.0]}
     return {
-        "C": xr.DataArray(np.clip(c, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims, attrs={
-            **common, "long_name": "inter-class prototype dissimilarity (same origin j)",
-            "definition": "C[k, j, i] = 1 - cos(f(P[k, j]), f(P[i, j]))", "self_pair": "i == k"}),
-        "R": xr.DataArray(np.clip(r, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims, attrs={
-            **common, "long_name": "intra-class prototype dissimilarity (same target k)",
-            "definition": "R[k, j, i] = 1 - cos(f(P[k, j]), f(P[k, i]))", "self_pair": "i == j"}),
+        "C": xr.DataArray(np.clip(c, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
+                          attrs=dict(COSINE_ATTRS["C"])),
+        "R": xr.DataArray(np.clip(r, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
+                          attrs=dict(COSINE_ATTRS["R"])),
     }
+
+
+_COMMON = {"units": "1", "valid_range": [0.0, 2.0]}
+COSINE_ATTRS = {
+    "C": {**_COMMON, "long_name": "inter-class prototype dissimilarity (same origin j)",
+          "definition": "C[k, j, i] = 1 - cos(f(P[k, j]), f(P[i, j]))", "self_pair": "i == k"},
+    "R": {**_COMMON, "long_name": "intra-class prototype dissimilarity (same target k)",
+          "definition": "R[k, j, i] = 1 - cos(f(P[k, j]), f(P[k, i]))", "self_pair": "i == j"},
+}
 
 
 SELF_PAIRS = ("exclude", "include")
@@ -96,20 +102,113 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
         z = (values - mu) / sd.where(sd > 0)
         counted = z.notnull().sum(("seed", *pairs))
         outliers = (abs(z) > threshold).sum(("seed", *pairs))
-        note = {"self_pairs": self_pairs + "d", "ddof": 0}
-        out[f"{name}_seed_mean"] = seed_mean.assign_attrs(
-            long_name=f"mean of {name} over ordered pairs, per seed", units="1", **note)
-        out[f"{name}_seed_std"] = seed_std.assign_attrs(
-            long_name=f"standard deviation of {name} over ordered pairs, per seed", units="1", **note)
-        out[f"{name}_mean"] = seed_mean.mean("seed").assign_attrs(
-            long_name=f"mean of {name}, averaged over seeds", units="1", **note)
-        out[f"{name}_std"] = seed_std.mean("seed").assign_attrs(
-            long_name=f"standard deviation of {name}, averaged over seeds", units="1", **note)
-        out[f"{name}_outlier_fraction"] = (outliers / counted.where(counted > 0)).assign_attrs(
+        out.update(_summaries(name, seed_mean, seed_std, outliers, counted,
+                              self_pairs=self_pairs, reference=reference, threshold=threshold))
+    return out
+
+
+def _summaries(name: str, seed_mean: xr.DataArray, seed_std: xr.DataArray, outliers: xr.DataArray,
+               counted: xr.DataArray, *, self_pairs: str, reference: str,
+               threshold: float) -> dict[str, xr.DataArray]:
+    """The summary variables of ``name`` from its per-seed moments and outlier counts."""
+    note = {"self_pairs": self_pairs + "d", "ddof": 0}
+    return {
+        f"{name}_seed_mean": seed_mean.assign_attrs(
+            long_name=f"mean of {name} over ordered pairs, per seed", units="1", **note),
+        f"{name}_seed_std": seed_std.assign_attrs(
+            long_name=f"standard deviation of {name} over ordered pairs, per seed", units="1", **note),
+        f"{name}_mean": seed_mean.mean("seed").assign_attrs(
+            long_name=f"mean of {name}, averaged over seeds", units="1", **note),
+        f"{name}_std": seed_std.mean("seed").assign_attrs(
+            long_name=f"standard deviation of {name}, averaged over seeds", units="1", **note),
+        f"{name}_outlier_fraction": (outliers / counted.where(counted > 0)).assign_attrs(
             long_name=f"fraction of {name} values with |z| > {threshold:g}", units="1",
             reference=reference, reference_definition=REFERENCES[reference], threshold=threshold,
-            **note)
+            **note),
+    }
+
+
+# Values of C or R held at once by ``cosine_summaries`` (float64: 32 MiB).
+BLOCK_VALUES = 1 << 22
+
+
+def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: str = "pooled",
+                     threshold: float = 3.0, block_values: int = BLOCK_VALUES
+                     ) -> dict[str, xr.DataArray]:
+    """What ``cosine`` then ``zscore`` give for C and R, less the tensors themselves, computed
+    block by block from ``features``: memory for about ``block_values`` values at a time instead
+    of the ``2 n^3`` per (interval, seed) of the tensors (8 GB at n = 1000).
+
+    Each block (a slab of origins j for C, of targets k for R) is computed as ``cosine`` computes
+    it, float32 values included; per-seed means and standard deviations are merged block by block
+    (Chan's pairwise update, float64), and a second pass counts the outliers. The results equal
+    ``zscore``'s up to float64 rounding of the sums (about 1e-15). Options: as ``zscore``.
+    """
+    check_zscore_options(self_pairs=self_pairs, reference=reference, threshold=threshold)
+    f = _unit(ds["features"].transpose(*GRID, "feature").values.astype(np.float64))
+    t_count, s_count, n = f.shape[0], f.shape[1], f.shape[2]
+    width = max(1, block_values // (n * n))
+    eye = np.eye(n, dtype=bool)
+
+    def blocks(name: str, t: int, s: int):
+        unit = f[t, s]                                                      # (k, j, F)
+        for a in range(0, n, width):
+            if name == "C":                     # origins a.. of C[k, j, i]: Gram over (k, i)
+                by_origin = np.swapaxes(unit[:, a:a + width], 0, 1)          # (j, k, F)
+                v = 1.0 - np.swapaxes(by_origin @ np.swapaxes(by_origin, -1, -2), 0, 1)
+                self_pair = np.broadcast_to(eye[:, None, :], v.shape)        # i == k
+            else:                               # targets a.. of R[k, j, i]: Gram over (j, i)
+                part = unit[a:a + width]
+                v = 1.0 - part @ np.swapaxes(part, -1, -2)
+                self_pair = np.broadcast_to(eye[None], v.shape)              # i == j
+            v = np.where(self_pair, 0.0, np.clip(v, 0.0, 2.0)).astype(np.float32).astype(np.float64)
+            yield v[~self_pair] if self_pairs == "exclude" else v.ravel()
+
+    coords = {"interval": ds["interval"], "seed": ds["seed"]}
+    out: dict[str, xr.DataArray] = {}
+    for name in ("C", "R"):
+        count = np.zeros((t_count, s_count))
+        mean = np.zeros((t_count, s_count))
+        m2 = np.zeros((t_count, s_count))
+        for t in range(t_count):
+            for s in range(s_count):
+                for v in blocks(name, t, s):
+                    count[t, s], mean[t, s], m2[t, s] = _merge(
+                        count[t, s], mean[t, s], m2[t, s], v.size, v.mean(), ((v - v.mean()) ** 2).sum())
+        seed_mean, seed_std = mean, np.sqrt(m2 / count)
+        if reference == "pooled":
+            total, mu, pooled_m2 = count[:, 0], mean[:, 0], m2[:, 0]
+            for s in range(1, s_count):
+                total, mu, pooled_m2 = _merge(total, mu, pooled_m2, count[:, s], mean[:, s], m2[:, s])
+            mu, sd = mu[:, None] * np.ones(s_count), np.sqrt(pooled_m2 / total)[:, None] * np.ones(s_count)
+        elif reference == "seed":
+            mu, sd = seed_mean, seed_std
+        else:
+            mu = seed_mean.mean(1, keepdims=True) * np.ones(s_count)
+            sd = seed_mean.std(1, keepdims=True) * np.ones(s_count)
+        counted, outliers = np.zeros(t_count, np.int64), np.zeros(t_count, np.int64)
+        for t in range(t_count):
+            for s in range(s_count):
+                if not sd[t, s] > 0:
+                    continue  # z undefined where the reference has no spread: not counted
+                for v in blocks(name, t, s):
+                    counted[t] += v.size
+                    outliers[t] += int((np.abs((v - mu[t, s]) / sd[t, s]) > threshold).sum())
+        attrs = COSINE_ATTRS[name]  # as xarray's reductions of the tensor keep them
+        out.update(_summaries(
+            name, xr.DataArray(seed_mean, coords=coords, dims=("interval", "seed"), attrs=attrs),
+            xr.DataArray(seed_std, coords=coords, dims=("interval", "seed"), attrs=attrs),
+            xr.DataArray(outliers, coords={"interval": ds["interval"]}, dims="interval", attrs=attrs),
+            xr.DataArray(counted, coords={"interval": ds["interval"]}, dims="interval", attrs=attrs),
+            self_pairs=self_pairs, reference=reference, threshold=threshold))
     return out
+
+
+def _merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Count, mean and sum of squared deviations of two sets together (Chan et al.)."""
+    n = n_a + n_b
+    delta = mean_b - mean_a
+    return n, mean_a + delta * (n_b / n), m2_a + m2_b + delta ** 2 * (n_a * n_b / n)
 
 
 def check_zscore_options(*, variables=None, self_pairs: str = "exclude", reference: str = "pooled",
@@ -139,3 +238,6 @@ def register_metrics(register):
     register("cosine", cosine, description="C and R: 1 - cosine of penultimate features (n x n x n)")
     register("zscore", zscore, check_options=check_zscore_options,
              description="per-interval mean, std and |z| > 3 outlier fraction of C and R")
+    register("cosine_summaries", cosine_summaries, check_options=check_zscore_options,
+             description="zscore's summaries of C and R, computed block by block from the "
+                         "features without the n x n x n tensors (for large n)")

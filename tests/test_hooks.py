@@ -135,7 +135,9 @@ def test_hook_register_datasets(study):
 def test_hook_register_synthesizers(study):
     calls, ds, _ = study
     runs = calls["synthesizer"]
-    assert len(runs) == 2          # per interval: the prototypes of all seeds, then the grid
+    # per shard (here one seed each, as n^2 = 9 fills a micro-batch of 4): the prototypes, then
+    # the grid
+    assert len(runs) == 4
     prototypes, grid = runs[0], runs[1]
     for run in runs:
         assert run["training"] is False and not any(run["grads"])
@@ -143,10 +145,10 @@ def test_hook_register_synthesizers(study):
         assert 0 <= float(run["start"].min()) and float(run["start"].max()) <= 1
         assert isinstance(run["settings"], toolkit.SynthesisSettings) and run["settings"].max_steps == 15
         assert callable(run["progress"])
-    assert prototypes["start"].shape == (2 * 3, 1, 6, 6)            # seeds x classes, from noise
-    assert prototypes["targets"].tolist() == [0, 1, 2, 0, 1, 2]
-    assert grid["start"].shape == (2 * 3 * 2, 1, 6, 6)              # the off-diagonal P[k, j]
-    assert grid["targets"].tolist() == [0, 0, 1, 1, 2, 2] * 2
+    assert prototypes["start"].shape == (3, 1, 6, 6)                # the classes, from noise
+    assert prototypes["targets"].tolist() == [0, 1, 2]
+    assert grid["start"].shape == (3 * 2, 1, 6, 6)                  # the off-diagonal P[k, j]
+    assert grid["targets"].tolist() == [0, 0, 1, 1, 2, 2]
     assert ds["steps"].dims == ("interval", "seed", "k", "j")
 
 

@@ -208,10 +208,13 @@ def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugi
     import toolkit.pipeline as pipeline
 
     real = pipeline.extract_features
+    calls = []
 
     def poisoned(model, images, **kwargs):
         features = real(model, images, **kwargs)
-        features[-1, 0] = float("nan")  # the last image of the last seed
+        calls.append(1)
+        if len(calls) == 2:  # the second seed's shard (one seed per shard here)
+            features[-1, 0] = float("nan")
         return features
 
     monkeypatch.setattr(pipeline, "extract_features", poisoned)

@@ -17,13 +17,21 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line  # a skipped plugin, an odd dataset file: one line each
             fire.Fire(Toolkit, command=argv, name="toolkit")
     except ToolkitError as exc:
-        print(f"toolkit: error: {exc}", file=sys.stderr)
+        print(f"toolkit: error: {_rank()}{exc}", file=sys.stderr)
         return getattr(exc, "exit_status", 2)
     except KeyboardInterrupt:
         print("toolkit: interrupted; no results file was written (rerun the same command to resume "
               "from the work directory)", file=sys.stderr)
         return 130
     return 0
+
+
+def _rank() -> str:
+    """``rank 1: `` in a torchrun job of several processes (rank 0 speaks plainly)."""
+    import os
+
+    rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return f"rank {rank} of {size}: " if size not in ("", "1") and rank != "0" else ""
 
 
 def _one_line(message, category, filename, lineno, file=None, line=None) -> None:

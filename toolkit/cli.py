@@ -36,7 +36,7 @@ class Toolkit:
                 metric_options=None, lr: float | None = _D.lr,
                 loss_threshold: float = _D.loss_threshold, max_steps: int | None = _D.max_steps,
                 fixed_steps: int | None = _D.fixed_steps, batch_size=_D.batch_size,
-                save_images: bool | None = _D.save_images,
+                save_images: bool | None = _D.save_images, save=_D.save,
                 train_lr: float | None = _D.train_lr, train_batch_size: int | None = _D.train_batch_size,
                 data_root: str | None = _D.data_root, download: bool = _D.download,
                 device: str = _D.device, precision: str = _D.precision, compile: bool = _D.compile,
@@ -70,6 +70,9 @@ class Toolkit:
                 from the device and image size (CPU: 128 at 32x32; GPU: 1024 at 32x32).
             save_images: store the whole grid P of images in the file (--nosave_images to leave
                 it out); default: on for up to 20 classes. Class prototypes are stored always.
+            save: which n x n x n tensors the file keeps, comma-separated (C,R; default all), or
+                none for their summaries only (for large n: C and R take 8 n^3 bytes per
+                interval and seed). The features stay, so C and R can be computed again.
             train_lr: SGD learning rate for training, cosine-annealed per stage; default from the
                 dataset (digits 0.1, else 0.05).
             train_batch_size: training batch size; default from the dataset (digits 32, else 128).
@@ -104,12 +107,14 @@ class Toolkit:
             seed=seed, epochs=epochs, synthesizer=synthesizer, metrics=metrics,
             metric_options=metric_options, lr=lr, loss_threshold=loss_threshold,
             max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size,
-            save_images=save_images, train_lr=train_lr,
+            save_images=save_images, save=save, train_lr=train_lr,
             train_batch_size=train_batch_size, data_root=data_root, download=download, device=device,
             precision=precision, compile=compile, nonfinite=nonfinite)
         path = Path(out) if out is not None else default_output(config)
         ds = analyze(config, out=path, checkpoints=checkpoints, fresh=fresh, overwrite=overwrite,
                      progress=progress, make_folder=out is None, plots=plots)
+        if ds is None:  # a torchrun rank other than 0: rank 0 writes and prints
+            return
         print(summary_table(ds))
         print(f"results: {path}")
         if plots:

@@ -63,6 +63,9 @@ class AnalysisConfig:
             it when the dataset has at most ``SAVE_IMAGES_UP_TO`` classes. The class prototypes
             and their starting noise are stored always.
         metrics: registered metric names, run in this order.
+        save: which of the metrics' n x n x n tensors (dims interval, seed, k, j, i: ``C``, ``R``)
+            the results file keeps; None keeps them all, an empty tuple (``none``) only their
+            summaries. The features stay in the file, so the tensors can be computed again.
         metric_options: keyword options per metric, e.g. ``{"zscore": {"reference": "seed"}}``.
         data_root: folder holding (or to receive) the dataset files.
         download: whether a missing dataset may be downloaded.
@@ -92,6 +95,7 @@ class AnalysisConfig:
     save_images: bool | None = None
     metrics: tuple[str, ...] = ("cosine", "zscore")
     metric_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    save: tuple[str, ...] | None = None
     data_root: str | None = None
     download: bool = True
     device: str = "auto"
@@ -104,6 +108,8 @@ class AnalysisConfig:
         set_("intervals", _floats("intervals", self.intervals))
         set_("metrics", _names("metrics", self.metrics))
         set_("metric_options", _metric_options(self.metric_options))
+        if self.save is not None:
+            set_("save", () if self.save in ("", "none") else _names("save", self.save))
         if self.batch_size is None:
             set_("batch_size", "auto")
         for name in ("model", "dataset", "synthesizer", "schedule", "device", "nonfinite"):

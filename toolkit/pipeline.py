@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 
 import toolkit
-from toolkit import results
+from toolkit import distributed, results
 from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
 from toolkit.errors import NumericalError, PluginError, ToolkitError, UsageError
@@ -101,15 +101,27 @@ def build_model(registration: Registration, data: ImageDataset) -> NormalizedCla
         return NormalizedClassifier(net, data.mean, data.std)
 
 
-def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]]) -> None:
+def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]],
+                  save: tuple[str, ...] | None = None) -> None:
     """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
-    (a wrong order, a bad option) fails before hours of training, not after."""
+    (a wrong order, a bad option), or a ``save`` naming a tensor no metric makes, fails before
+    hours of training, not after."""
     # 2 intervals, 2 seeds, 3 classes, 4 features
     trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
     for registration in metrics:
         _check_metric_options(registration, options.get(registration.name, {}))
         with blamed_on(registration, "failed on a trial dataset before training"):
             trial = apply_metric(trial, registration, options.get(registration.name, {}))
+    made = pairwise_tensors(trial)
+    unknown = [name for name in save or () if name not in made]
+    if unknown:
+        raise UsageError(f"--save names {', '.join(unknown)}, which the metrics do not make; they "
+                         f"make: {', '.join(made) or 'none'} (or pass --save none)")
+
+
+def pairwise_tensors(ds: xr.Dataset) -> list[str]:
+    """The n x n x n variables of ``ds`` (dims interval, seed, k, j, i), which ``save`` selects."""
+    return [name for name in ds.data_vars if ds[name].dims == results.PAIRS]
 
 
 @contextlib.contextmanager
@@ -134,8 +146,8 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
     The diagonal holds the prototypes themselves, with the records of their synthesis from noise.
     All seeds share one work queue per phase, so micro-batches stay full. The images do not
     interact, though the last bits of a step can depend on the micro-batch's make-up (measured:
-    ResNet18 on the CPU at batch size 1), so :func:`analyze` always synthesises an interval's seeds
-    together, resumed or not.
+    ResNet18 on the CPU at batch size 1), so :func:`analyze` always synthesises the same groups of
+    seeds together (:func:`toolkit.distributed.shards`), resumed or not, on any number of ranks.
     """
     n, seeds = num_classes, noise.shape[0]
     device = next(model.parameters()).device
@@ -191,6 +203,10 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             (:func:`toolkit.plot`); its folder is checked before any training.
         **options: fields of :class:`AnalysisConfig` (when ``config`` is None).
 
+    Returns:
+        The results Dataset; under torchrun (several ranks, :mod:`toolkit.distributed`) rank 0
+        returns it and writes ``out``, the other ranks return None.
+
     Raises:
         UsageError: bad options, unknown plugins, missing data or checkpoints, an existing ``out``,
             a work directory of another run; raised before any training, and nothing is written.
@@ -216,19 +232,30 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     if checkpoints is not None:
         _check_checkpoints(Path(checkpoints), config.intervals)
     device = resolve_device(config.device)
-    check_metrics(resolved.metrics, config.metric_options)
+    world = distributed.world(device)
+    device = distributed.device_for(world, device)
+    progress = progress and world.main
+    check_metrics(resolved.metrics, config.metric_options, config.save)
+    if not world.main:
+        world.barrier()  # rank 0 fetches a missing dataset first; the others then read it
     data = load_dataset(resolved.dataset, config)
+    if world.main:
+        world.barrier()
     config = config.with_dataset_defaults(resolved.dataset.metadata.get("defaults", {}))
     config = config.with_save_images_for(data.num_classes)
 
-    if out is not None and make_folder:
+    if out is not None and make_folder and world.main:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     if work is not None:
         identity = run_identity(config.to_json(), data, toolkit.__version__)
         if checkpoints is not None:
             identity["weights"] = {name: _file_digest(Path(checkpoints) / name)
                                    for name in map(checkpoint_name, config.intervals)}
-        resumed = work.claim(identity, fresh=fresh)
+        if world.main:  # rank 0 alone may discard (--fresh); the others then find its verdict
+            resumed = work.claim(identity, fresh=fresh)
+        world.barrier()
+        if not world.main:
+            resumed = work.claim(identity)
         if resumed and progress:
             print(f"resuming from {work.path}: {resumed} finished file(s)", file=sys.stderr)
     started = time.perf_counter()
@@ -254,7 +281,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         return progress_bar(description, total, enabled=progress, unit=unit)
 
     trainer = None if checkpoints is not None else Trainer(
-        model, data, config.intervals, config.schedule, training, config.seed, device)
+        model, data, config.intervals, config.schedule, training, config.seed, device, world=world)
     stages, units = [], []
     for fraction in config.intervals:
         clock = time.perf_counter()
@@ -271,20 +298,23 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                 raise NumericalError(f"training reached NaN or Inf losses before interval "
                                      f"{fraction:.0%}; lower --train_lr, or pass --nonfinite record "
                                      "to keep going")
-            if work is not None:
+            if work is not None and world.main:  # every rank holds the same state
                 work.save_training(fraction, {**trainer.state_dict(), "stage": dataclasses.asdict(stage)})
         stages.append(stage)
 
-        done = {seed: work.load_unit(fraction, seed) for seed in config.seed_values} if work else {}
-        if any(done.get(seed) is None for seed in config.seed_values):
-            # All seeds of an interval share one work queue, so micro-batches stay full. The last
-            # bits of a step can depend on the micro-batch's make-up, so a unit is only reused
-            # when its whole interval finished: a resumed interval is computed again as a whole,
-            # exactly as in an uninterrupted run.
-            pending = config.seed_values
+        # The shards still to do (fixed groups of seeds, each one work queue), dealt out to the
+        # ranks. A shard is reused only when all its units are finished; otherwise it is
+        # synthesised again as a whole, exactly as in an uninterrupted run of any number of ranks.
+        todo = [shard for shard in distributed.shards(config.seed_values, data.num_classes ** 2,
+                                                      batch_size)
+                if work is None or not all(work.unit(fraction, s).is_file() for s in shard)]
+        world.barrier()  # every rank has seen the same finished units before anyone adds one
+        done = {}
+        for number in distributed.share([len(shard) for shard in todo], world.size)[world.rank]:
+            mine = todo[number]
             synth_bar = bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
-                            len(pending) * data.num_classes ** 2, unit="img")
-            noise = initial_noise(shape, pending)
+                            len(mine) * data.num_classes ** 2, unit="img")
+            noise = initial_noise(shape, mine)
             with frozen(model):
                 clock = time.perf_counter()
                 grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
@@ -294,21 +324,32 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                 feats = extract_features(model, grid.flatten(0, 2), device=device)
                 seconds["features"] += time.perf_counter() - clock
             synth_bar.close()
-            image_steps += int(grid_records["steps"].sum())
             feats = feats.view(*grid.shape[:3], -1).numpy()
             diagonal = torch.arange(data.num_classes)
-            for index, seed in enumerate(pending):
+            for index, seed in enumerate(mine):
                 done[seed] = {"features": feats[index],
                               **{name: value[index].numpy() for name, value in grid_records.items()},
                               "prototypes": results.to_uint8(grid[index, diagonal, diagonal].numpy()),
                               **({"P": results.to_uint8(grid[index].numpy())} if config.save_images
                                  else {})}
-                if work is not None:
+                if work is not None:  # kept even when faulty: --nonfinite record may reuse it
                     work.save_unit(fraction, seed, done[seed])
+            for seed in mine:
+                _check_finite(done[seed], fraction, seed, config.nonfinite)
+        computed = world.gather(done)
+        if not world.main:
+            continue
+        for part in computed:
+            done.update(part)
+            image_steps += sum(int(unit["steps"].sum()) for unit in part.values())
         for seed in config.seed_values:
+            if seed not in done:
+                done[seed] = work.load_unit(fraction, seed)
             _check_finite(done[seed], fraction, seed, config.nonfinite)
         units.append([done[seed] for seed in config.seed_values])
 
+    if not world.main:
+        return None  # rank 0 gathered the units; it alone measures, writes and prints
     images = {name: np.stack([[unit[name] for unit in row] for row in units])
               for name in ("prototypes", "P") if name in units[0][0]}
     images["noise"] = results.to_uint8(initial_noise(shape, config.seed_values).numpy())
@@ -324,9 +365,12 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
     seconds["metrics"] = time.perf_counter() - clock
+    if config.save is not None:  # the summaries stay; the tensors not asked for go
+        ds = ds.drop_vars([name for name in pairwise_tensors(ds) if name not in config.save])
     ds.attrs.update(results.provenance(
         config.to_json(), model=config.model, dataset=config.dataset,
         synthesizer=config.synthesizer, metrics=",".join(config.metrics), device=str(device),
+        ranks=world.size,
         wall_time_s=round(time.perf_counter() - started, 3)))
     ds.attrs.update(results.speed_attrs(
         **{f"time_{stage}_s": value for stage, value in seconds.items()},

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.data import ImageDataset
+from toolkit.distributed import World
+from toolkit.errors import UsageError
 from toolkit.progress import ProgressBar, progress_bar
 
 
@@ -130,8 +132,23 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, data: ImageDataset, intervals: Sequence[float],
-                 schedule: str, settings: TrainingSettings, seed: int, device: torch.device | str):
+                 schedule: str, settings: TrainingSettings, seed: int, device: torch.device | str,
+                 world: World = World()):
         self.model, self.data, self.settings, self.device = model, data, settings, device
+        self.world = world
+        # Data-parallel training: every rank draws the same batches and augmentations from the same
+        # generator, takes its slice of each batch, and DistributedDataParallel averages the
+        # gradients, so all ranks hold the same weights (and state) at every step.
+        self._forward = model
+        if world.distributed:
+            if settings.batch_size < world.size:
+                raise UsageError(f"--train_batch_size {settings.batch_size} is smaller than the "
+                                 f"{world.size} ranks; each rank needs at least one image per batch")
+            if torch.device(device).type == "cuda":  # BatchNorm over the whole batch (CUDA only)
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self._forward = nn.parallel.DistributedDataParallel(
+                model, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda"
+                else None)
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                                          weight_decay=settings.weight_decay,
@@ -190,10 +207,19 @@ class Trainer:
                 group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * self._step / total))
             images = augment(to_pixels(train_x[batch], self.device), settings.crop_padding,
                              settings.flip, self.generator)
+            labels = train_y[batch]
+            if self.world.distributed:
+                images = images.tensor_split(self.world.size)[self.world.rank]
+                labels = labels.tensor_split(self.world.size)[self.world.rank]
             with (torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
                   if self._mixed else contextlib.nullcontext()):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), train_y[batch])
+                logits = self._forward(images)
+            if self.world.distributed:
+                # DDP averages over ranks: scale each slice's sum so the average is the batch mean.
+                loss = F.cross_entropy(logits.float(), labels, reduction="sum") * (
+                    self.world.size / len(batch))
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
             finite &= torch.isfinite(loss)  # checked once per stage: no host sync per step
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -204,7 +230,7 @@ class Trainer:
         recompute_batchnorm(model, train_x[subset.to(self.device)], self.device)
         self.stage_index += 1
         return Stage(fraction, len(subset), accuracy(model, self._test_x, self.data.test_labels,
-                                                     self.device), bool(finite))
+                                                     self.device), self.world.all_true(bool(finite)))
 
     def state_dict(self) -> dict:
         """Weights, optimizer, generator and position: tensors and numbers only (weights-only safe)."""

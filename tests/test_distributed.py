@@ -1,0 +1,123 @@
+"""torchrun: the same study on several processes gives the same file; resume with another rank count."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+import toolkit
+from toolkit.distributed import share, shards
+
+TINY_CLI = Path(__file__).with_name("tiny_cli.py")
+ARGS = ["--model", "tiny-cnn", "--dataset", "tiny", "--intervals", "0.5,1", "--seeds", "3",
+        "--epochs", "25", "--train_lr", "0.1", "--train_batch_size", "16", "--max_steps", "100",
+        "--batch_size", "4", "--noprogress", "--noplots"]
+
+
+def data_of(path) -> xr.Dataset:
+    with toolkit.open_results(path) as ds:
+        return ds.load().drop_attrs()
+
+
+def launch(out, *extra, ranks=1, pause=0.0, wait=True):
+    """The tiny study as a real job: one plain process, or ``ranks`` processes under torchrun."""
+    # One thread per process everywhere (torchrun's own default for several processes), so every
+    # run takes the same kernels whatever the machine's core count.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOOLKIT_LOAD_ENTRYPOINTS": "0",
+           "TOOLKIT_TEST_PAUSE": str(pause)}
+    launcher = [sys.executable] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+    command = [*launcher, str(TINY_CLI), "analyze", *ARGS, "--out", str(out), *extra]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    if wait:
+        stdout, stderr = process.communicate(timeout=900)
+        assert process.returncode == 0, stderr
+        process.stdout_text = stdout
+    return process
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """A one-process run that trains; its work directory keeps the weights of each interval."""
+    out = tmp_path_factory.mktemp("single") / "one.nc"
+    launch(out)
+    return out
+
+
+def test_share_deals_units_out_balanced_by_work():
+    assert share([1.0] * 5, 2) == [[0, 2, 4], [1, 3]]
+    assert share([1.0] * 2, 4) == [[0], [1], [], []]
+    # the big item alone, the small ones together
+    assert share([1.0, 5.0, 2.0, 2.0], 2) == [[1], [0, 2, 3]]
+    assert share([], 3) == [[], [], []]
+
+
+def test_shards_depend_on_the_configuration_not_on_the_ranks():
+    # each shard holds at least a micro-batch of images; a short remainder joins the last one
+    assert shards([0, 1, 2, 3, 4], images_per_unit=100, batch_size=2048) == [[0, 1, 2, 3, 4]]
+    assert shards([0, 1, 2, 3, 4], images_per_unit=100, batch_size=200) == [[0, 1], [2, 3, 4]]
+    assert shards([0, 1, 2], images_per_unit=10_000, batch_size=128) == [[0], [1], [2]]
+    assert shards([7], images_per_unit=9, batch_size=4) == [[7]]
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_data_of_one_process(single, tmp_path):
+    # Given the same weights, the data are identical, bit for bit.
+    two = tmp_path / "two.nc"
+    result = launch(two, "--checkpoints", str(single.with_suffix(".work")), ranks=2)
+    xr.testing.assert_identical(data_of(two), data_of(single))
+    assert result.stdout_text.count("results:") == 1  # rank 0 alone prints
+    with toolkit.open_results(two) as ds:
+        assert ds.attrs["ranks"] == 2
+
+
+@pytest.mark.slow
+def test_two_ranks_train_data_parallel_and_one_process_reads_their_weights(single, tmp_path):
+    # Training is data-parallel: the same batches, each rank half of each. The gradients' summation
+    # order and, on the CPU, each rank's own BatchNorm batch statistics make the weights differ
+    # from one process's, so only the model's quality is compared with the one-process run ...
+    two = tmp_path / "trained.nc"
+    launch(two, ranks=2)
+    one, got = data_of(single), data_of(two)
+    np.testing.assert_array_equal(got.train_size, one.train_size)
+    np.testing.assert_allclose(got.test_accuracy, one.test_accuracy, atol=0.1)
+    # ... and its training states hold plain weights that one process analyses to the same data.
+    again = tmp_path / "again.nc"
+    launch(again, "--checkpoints", str(two.with_suffix(".work")))
+    xr.testing.assert_identical(data_of(again), got)
+
+
+@pytest.mark.slow
+def test_a_two_rank_run_killed_midway_resumes_with_one_rank(single, tmp_path):
+    out = tmp_path / "resumed.nc"
+    given = ("--checkpoints", str(single.with_suffix(".work")))
+    job = launch(out, *given, ranks=2, pause=3.0, wait=False)
+    work = out.with_suffix(".work")
+    deadline = time.monotonic() + 600
+    while not any(work.glob("unit-*.npz")):
+        assert job.poll() is None, job.communicate()[1]
+        assert time.monotonic() < deadline, "no unit was ever written"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, as a scheduler would
+    job.wait()
+    finished = sorted(p.name for p in work.glob("unit-*.npz"))
+    assert 0 < len(finished) < 6 and not out.exists()
+    launch(out, *given)  # the same command, one process
+    xr.testing.assert_identical(data_of(out), data_of(single))
+
+
+@pytest.mark.slow
+def test_an_error_on_the_ranks_ends_the_job_with_one_line(tmp_path):
+    result = launch(tmp_path / "x.nc", "--checkpoints", str(tmp_path / "missing"), ranks=2,
+                    wait=False)
+    _, stderr = result.communicate(timeout=300)
+    assert result.returncode != 0
+    assert "toolkit: error: --checkpoints" in stderr
+    assert not (tmp_path / "x.nc").exists()

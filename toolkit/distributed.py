@@ -1,0 +1,140 @@
+"""Running one study on several processes: ``torchrun --nproc-per-node=N -m toolkit analyze ...``.
+
+PyTorch's own engine does the work: ``torch.distributed`` initialised from the environment torchrun
+sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``...), ``gloo`` on the CPU and
+``nccl`` on CUDA, and :class:`~torch.nn.parallel.DistributedDataParallel` for training. Without
+those variables (or with ``WORLD_SIZE=1``) nothing is initialised and a run is the plain
+single-process one.
+
+How the work divides: training is data-parallel (every rank takes its slice of each global batch,
+DistributedDataParallel averages the gradients). Synthesis is split into fixed shards, groups of
+(interval, seed) units each run as one work queue (:func:`shards`), dealt out to the ranks
+balanced by their number of images (:func:`share`); every rank saves the units it finished in the
+shared work directory, and rank 0 gathers them, writes the one results file and prints. Shards
+depend on the configuration alone, so given the same weights the file's data are bit-identical
+whatever the number of ranks, and a job restarted with another number resumes the same shards.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import datetime
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.distributed as dist
+
+from toolkit.errors import UsageError
+
+# How long a collective waits for a rank before the job fails. Ranks wait for each other at the end
+# of every interval, up to a whole shard's synthesis (hours on a CPU), hence a day; torchrun ends
+# every rank at once when one of them exits with an error, so this only bounds a hung rank.
+TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("TOOLKIT_DIST_TIMEOUT_MIN", "1440")))
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """Where this process stands in the job: ``rank`` of ``size`` (one process: 0 of 1)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one that writes the results file, prints and shows progress."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's ``value`` on rank 0 (in rank order); None on the others."""
+        if not self.distributed:
+            return [value]
+        gathered = [None] * self.size if self.main else None
+        dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+    def all_true(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (each rank learns the answer)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=_collective_device())
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
+
+def world(device: torch.device | str = "cpu") -> World:
+    """This process's :class:`World`, joining torchrun's process group on first use (``nccl``
+    when the run's ``device`` is CUDA, else ``gloo``)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_available():
+        raise UsageError("WORLD_SIZE is set but this PyTorch build has no torch.distributed")
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        missing = [v for v in ("MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise UsageError(f"WORLD_SIZE={size} but {', '.join(missing)} not set; start the job "
+                             "with torchrun (see the README's scaling section)")
+        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend, timeout=TIMEOUT)
+        atexit.register(_leave)
+    return World(rank=rank, size=size, local_rank=local_rank)
+
+
+def device_for(world: World, device: torch.device) -> torch.device:
+    """Each rank's device: ``cuda`` (or ``auto`` on a GPU machine) means ``cuda:LOCAL_RANK``."""
+    if world.distributed and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", world.local_rank % max(1, torch.cuda.device_count()))
+    return device
+
+
+def shards(seeds: Sequence[int], images_per_unit: int, batch_size: int) -> list[list[int]]:
+    """Group an interval's seeds into the shards of synthesis work: each shard is one work queue.
+
+    Consecutive seeds are grouped until a shard holds at least ``batch_size`` images (so its
+    micro-batches can be full); a short remainder joins the last shard. The grouping depends on the
+    configuration alone, never on the number of ranks or on what a resumed run finds finished:
+    the last bits of an input-gradient step can depend on which images share a micro-batch, so a
+    fixed grouping is what makes a shard's numbers the same on any rank, in any job.
+    """
+    per_shard = max(1, -(-batch_size // max(1, images_per_unit)))
+    groups = [list(seeds[i:i + per_shard]) for i in range(0, len(seeds), per_shard)]
+    if len(groups) > 1 and len(groups[-1]) * images_per_unit < batch_size:
+        short = groups.pop()
+        groups[-1] += short
+    return groups
+
+
+def share(costs: Sequence[float], size: int) -> list[list[int]]:
+    """Deal work items with ``costs`` out to ``size`` ranks, balanced by cost (longest first,
+    each to the least loaded rank; ties to the lower rank). Returns the item indices per rank, in
+    increasing order; the same answer on every rank."""
+    load = [0.0] * size
+    shares: list[list[int]] = [[] for _ in range(size)]
+    for item in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(size), key=lambda r: (load[r], r))
+        load[rank] += costs[item]
+        shares[rank].append(item)
+    return [sorted(items) for items in shares]
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
