@@ -8,12 +8,13 @@ One run measures, on the same models (ResNet18 with the CIFAR stem, ``toolkit``'
    image-step (counted by ``torch.utils.flop_counter`` over the forward and the backward to the
    input), and the image-steps per second of the ``prototype`` synthesizer at 32x32x3 (random
    weights) and 8x8x1 (digits), fp32 and bf16, as a fraction of that limit;
-2. a full prototype grid (n = 10 digits classes, one seed, a ResNet18 trained briefly on digits)
-   with the work queue in fp32 and bf16, against (a) the straightforward implementation, one image
-   at a time until CE < 0.01, and (b) the authors' style, batches of n images for a fixed 250 steps,
-   both fp32. (a) and (b) are timed on a sample (the first images of the grid; a few steps of one
-   batch) and scaled to the whole grid: (a) by the grid's own step counts, (b) by (n + 1) x 250
-   batch-steps;
+2. a full prototype grid of one interval (n = 10 digits classes, ``--seeds`` seeds sharing one
+   queue as in ``toolkit analyze``, a ResNet18 trained briefly on digits) with the work queue in
+   fp32 and bf16, against (a) the straightforward implementation, one image at a time until
+   CE < 0.01, and (b) the authors' style, batches of n images for a fixed 250 steps, both fp32.
+   (a) and (b) are timed on a sample (the first images of the grid; a few steps of one batch) and
+   scaled to the whole grid: (a) by the grid's own step counts, (b) by (n + 1) x 250 batch-steps
+   per seed;
 3. wasted image-steps: of all model rows computed, those that moved an image (its steps), those
    that tested an image and found it done (one per image: the forward is the stopping test every
    method needs, the backward comes with the batch and is dropped) and empty slots at the queue's
@@ -200,7 +201,8 @@ def grid_comparison(args, rows: list, notes: list) -> None:
                  f"the bare fwd+bwd+SGD step on one batch ({bare_rate:,.0f} img/s)"))
 
     lr, threshold, max_steps = 0.1, 0.01, 100
-    noise = torch.rand(1, n, data.in_chans, data.image_size, data.image_size,
+    # One interval's grids: all seeds share the queue, as in `toolkit analyze`.
+    noise = torch.rand(args.seeds, n, data.in_chans, data.image_size, data.image_size,
                        generator=torch.Generator().manual_seed(0))
     synthesizer = get_registry("synthesizer").get("prototype")
     batch = auto_batch_size("cpu", noise.shape[2:])
@@ -213,10 +215,10 @@ def grid_comparison(args, rows: list, notes: list) -> None:
             began = time.perf_counter()
             grid, records = synthesize_grid(counter, synthesizer, n, noise, settings)
             seconds = time.perf_counter() - began
-            feats = extract_features(model, grid.flatten(0, 2)).view(1, n, n, -1)
+            feats = extract_features(model, grid.flatten(0, 2)).view(args.seeds, n, n, -1)
         grids[precision] = (seconds, records, feats, counter.rows)
         if precision == "fp32":
-            prototypes = grid[0].diagonal().permute(3, 0, 1, 2)   # p_c = P[c, c]: (n, C, H, W)
+            prototypes = grid[0].diagonal().permute(3, 0, 1, 2)   # seed 0's p_c = P[c, c]: (n, C, H, W)
 
     seconds32, records, _, computed = grids["fp32"]
     steps = records["steps"]
@@ -234,13 +236,14 @@ def grid_comparison(args, rows: list, notes: list) -> None:
         # (b): one batch of n images, a few fixed steps, scaled to (n + 1) batches x 250 steps.
         b_steps = args.fixed_sample_steps
         b_seconds = best_time(lambda: fixed_batch(model, prototypes, torch.arange(n), lr, b_steps),
-                              1) / b_steps * (n + 1) * 250
+                              1) / b_steps * (n + 1) * 250 * args.seeds
     mean_steps = float(steps.float().mean())
-    b_wasted = 1 - float(steps.clamp(max=250).sum()) / (n * n * 250)
+    b_wasted = 1 - float(steps.clamp(max=250).sum()) / (steps.numel() * 250)
     for precision in PRECISIONS:
         seconds, rec, _, rows_run = grids[precision]
         useful, tests = int(rec["steps"].sum()), rec["steps"].numel()
-        rows.append((f"full grid n={n}, digits 8x8, work queue, {precision} (batch {batch})",
+        rows.append((f"full grid n={n} x {args.seeds} seeds (one interval), digits 8x8, work queue, "
+                     f"{precision} (batch {batch})",
                      f"{seconds:.1f} s",
                      f"{a_seconds / seconds:.1f}x faster than (a); {useful:,} steps, mean "
                      f"{float(rec['steps'].float().mean()):.1f}/image"))
@@ -252,14 +255,14 @@ def grid_comparison(args, rows: list, notes: list) -> None:
                  f"timed {runs} model runs of {sample} images ({per_run * 1e3:.1f} ms each), "
                  f"x {total_runs:,} runs of the grid"))
     rows.append((f"(b) authors: batches of n={n}, fixed 250 steps, fp32", f"{b_seconds:.1f} s (est.)",
-                 f"timed {b_steps} steps of one batch, x {(n + 1) * 250} batch-steps; "
+                 f"timed {b_steps} steps of one batch, x {(n + 1) * 250 * args.seeds} batch-steps; "
                  f"{b_wasted:.0%} of its steps move converged images (queue needs "
                  f"{mean_steps:.1f} steps/image)"))
 
     means = {}
     for precision in PRECISIONS:
         _, rec, feats, _ = grids[precision]
-        ds = build_dataset(intervals=[1.0], seeds=[0], class_names=data.class_names,
+        ds = build_dataset(intervals=[1.0], seeds=list(range(args.seeds)), class_names=data.class_names,
                            features=feats[None].numpy(),
                            records={name: v[None].numpy() for name, v in rec.items()},
                            test_accuracy=[stage.test_accuracy], train_size=[stage.train_size])
@@ -347,6 +350,7 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=6, help="images timed one at a time for (a)")
     parser.add_argument("--fixed_sample_steps", type=int, default=10, help="steps timed for (b)")
     parser.add_argument("--train_epochs", type=int, default=2, help="epochs of the digits model")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the digits grid (one queue)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--compile", action="store_true",
                         help="also measure fp32 synthesis under torch.compile (compiles for minutes)")
