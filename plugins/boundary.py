@@ -26,11 +26,11 @@ probe, ``B``; the ``cosine`` metric then gives ``BC`` and ``BR`` for ``B`` as it
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import toolkit
 from toolkit import results
@@ -111,7 +111,9 @@ def boundary_images(model: torch.nn.Module, origin: torch.Tensor, end: torch.Ten
     steps = torch.zeros(len(x), dtype=torch.int64, device=x.device)
     off = (~on).nonzero().squeeze(1)
     if len(off):                                                                        # move 2
-        stepped = optimise(model, x[off], pairs[off], settings, progress, objective=EvenSplit(tolerance))
+        # Steps stop on arrival even when P was made with fixed steps (the authors' parity option).
+        stepping = dataclasses.replace(settings, fixed_steps=None)
+        stepped = optimise(model, x[off], pairs[off], stepping, progress, objective=EvenSplit(tolerance))
         x[off], steps[off] = stepped.images.to(x.dtype), stepped.steps.to(x.device)
         logits = _logits(model, x[off], size)
         still, _, top = boundary_test(logits, pairs[off], tolerance)

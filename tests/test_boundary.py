@@ -1,5 +1,4 @@
 """Boundary prototypes: images on the decision boundary of two classes, checked on the model."""
-import pytest
 import torch
 from torch import nn
 

@@ -1,5 +1,4 @@
 """A whole tiny study with the boundary synthesizer and the mg and madv metrics, to a file and back."""
-import warnings
 
 import numpy as np
 import pytest
@@ -7,7 +6,6 @@ import xarray as xr
 
 import toolkit
 from toolkit import results
-from toolkit.__main__ import main
 from tests.conftest import TINY_RUN
 
 pytestmark = pytest.mark.slow

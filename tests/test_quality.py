@@ -6,7 +6,6 @@ import pytest
 import xarray as xr
 from scipy import stats
 
-import toolkit
 from toolkit.__main__ import main
 from toolkit.quality import SCORES, correlate, quality, quality_table
 from toolkit.results import dataset_from_features, write_results
