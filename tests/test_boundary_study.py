@@ -1,5 +1,4 @@
 """A whole tiny study with the boundary synthesizer and the mg and madv metrics, to a file and back."""
-
 import numpy as np
 import pytest
 import xarray as xr
