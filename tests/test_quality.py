@@ -7,7 +7,7 @@ import xarray as xr
 from scipy import stats
 
 from toolkit.__main__ import main
-from toolkit.quality import SCORES, correlate, quality, quality_table
+from toolkit.quality_report import SCORES, correlate, quality, quality_table
 from toolkit.results import dataset_from_features, write_results
 
 

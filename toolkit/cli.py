@@ -140,12 +140,13 @@ class Toolkit:
             out: also draw each score against accuracy into this figure (.png, .pdf or .svg).
             overwrite: replace an existing figure.
         """
-        from toolkit.quality import quality, quality_table, write_figure
+        from toolkit import quality
+        from toolkit.quality_report import quality_table
 
-        report = quality(list(results))
+        report = quality(list(results), out, overwrite=overwrite)
         print(quality_table(report))
         if out is not None:
-            print(f"figure: {write_figure(report, out, overwrite=overwrite)}")
+            print(f"figure: {out}")
 
     def plot(self, results: str, out: str | None = None, format="png", figures=None,
              seed: int | None = None, interval: float | None = None, overwrite: bool = False) -> None:

@@ -150,7 +150,7 @@ QUALITY_HOW_TO_READ = (
 
 def quality_section(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110) -> list[str]:
     """The report's section on how each data-free score tracks test accuracy."""
-    from toolkit.quality import quality, quality_figure, quality_rows
+    from toolkit.quality_report import quality, quality_figure, quality_rows
 
     head = ['<section id="quality"><h2>Data-free quality: scores against test accuracy</h2>',
             f'<p class="how">{_e(QUALITY_HOW_TO_READ)}</p>']

@@ -260,13 +260,19 @@ def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:+.2f}"
 
 
+def check_figure(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise ``UsageError`` unless the figure could be written at ``out``."""
+    from toolkit.files import check_output
+    from toolkit.plotting import FORMATS
+
+    check_output(Path(out), tuple(f".{f}" for f in FORMATS), "a .png, .pdf or .svg file", overwrite)
+
+
 def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool = False,
                  dpi: int = 120) -> Path:
     """Save :func:`quality_figure` to ``out`` (png, pdf or svg), atomically; an existing file is
     kept unless ``overwrite``."""
-    from toolkit.files import check_output
-    from toolkit.plotting import FORMATS, _save
+    from toolkit.plotting import _save
 
-    out = Path(out)
-    check_output(out, tuple(f".{f}" for f in FORMATS), "a .png, .pdf or .svg file", overwrite)
-    return _save(quality_figure(report), out, dpi)
+    check_figure(out, overwrite)
+    return _save(quality_figure(report), Path(out), dpi)
