@@ -85,3 +85,19 @@ def test_deepfool_leaves_misclassified_images_alone():
     x[0, 0, 0, 1] = 0.9                                        # logit 1 larger
     adversarial, steps = deepfool(model, x, torch.tensor([0]))
     assert steps.item() == 0 and torch.equal(adversarial, x)
+
+
+@pytest.mark.parametrize("returned, message", [
+    ({}, "missing adversarial_class"),
+    ({"adversarial_class": np.zeros((2, 3)), "extra": np.zeros(2)}, "unexpected extra"),
+    ({"adversarial_class": np.zeros((2,))}, "returned adversarial_class with 1 dims; expected 2"),
+])
+def test_a_probe_that_breaks_its_contract_is_named(returned, message):
+    from toolkit.pipeline import run_probes
+    from toolkit.plugins import Registration
+
+    registration = Registration("metric", "m", None, "p", {
+        "probe": lambda *args: returned,
+        "probe_dims": {"adversarial_class": ("interval", "seed", "class")}})
+    with pytest.raises(toolkit.PluginError, match=message):
+        run_probes([registration], None, torch.zeros(2, 3, 3, 1, 2, 2), {}, None)

@@ -372,13 +372,16 @@ def run_probes(probes: list[Registration], model: NormalizedClassifier, grid: to
         dims = registration.metadata["probe_dims"]
         with blamed_on(registration, "failed in its probe"):
             produced = registration.metadata["probe"](model, grid, records, settings)
-        missing = sorted(set(dims) - set(produced))
-        if missing:
+        missing, extra = sorted(set(dims) - set(produced)), sorted(set(produced) - set(dims))
+        if missing or extra:
             raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
-                              f"{registration.plugin!r}) probe did not return {', '.join(missing)}")
+                              f"{registration.plugin!r}) probe must return exactly its probe_dims "
+                              f"{', '.join(dims)}; " + "; ".join(
+                                  f"{what} {', '.join(names)}" for what, names in
+                                  (("missing", missing), ("unexpected", extra)) if names))
         for name, value in produced.items():
             value = np.asarray(value)
-            if name in dims and value.ndim != len(dims[name]) - 1:
+            if value.ndim != len(dims[name]) - 1:
                 raise PluginError(f"{registration.kind} {registration.name!r} probe returned {name} "
                                   f"with {value.ndim} dims; expected {len(dims[name]) - 1} "
                                   f"({', '.join(dims[name][1:])})")
