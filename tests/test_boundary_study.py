@@ -54,6 +54,8 @@ def test_the_boundary_figure_and_the_reports_quality_section(study, tmp_path):
     ds, out = study
     written = toolkit.plot(out, tmp_path / "figures", figures="boundary")
     assert [p.name for p in written] == ["boundary.png"]
+    from toolkit.plotting import render
+    assert "tiny-cnn on tiny, 2 seeds (0-1)" in render(ds, "boundary").get_suptitle()
     from toolkit.reporting import quality_section
     section = "\n".join(quality_section([("tiny.nc", ds)]))
     assert 'id="quality"' in section and "<td data-column=\"score\">Madv</td>" in section
