@@ -28,7 +28,6 @@ def study(name, model, shape, n):
     model.eval().requires_grad_(False)
     g0 = torch.Generator().manual_seed(1)
     probe = torch.rand(1, *shape, generator=g0).contiguous(memory_format=torch.channels_last)
-    t = torch.tensor([1])
     ref = {}
     sizes = SIZES
     for threads in THREADS:

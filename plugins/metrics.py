@@ -24,8 +24,16 @@ def _unit(features: np.ndarray) -> np.ndarray:
 
 
 def cosine(ds: xr.Dataset) -> dict[str, xr.DataArray]:
-    """``C`` and ``R`` from ``features``, by batched Gram matrices in float64."""
-    f = _unit(ds["features"].transpose(*GRID, "feature").values.astype(np.float64))
+    """``C`` and ``R`` from ``features``, by batched Gram matrices in float64; and ``BC`` and ``BR``
+    the same way from ``B_features`` when the file has the boundary grid ``B``."""
+    out = _dissimilarities(ds, "features", "P", "")
+    if "B_features" in ds:
+        out.update(_dissimilarities(ds, "B_features", "B", "B"))
+    return out
+
+
+def _dissimilarities(ds: xr.Dataset, variable: str, grid: str, prefix: str) -> dict[str, xr.DataArray]:
+    f = _unit(ds[variable].transpose(*GRID, "feature").values.astype(np.float64))
     # C: for each origin j, the Gram matrix over targets (k, i); R: for each target k, over (j, i).
     by_origin = np.swapaxes(f, -3, -2)                                      # (..., j, k, F)
     c = 1.0 - np.swapaxes(by_origin @ np.swapaxes(by_origin, -1, -2), -3, -2)  # (..., k, j, i)
@@ -38,20 +46,28 @@ def cosine(ds: xr.Dataset) -> dict[str, xr.DataArray]:
     coords["i"] = ("i", ds["k"].values)
     dims = (*GRID, "i")
     return {
-        "C": xr.DataArray(np.clip(c, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
-                          attrs=dict(COSINE_ATTRS["C"])),
-        "R": xr.DataArray(np.clip(r, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
-                          attrs=dict(COSINE_ATTRS["R"])),
+        f"{prefix}C": xr.DataArray(np.clip(c, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
+                                   attrs=cosine_attrs(prefix, grid)["C"]),
+        f"{prefix}R": xr.DataArray(np.clip(r, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
+                                   attrs=cosine_attrs(prefix, grid)["R"]),
     }
 
 
-_COMMON = {"units": "1", "valid_range": [0.0, 2.0]}
-COSINE_ATTRS = {
-    "C": {**_COMMON, "long_name": "inter-class prototype dissimilarity (same origin j)",
-          "definition": "C[k, j, i] = 1 - cos(f(P[k, j]), f(P[i, j]))", "self_pair": "i == k"},
-    "R": {**_COMMON, "long_name": "intra-class prototype dissimilarity (same target k)",
-          "definition": "R[k, j, i] = 1 - cos(f(P[k, j]), f(P[k, i]))", "self_pair": "i == j"},
-}
+def cosine_attrs(prefix: str = "", grid: str = "P") -> dict[str, dict]:
+    """The attributes of ``{prefix}C`` and ``{prefix}R`` computed from the grid ``grid``."""
+    kind = "boundary prototype" if prefix else "prototype"
+    common = {"units": "1", "valid_range": [0.0, 2.0]}
+    return {
+        "C": {**common, "long_name": f"inter-class {kind} dissimilarity (same origin j)",
+              "definition": f"{prefix}C[k, j, i] = 1 - cos(f({grid}[k, j]), f({grid}[i, j]))",
+              "self_pair": "i == k"},
+        "R": {**common, "long_name": f"intra-class {kind} dissimilarity (same target k)",
+              "definition": f"{prefix}R[k, j, i] = 1 - cos(f({grid}[k, j]), f({grid}[k, i]))",
+              "self_pair": "i == j"},
+    }
+
+
+COSINE_ATTRS = cosine_attrs()
 
 
 SELF_PAIRS = ("exclude", "include")
@@ -62,7 +78,7 @@ REFERENCES = {
 }
 
 
-def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
+def zscore(ds: xr.Dataset, *, variables=None, self_pairs: str = "exclude",
            reference: str = "pooled", threshold: float = 3.0) -> dict[str, xr.DataArray]:
     """Per-interval summaries and outlier fractions of each variable in ``variables``.
 
@@ -73,7 +89,8 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
     ``threshold``, with respect to ``reference`` (one of ``REFERENCES``).
 
     Args:
-        variables: which variables to summarise.
+        variables: which variables to summarise; default ``C`` and ``R``, and ``BC`` and ``BR``
+            when the dataset has them (the boundary grid).
         self_pairs: ``"exclude"`` (default) leaves out the self-pairs named by each variable's
             ``self_pair`` attribute, which are 0 by construction; ``"include"`` keeps them (the
             authors' published mean).
@@ -81,6 +98,8 @@ def zscore(ds: xr.Dataset, *, variables=("C", "R"), self_pairs: str = "exclude",
         threshold: |z| above this is an outlier.
     """
     check_zscore_options(self_pairs=self_pairs, reference=reference, threshold=threshold)
+    if variables is None:
+        variables = ("C", "R", *(v for v in ("BC", "BR") if v in ds))
     out: dict[str, xr.DataArray] = {}
     pairs = ("k", "j", "i")
     for name in variables:
@@ -235,7 +254,8 @@ def _self_pair_dim(values: xr.DataArray, name: str) -> str:
 
 @toolkit.hookimpl
 def register_metrics(register):
-    register("cosine", cosine, description="C and R: 1 - cosine of penultimate features (n x n x n)")
+    register("cosine", cosine, description="C and R: 1 - cosine of penultimate features (n x n x n); "
+                                           "BC and BR of the boundary grid B when present")
     register("zscore", zscore, check_options=check_zscore_options,
              description="per-interval mean, std and |z| > 3 outlier fraction of C and R")
     register("cosine_summaries", cosine_summaries, check_options=check_zscore_options,

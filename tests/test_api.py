@@ -19,6 +19,7 @@ COUNTERPARTS = {
     "plugins": "get_plugins",
     "plot": "plot",
     "report": "report",
+    "quality": "quality",
 }
 
 

@@ -36,8 +36,9 @@ def read_only_folder(tmp_path):
 BAD = [
     (["--model", "resnet99"], "unknown model 'resnet99'; known models: resnet18, resnet18-tv, timm:<name>"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: cifar10, cifar100, digits"),
-    (["--synthesizer", "magic"], "unknown synthesizer 'magic'; known synthesizers: prototype"),
-    (["--metrics", "cosine,nope"], "unknown metric 'nope'; known metrics: cosine, cosine_summaries, zscore"),
+    (["--synthesizer", "magic"], "unknown synthesizer 'magic'; known synthesizers: boundary, prototype"),
+    (["--metrics", "cosine,nope"],
+     "unknown metric 'nope'; known metrics: cosine, cosine_summaries, madv, mg, zscore"),
     (["--intervals", ""], "--intervals is empty; give training fractions in (0, 1]"),
     (["--intervals", "0.5,0.25"], "--intervals must be strictly increasing"),
     (["--intervals", "0.5,0.5"], "--intervals must be strictly increasing without duplicates"),

@@ -62,12 +62,16 @@ def test_report_is_one_self_contained_page(page):
 def test_report_has_config_summary_convergence_and_every_figure_with_how_to_read(page, files):
     text = page.read_text()
     for spec in plotting.FIGURES.values():
+        if spec.optional:  # the boundary grid: neither run has one
+            assert f"<h2>{spec.heading}</h2>" not in text
+            continue
         assert f"<h2>{spec.heading}</h2>" in text
         assert reporting._e(spec.how_to_read) in text
     assert '<section id="convergence-statistics">' in text
     assert "<th>loss_threshold</th><td>0.01</td>" in text  # the configuration, from the file
-    # 8 figures of the full run; the partial one lacks means, spreads, outliers and grid
-    assert len(re.findall(r"<img ", text)) == 8 + 4
+    # 8 figures of the full run; the partial one lacks means, spreads, outliers and grid; and the
+    # quality section's figure
+    assert len(re.findall(r"<img ", text)) == 8 + 4 + 1
     assert text.count('class="missing"') == 4
     assert "partial.nc: not drawn, this file lacks C_mean" in text
     assert "--runs: 2" in text  # two columns, side by side
@@ -181,7 +185,7 @@ def test_the_browser_check_catches_a_broken_page(browser, tmp_path):
 def test_report_in_headless_chromium(browser, page, files, tmp_path):
     errors, images = open_page(browser, page)
     assert errors == []
-    assert len(images) == 8 + 4
+    assert len(images) == 8 + 4 + 1  # the figures of both runs and the quality section's
     assert all(complete and width > 0 for complete, width in images)
     shown = browser.execute_script("""
         return Array.from(document.querySelectorAll('#summary .run table.summary')).map(table =>

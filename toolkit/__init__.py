@@ -69,8 +69,26 @@ def report(results, out="report.html", *, overwrite=False, dpi=110, seed=None, i
     return _report(results, out, overwrite=overwrite, dpi=dpi, seed=seed, interval=interval)
 
 
+def quality(results, out=None, *, overwrite=False, labels=None):
+    """How well each data-free score tracks test accuracy in one or more results files (paths or
+    Datasets); with ``out``, also draw each score against accuracy there. Returns the
+    :class:`toolkit.quality_report.QualityReport`; see :func:`toolkit.quality_report.quality`."""
+    import os
+
+    from toolkit.quality_report import check_figure, quality as _quality, write_figure
+
+    items = [results] if isinstance(results, (str, os.PathLike)) or hasattr(results, "data_vars") \
+        else list(results)
+    if out is not None:
+        check_figure(out, overwrite)  # a bad --out fails before any file is read
+    report = _quality(items, labels)
+    if out is not None:
+        write_figure(report, out, overwrite=overwrite)
+    return report
+
+
 __all__ = [
     "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
     "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
-    "get_plugins", "plot", "report",
+    "get_plugins", "plot", "report", "quality",
 ]

@@ -134,6 +134,25 @@ class Toolkit:
         with open_results(results) as ds:
             print(summary_table(ds))
 
+    def quality(self, *results: str, out: str | None = None, overwrite: bool = False) -> None:
+        """Print how well each data-free score (C mean, R mean, C - R, boundary dissimilarity, Mg,
+        Madv, outlier and unconverged fractions) tracks test accuracy: Spearman and Pearson
+        correlation across the intervals of each file and, with several files, across all of them
+        pooled; the sign expected and whether it holds; the scores ranked.
+
+        Args:
+            results: one or more results files (.nc) written by analyze.
+            out: also draw each score against accuracy into this figure (.png, .pdf or .svg).
+            overwrite: replace an existing figure.
+        """
+        from toolkit import quality
+        from toolkit.quality_report import quality_table
+
+        report = quality(list(results), out, overwrite=overwrite)
+        print(quality_table(report))
+        if out is not None:
+            print(f"figure: {out}")
+
     def plot(self, results: str, out: str | None = None, format="png", figures=None,
              seed: int | None = None, interval: float | None = None, overwrite: bool = False) -> None:
         """Draw the figures of a results file into a folder and print their paths.

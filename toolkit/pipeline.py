@@ -110,6 +110,9 @@ def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mappi
     trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
     for registration in metrics:
         _check_metric_options(registration, options.get(registration.name, {}))
+        trial = trial.assign({name: (dims, np.random.default_rng(1).random([trial.sizes[d] for d in dims]))
+                              for name, dims in registration.metadata.get("probe_dims", {}).items()
+                              if name not in results.ALL_IMAGES})
         with blamed_on(registration, "failed on a trial dataset before training"):
             trial = apply_metric(trial, registration, options.get(registration.name, {}))
     made = pairwise_tensors(trial)
@@ -280,6 +283,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     def bar(description: str, total: int, unit: str = "step"):
         return progress_bar(description, total, enabled=progress, unit=unit)
 
+    probes = [r for r in (resolved.synthesizer, *resolved.metrics) if "probe" in r.metadata]
     trainer = None if checkpoints is not None else Trainer(
         model, data, config.intervals, config.schedule, training, config.seed, device, world=world)
     stages, units = [], []
@@ -323,6 +327,9 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                 clock = time.perf_counter()
                 feats = extract_features(model, grid.flatten(0, 2), device=device)
                 seconds["features"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                probed = run_probes(probes, model, grid, grid_records, synthesis)
+                seconds["synthesis"] += time.perf_counter() - clock
             synth_bar.close()
             feats = feats.view(*grid.shape[:3], -1).numpy()
             diagonal = torch.arange(data.num_classes)
@@ -331,7 +338,9 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                               **{name: value[index].numpy() for name, value in grid_records.items()},
                               "prototypes": results.to_uint8(grid[index, diagonal, diagonal].numpy()),
                               **({"P": results.to_uint8(grid[index].numpy())} if config.save_images
-                                 else {})}
+                                 else {}),
+                              **{name: value[index] for name, value in probed.items()
+                                 if config.save_images or name not in results.ALL_IMAGES}}
                 if work is not None:  # kept even when faulty: --nonfinite record may reuse it
                     work.save_unit(fraction, seed, done[seed])
             for seed in mine:
@@ -351,16 +360,22 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     if not world.main:
         return None  # rank 0 gathered the units; it alone measures, writes and prints
     images = {name: np.stack([[unit[name] for unit in row] for row in units])
-              for name in ("prototypes", "P") if name in units[0][0]}
+              for name in results.ALL_IMAGES if name in units[0][0]}
+    probe_dims = {name: dims for r in probes for name, dims in r.metadata["probe_dims"].items()
+                  if name not in results.ALL_IMAGES}
     images["noise"] = results.to_uint8(initial_noise(shape, config.seed_values).numpy())
     ds = results.build_dataset(
         intervals=[s.fraction for s in stages], seeds=config.seed_values,
         class_names=data.class_names,
         features=np.stack([[unit["features"] for unit in row] for row in units]),
         records={name: np.stack([[unit[name] for unit in row] for row in units])
-                 for name in units[0][0] if name != "features" and name not in results.IMAGES},
+                 for name in units[0][0] if name != "features" and name not in results.ALL_IMAGES
+                 and name not in probe_dims},
         test_accuracy=[s.test_accuracy for s in stages], train_size=[s.train_size for s in stages],
         images=images)
+    ds = ds.assign({name: (dims, np.stack([[unit[name] for unit in row] for row in units]),
+                           results.PROBE_ATTRS.get(name, {}))
+                    for name, dims in probe_dims.items()})
     clock = time.perf_counter()
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
@@ -385,6 +400,37 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
 
             plotting.plot(ds, plotting.default_folder(out), overwrite=overwrite)
     return ds
+
+
+def run_probes(probes: list[Registration], model: NormalizedClassifier, grid: torch.Tensor,
+               records: Mapping[str, torch.Tensor], settings: SynthesisSettings) -> dict[str, np.ndarray]:
+    """What the plugins with a ``probe`` measure on one interval's grids, model at hand.
+
+    A synthesizer or metric registered with ``probe=f`` and ``probe_dims={name: dims}`` has
+    ``f(model, grid, records, settings)`` called on the grids ``P`` (seed, k, j, C, H, W) of each
+    interval; it returns arrays ``name -> (seed, ...)`` that become the variables ``name`` with
+    ``dims`` (whose first two are ``interval, seed``).
+    """
+    out: dict[str, np.ndarray] = {}
+    for registration in probes:
+        dims = registration.metadata["probe_dims"]
+        with blamed_on(registration, "failed in its probe"):
+            produced = registration.metadata["probe"](model, grid, records, settings)
+        missing, extra = sorted(set(dims) - set(produced)), sorted(set(produced) - set(dims))
+        if missing or extra:
+            raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
+                              f"{registration.plugin!r}) probe must return exactly its probe_dims "
+                              f"{', '.join(dims)}; " + "; ".join(
+                                  f"{what} {', '.join(names)}" for what, names in
+                                  (("missing", missing), ("unexpected", extra)) if names))
+        for name, value in produced.items():
+            value = np.asarray(value)
+            if value.ndim != len(dims[name]) - 1:
+                raise PluginError(f"{registration.kind} {registration.name!r} probe returned {name} "
+                                  f"with {value.ndim} dims; expected {len(dims[name]) - 1} "
+                                  f"({', '.join(dims[name][1:])})")
+            out[name] = results.to_uint8(value) if name in results.ALL_IMAGES else value
+    return out
 
 
 def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:

@@ -447,14 +447,64 @@ def convergence(ds: xr.Dataset) -> Figure:
     return fig
 
 
+def boundary(ds: xr.Dataset, interval: float | None = None, seed: int | None = None,
+             classes: Sequence[int | str] | None = None) -> Figure:
+    """The boundary grid ``B`` (synthesizer ``boundary``) at one interval and seed, beside the
+    mean dissimilarity of boundary images (``BC``, ``BR``) and of ``C``, ``R`` against interval."""
+    _need(ds, ("B", "boundary_success"), "run analyze with --synthesizer boundary (and --save_images)")
+    interval = _pick_interval(ds, interval)
+    seed = _pick_seed(ds, seed)
+    shown = _pick_classes(ds, classes)
+    at = dict(interval=interval, seed=seed)
+    tiles = ds["B"].sel(at).isel(k=shown, j=shown).transpose("k", "j", ...).values
+    n = len(shown)
+    fig = _new_figure(6.4 + n * 0.5, 1.9 + max(n * 0.5, 3.0))
+    left, right = fig.subplots(1, 2, width_ratios=[max(n * 0.5, 2.5), 4.0])
+    pad = _show_mosaic(left, tiles)
+    h, w = tiles.shape[-2:]
+    names = [str(c) for c in ds["class_name"].values[shown]]
+    left.set_yticks(_tile_centres(n, h, pad), names, fontsize=7)
+    left.set_xticks(_tile_centres(n, w, pad), names, fontsize=7)
+    left.set_ylabel("class k")
+    left.set_xlabel("origin class j (from p_j towards P[k, j])")
+    success = ds["boundary_success"].sel(at).isel(k=shown, j=shown).transpose("k", "j").values
+    off = ~np.eye(n, dtype=bool)
+    rows, cols = np.nonzero(off & ~success.astype(bool))
+    limits = left.get_xlim(), left.get_ylim()
+    left.scatter(_tile_centres(n, w, pad)[cols], _tile_centres(n, h, pad)[rows], marker="x", s=30,
+                 color=COLOURS["unconverged"], linewidths=1.2)
+    left.set(xlim=limits[0], ylim=limits[1])
+    left.set_title(f"B[k, j], {interval:.0%}, seed {seed}\nx: off the boundary "
+                   f"({len(rows)} of {int(off.sum())})", fontsize=8)
+    x = _percent(ds)
+    styles = {"C": ("C", "-"), "R": ("R", "-"), "BC": ("C", "--"), "BR": ("R", "--")}
+    for v, (colour, line) in styles.items():
+        if f"{v}_mean" in ds:
+            right.plot(x, ds[f"{v}_mean"].values, color=COLOURS[colour], linestyle=line, marker="o",
+                       markersize=3, label=f"{v} mean")
+    # success rate over the off-diagonal cells of every seed
+    rate = ds["boundary_success"].where(ds["k"] != ds["j"]).mean(("seed", "k", "j")).values
+    _interval_axis(right, ds)
+    right.set_ylabel(f"mean {DISSIMILARITY}")
+    right.set_title("on the boundary: " + ", ".join(f"{t:g}%: {r:.0%}" for t, r in zip(x, rate)),
+                    fontsize=7, wrap=True)
+    right.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"Boundary prototypes B and their dissimilarity (dashed) beside C and R\n"
+                 f"{run_title(ds)}", fontsize=10)
+    return fig
+
+
 @dataclasses.dataclass(frozen=True)
 class FigureSpec:
-    """A figure: its drawing function, a heading, and how a reader reads it."""
+    """A figure: its drawing function, a heading, and how a reader reads it. An ``optional``
+    figure shows what an optional plugin adds: drawn when the file has its data, and skipped
+    without a word when it has not, unless asked for by name."""
 
     name: str
     draw: Callable[..., Figure]
     heading: str
     how_to_read: str
+    optional: bool = False
 
 
 FIGURES = {spec.name: spec for spec in (
@@ -502,6 +552,13 @@ FIGURES = {spec.name: spec for spec in (
                "class, on a log axis with the loss threshold dashed. Images that hit max_steps "
                "without reaching the threshold are stacked in orange and counted per interval "
                "below; many of them make C and R less trustworthy at that interval."),
+    FigureSpec("boundary", boundary, "Boundary prototypes B",
+               "Left: cell (k, j) holds B[k, j], an image on the decision boundary of classes j "
+               "and k (the model's top two classes, their probabilities within the tolerance), "
+               "found between p_j and P[k, j]; crosses mark pairs where none was found. Right: "
+               "the mean dissimilarity of boundary images, BC (same origin) and BR (same target), "
+               "dashed, beside C and R, against training; the rate of pairs on the boundary is "
+               "in the title.", optional=True),
 )}
 
 
@@ -614,7 +671,8 @@ def plot(results: xr.Dataset | str | os.PathLike, out: str | os.PathLike | None 
             try:
                 fig = render(ds, name, **options)
             except MissingData as missing:
-                (on_skip or _warn_skip)(name, str(missing))
+                if not (figures is None and FIGURES[name].optional):
+                    (on_skip or _warn_skip)(name, str(missing))
                 continue
             for fmt in formats:
                 written.append(_save(fig, out / f"{name}.{fmt}", dpi))

@@ -31,6 +31,8 @@ DEFAULT_PLUGINS = (
     "toolkit_plugins.datasets",
     "toolkit_plugins.synthesis",
     "toolkit_plugins.metrics",
+    "toolkit_plugins.boundary",
+    "toolkit_plugins.scores",
 )
 
 ENTRY_POINT_GROUP = "toolkit"

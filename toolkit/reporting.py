@@ -95,6 +95,8 @@ def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: in
 
     columns = f' style="--runs: {len(runs)}"'
     labels = [label for label, _ in runs]
+    figures = {name: spec for name, spec in plotting.FIGURES.items()
+               if not spec.optional or any(_has_figure(ds, name) for _, ds in runs)}
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -109,8 +111,8 @@ def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: in
         "target class; dissimilarity is 1 - cosine of penultimate features.</p>",
         '<nav><a href="#summary">Summary</a><a href="#convergence-statistics">Convergence</a>'
         + "".join(f'<a href="#figure-{name}">{_e(spec.heading)}</a>'
-                  for name, spec in plotting.FIGURES.items())
-        + '<a href="#runs">Configuration</a></nav>',
+                  for name, spec in figures.items())
+        + '<a href="#quality">Quality</a><a href="#runs">Configuration</a></nav>',
         '<section id="summary"><h2>Summary per interval</h2>',
         f'<p class="how">{_e(SUMMARY_HOW_TO_READ)}</p>', f'<div class="runs"{columns}>',
         *(f'<div class="run"><h3>{_e(label)}</h3><p class="meta">{_e(plotting.run_title(ds))}; '
@@ -121,12 +123,13 @@ def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: in
         *(f'<div class="run"><h3>{_e(label)}</h3>{convergence_html(ds)}</div>' for label, ds in runs),
         "</div></section>",
     ]
-    for name, spec in plotting.FIGURES.items():
+    for name, spec in figures.items():
         parts += [f'<section id="figure-{name}"><h2>{_e(spec.heading)}</h2>',
                   f'<p class="how">{_e(spec.how_to_read)}</p>', f'<div class="runs"{columns}>']
         for label, ds in runs:
             parts.append(f'<div class="run">{_figure_html(ds, name, label, dpi, seed, interval)}</div>')
         parts.append("</div></section>")
+    parts += quality_section(runs, dpi)
     parts += [
         '<section id="runs"><h2>Runs and their configuration</h2>',
         f'<div class="runs"{columns}>',
@@ -134,6 +137,51 @@ def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: in
           f"{config_table(ds)}</div>" for label, ds in runs),
         "</div></section>", "</body>", "</html>", ""]
     return "\n".join(parts)
+
+
+QUALITY_HOW_TO_READ = (
+    "Does a data-free score track test accuracy? For each score, its Spearman (rank) and Pearson "
+    "correlation with test accuracy across the intervals of each run and, with several runs, across "
+    "every run's intervals pooled (scope all), with scipy's two-sided p-values. Expected: the sign "
+    "the poster or the paper leads one to expect (none where neither claims one); holds: the "
+    "Spearman coefficient has that sign. Ranked by Spearman in the expected direction. With a "
+    "handful of intervals these numbers are fragile; read them with their p-values.")
+
+
+def quality_section(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110) -> list[str]:
+    """The report's section on how each data-free score tracks test accuracy."""
+    from toolkit.quality_report import quality, quality_figure, quality_rows
+
+    head = ['<section id="quality"><h2>Data-free quality: scores against test accuracy</h2>',
+            f'<p class="how">{_e(QUALITY_HOW_TO_READ)}</p>']
+    try:
+        result = quality([ds for _, ds in runs], labels=[label for label, _ in runs])
+    except UsageError as missing:
+        return head + [f'<p class="missing">not computed: {_e(str(missing))}</p>', "</section>"]
+    columns = ("rank", "score", "scope", "n", "spearman", "p_spearman", "pearson", "p_pearson",
+               "expected", "holds")
+    body = []
+    for row in quality_rows(result):
+        cells = []
+        for column in columns:
+            value = row[column]
+            text = (("nan" if np.isnan(value) else f"{value:+.3f}" if column in ("spearman", "pearson")
+                     else f"{value:.2g}") if isinstance(value, float) else str(value))
+            cells.append(f'<td data-column="{column}">{_e(text)}</td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    table = ('<table class="quality"><thead><tr>' + "".join(f"<th>{c}</th>" for c in columns)
+             + f'</tr></thead><tbody>{"".join(body)}</tbody></table>')
+    data = base64.b64encode(plotting.figure_png(quality_figure(result), dpi)).decode("ascii")
+    return head + [table, f'<figure><img src="data:image/png;base64,{data}" '
+                          'alt="each data-free score against test accuracy"></figure>', "</section>"]
+
+
+def _has_figure(ds: xr.Dataset, name: str) -> bool:
+    try:
+        plotting.render(ds, name).clf()
+    except plotting.MissingData:
+        return False
+    return True
 
 
 def _figure_html(ds: xr.Dataset, name: str, label: str, dpi: int, seed: int | None,

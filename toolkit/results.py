@@ -58,6 +58,15 @@ FROM_METRICS = {
     **{f"{v}_{s}": ("interval",) for v in ("C", "R") for s in ("mean", "std", "outlier_fraction")},
     **{f"{v}_seed_{s}": ("interval", "seed") for v in ("C", "R") for s in ("mean", "std")},
 }
+# Those the optional built-in metrics add: cosine and zscore on the boundary grid, mg and madv.
+FROM_OPTIONAL_METRICS = {
+    "BC": PAIRS,
+    "BR": PAIRS,
+    **{f"{v}_{s}": ("interval",) for v in ("BC", "BR") for s in ("mean", "std", "outlier_fraction")},
+    **{f"{v}_seed_{s}": ("interval", "seed") for v in ("BC", "BR") for s in ("mean", "std")},
+    **{v: ("interval",) for v in ("Mg", "Madv")},
+    **{f"{v}_seed": ("interval", "seed") for v in ("Mg", "Madv")},
+}
 
 # Images: optional, dims checked where present (see the module docstring).
 PIXELS = ("channel", "y", "x")
@@ -66,10 +75,48 @@ IMAGES = {
     "prototypes": ("interval", "seed", "class", *PIXELS),
     "P": (*GRID, *PIXELS),
 }
+# Images that only an optional plugin adds (the boundary synthesizer's grid B); stored as IMAGES are.
+OPTIONAL_IMAGES = {"B": (*GRID, *PIXELS)}
+ALL_IMAGES = {**IMAGES, **OPTIONAL_IMAGES}
 IMAGE_ATTRS = {
     "noise": dict(long_name="uniform noise the class prototypes start from", units="1"),
     "prototypes": dict(long_name="class prototype p_c = P[c, c]", units="1"),
     "P": dict(long_name="intermediary prototype P[k, j]: p_j pushed into class k", units="1"),
+    "B": dict(long_name="boundary prototype B[k, j] between classes j and k (B[k, k] = p_k)",
+              units="1"),
+}
+
+# What probes add (optional; a probe runs with the model at hand, per (interval, seed); see
+# ``probe`` in docs/writing-plugins.md). The boundary synthesizer's ``B`` grid and its records:
+BOUNDARY = {
+    "B": OPTIONAL_IMAGES["B"],
+    "B_features": (*GRID, "feature"),
+    "boundary_success": GRID,
+    "boundary_steps": GRID,
+    "boundary_gap": GRID,
+    "boundary_third_class": GRID,
+}
+# The madv metric's minimal adversarial example of each class prototype (L2 DeepFool):
+ADVERSARIAL = {
+    "adversarial_features": ("interval", "seed", "class", "feature"),
+    "adversarial_class": ("interval", "seed", "class"),
+    "adversarial_distance": ("interval", "seed", "class"),
+    "adversarial_steps": ("interval", "seed", "class"),
+}
+PROBE_ATTRS = {
+    "B_features": dict(long_name="penultimate feature vector of B[k, j]", units="1"),
+    "boundary_success": dict(long_name="B[k, j] is on the boundary: top two classes j and k, "
+                                       "softmax gap below the tolerance (False on the diagonal)"),
+    "boundary_steps": dict(long_name="gradient steps taken by B[k, j] after bisection", units="1"),
+    "boundary_gap": dict(long_name="|softmax_k - softmax_j| of B[k, j] (NaN on the diagonal)",
+                         units="1"),
+    "boundary_third_class": dict(long_name="the segment p_j -> P[k, j] crossed a third class"),
+    "adversarial_features": dict(long_name="penultimate features of p_c's minimal adversarial "
+                                           "example (L2 DeepFool)", units="1"),
+    "adversarial_class": dict(long_name="class the model assigns to p_c's adversarial example"),
+    "adversarial_distance": dict(long_name="L2 pixel distance from p_c to its adversarial example",
+                                 units="1"),
+    "adversarial_steps": dict(long_name="DeepFool iterations for p_c", units="1"),
 }
 IMAGE_ENCODING = {"dtype": "uint8", "scale_factor": np.float32(1 / 255), "_FillValue": None}
 
@@ -124,10 +171,10 @@ def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_nam
     """
     n = len(class_names)
     images = dict(images or {})
-    unknown = sorted(set(images) - set(IMAGES))
+    unknown = sorted(set(images) - set(ALL_IMAGES))
     if unknown:
-        raise ValueError(f"unknown image variable(s) {', '.join(unknown)}; known: {', '.join(IMAGES)}")
-    pixels = {name: (IMAGES[name], quantize(value), IMAGE_ATTRS[name]) for name, value in images.items()}
+        raise ValueError(f"unknown image variable(s) {', '.join(unknown)}; known: {', '.join(ALL_IMAGES)}")
+    pixels = {name: (ALL_IMAGES[name], quantize(value), IMAGE_ATTRS[name]) for name, value in images.items()}
     shape = next(iter(pixels.values()))[1].shape[-3:] if pixels else None
     grid = {name: (GRID, np.asarray(records[name]), RECORD_ATTRS[name])
             for name in ("steps", "loss", "converged", "predicted", "confidence")}
@@ -213,7 +260,7 @@ def provenance(config_json: str, **extra: Any) -> dict[str, Any]:
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     # zlib only where it pays: numbers and booleans, not strings (as ArviZ does). Images go to
     # disk as uint8 whatever encoding a variable carries (it is lost by many operations anyway).
-    return {name: {"zlib": True, "complevel": 4, **(IMAGE_ENCODING if name in IMAGES else {})}
+    return {name: {"zlib": True, "complevel": 4, **(IMAGE_ENCODING if name in ALL_IMAGES else {})}
             for name, var in ds.variables.items() if var.dtype.kind in "biuf"}
 
 
@@ -274,7 +321,8 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
         if name not in ds.variables:
             raise UsageError(f"{source} lacks variable {name!r}; a results file holds "
                              + ", ".join(REQUIRED))
-    for name, dims in {**REQUIRED, **FROM_METRICS, **IMAGES}.items():
+    for name, dims in {**REQUIRED, **FROM_METRICS, **FROM_OPTIONAL_METRICS, **ALL_IMAGES, **BOUNDARY,
+                       **ADVERSARIAL}.items():
         if name in ds.variables and ds[name].dims != dims:
             raise UsageError(f"{source}: variable {name!r} has dims {ds[name].dims}, expected {dims}")
     return ds

@@ -1,0 +1,168 @@
+"""Boundary prototypes: for every ordered pair (j, k), an image on the decision boundary of j and k.
+
+``B[k, j]`` starts from the class prototype ``p_j`` and the intermediary ``P[k, j]`` (``p_j``
+pushed into class ``k``). An image is *on the boundary* when the model's two largest softmax
+probabilities belong to ``j`` and ``k`` and differ by less than ``tolerance`` (default 0.01).
+It is found in three moves, each only for the pairs the one before left off the boundary:
+
+1. **Bisection** in pixel space on the segment from ``p_j`` to ``P[k, j]``, on the sign of
+   ``softmax_k - softmax_j`` (negative at ``p_j``, positive at a converged ``P[k, j]``).
+2. **Gradient steps** from that point with the active-set engine of :mod:`plugins.synthesis` (its
+   one update rule, ``x <- clamp(x - lr g / ||g||, 0, 1)``), descending the cross-entropy toward the
+   even split (1/2 on ``j``, 1/2 on ``k``), which pushes a third class down; an image stops as soon
+   as it passes the boundary test, or after ``max_steps``.
+3. **Bisection again**, from where the steps ended to whichever of ``p_j`` and ``P[k, j]`` lies on
+   the other side of the boundary, to close the last gap the fixed-length steps leave.
+
+Records per image: ``boundary_success`` (the final image passes the test, re-checked on the
+model), ``boundary_steps`` (gradient steps of move 2), ``boundary_gap`` (``|softmax_k -
+softmax_j|`` at the end) and ``boundary_third_class`` (the straight path crossed a third class:
+after move 1 the top two classes were not ``{j, k}``). The diagonal ``B[k, k]`` holds ``p_k``, with
+success False, gap NaN and no steps, as it has no boundary.
+
+The synthesizer ``boundary`` synthesises ``P`` exactly as ``prototype`` does and then, as its
+probe, ``B``; the ``cosine`` metric then gives ``BC`` and ``BR`` for ``B`` as it gives ``C`` and
+``R`` for ``P``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+import toolkit
+from toolkit import results
+from toolkit.model import extract_features
+from toolkit_plugins.synthesis import optimise, prototype
+
+TOLERANCE = 0.01
+BISECTIONS = 30
+
+
+class EvenSplit:
+    """The objective of move 2: cross-entropy toward 1/2 on ``j`` and 1/2 on ``k`` (targets are
+    rows ``(j, k)``); arrived when the image is on the boundary within ``tolerance``."""
+
+    def __init__(self, tolerance: float):
+        self.tolerance = tolerance
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p = logits.log_softmax(1)
+        return -0.5 * (log_p.gather(1, targets).sum(1))
+
+    def arrived(self, logits: torch.Tensor, loss: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return boundary_test(logits, targets, self.tolerance)[0]
+
+
+def boundary_test(logits: torch.Tensor, pairs: torch.Tensor,
+                  tolerance: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(on the boundary, the gap ``|p_k - p_j|``, top two classes are ``{j, k}``) per image."""
+    p = logits.float().softmax(1)
+    top2 = p.topk(2, dim=1).indices
+    pair_on_top = ((top2 == pairs[:, :1]) | (top2 == pairs[:, 1:])).all(1)
+    gap = (p.gather(1, pairs[:, 1:]) - p.gather(1, pairs[:, :1])).squeeze(1).abs()
+    return pair_on_top & (gap < tolerance), gap, pair_on_top
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(images[i:i + batch_size]).float()
+                      for i in range(0, len(images), batch_size)]) if len(images) else \
+        images.new_zeros((0, 0))
+
+
+@torch.no_grad()
+def bisect(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor,
+           iterations: int = BISECTIONS, batch_size: int = 256) -> torch.Tensor:
+    """The point of each segment ``a -> b`` where ``softmax_k - softmax_j`` changes sign.
+
+    ``pairs`` holds rows ``(j, k)``. The sign at ``a`` is kept at the low end; where ``a`` and
+    ``b`` have the same sign the answer tends to ``b``. Each iteration halves every segment.
+    """
+    def side(x: torch.Tensor) -> torch.Tensor:
+        p = _logits(model, x, batch_size).softmax(1)
+        return p.gather(1, pairs[:, 1:]).squeeze(1) >= p.gather(1, pairs[:, :1]).squeeze(1)
+
+    shape = (-1, *([1] * (a.dim() - 1)))
+    lo, hi = torch.zeros(len(a), device=a.device), torch.ones(len(a), device=a.device)
+    at_a = side(a)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        same = side(torch.lerp(a, b, mid.view(shape))) == at_a
+        lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    return torch.lerp(a, b, ((lo + hi) / 2).view(shape))
+
+
+def boundary_images(model: torch.nn.Module, origin: torch.Tensor, end: torch.Tensor,
+                    pairs: torch.Tensor, settings: toolkit.SynthesisSettings,
+                    tolerance: float = TOLERANCE,
+                    progress: Optional[Callable[[int], None]] = None) -> dict[str, torch.Tensor]:
+    """Boundary images between ``origin`` (class ``j`` images) and ``end`` (pushed into ``k``).
+
+    ``pairs`` holds rows ``(j, k)``. Returns ``images`` and the records ``success``, ``steps``,
+    ``gap`` and ``third_class`` (see the module docstring), all on the device of ``origin``.
+    """
+    size = settings.batch_size
+    x = bisect(model, origin, end, pairs, batch_size=size)                              # move 1
+    on, _, pair_on_top = boundary_test(_logits(model, x, size), pairs, tolerance)
+    third_class = ~pair_on_top
+    steps = torch.zeros(len(x), dtype=torch.int64, device=x.device)
+    off = (~on).nonzero().squeeze(1)
+    if len(off):                                                                        # move 2
+        # Steps stop on arrival even when P was made with fixed steps (the authors' parity option).
+        stepping = dataclasses.replace(settings, fixed_steps=None)
+        stepped = optimise(model, x[off], pairs[off], stepping, progress, objective=EvenSplit(tolerance))
+        x[off], steps[off] = stepped.images.to(x.dtype), stepped.steps.to(x.device)
+        logits = _logits(model, x[off], size)
+        still, _, top = boundary_test(logits, pairs[off], tolerance)
+        polish = off[~still & top]
+        if len(polish):                                                                 # move 3
+            p = _logits(model, x[polish], size).softmax(1)
+            k_side = (p.gather(1, pairs[polish, 1:]) >= p.gather(1, pairs[polish, :1])).squeeze(1)
+            other = torch.where(k_side.view(-1, *([1] * (x.dim() - 1))), origin[polish], end[polish])
+            x[polish] = bisect(model, x[polish], other, pairs[polish], batch_size=size)
+    success, gap, _ = boundary_test(_logits(model, x, size), pairs, tolerance)
+    return {"images": x, "success": success, "steps": steps, "gap": gap, "third_class": third_class}
+
+
+def boundary_probe(model: torch.nn.Module, grid: torch.Tensor, records, settings,
+                   progress: Optional[Callable[[int], None]] = None,
+                   tolerance: float = TOLERANCE) -> dict[str, np.ndarray]:
+    """``B`` for a grid ``P`` of shape ``(seed, k, j, C, H, W)``: images, features and records,
+    each with the leading dims ``(seed, k, j)`` (the variables of ``results.BOUNDARY``)."""
+    seeds, n = grid.shape[:2]
+    device = next(model.parameters()).device
+    s, k, j = torch.meshgrid(torch.arange(seeds), torch.arange(n), torch.arange(n), indexing="ij")
+    off = k != j
+    pairs = torch.stack([j[off], k[off]], 1).to(device)
+    found = boundary_images(model, grid[s[off], j[off], j[off]].to(device), grid[off].to(device),
+                            pairs, settings, tolerance, progress)
+    images = grid.clone()                           # the diagonal keeps p_k: it has no boundary
+    images[off] = found["images"].detach().cpu()
+    success = torch.zeros(off.shape, dtype=torch.bool)
+    steps = torch.zeros(off.shape, dtype=torch.int64)
+    gap = torch.full(off.shape, float("nan"))
+    third = torch.zeros(off.shape, dtype=torch.bool)
+    for out, name in ((success, "success"), (steps, "steps"), (gap, "gap"), (third, "third_class")):
+        out[off] = found[name].detach().cpu().to(out.dtype)
+    features = extract_features(model, images.flatten(0, 2), device=device)
+    return {"B": images.numpy(), "B_features": features.view(seeds, n, n, -1).numpy(),
+            "boundary_success": success.numpy(), "boundary_steps": steps.numpy(),
+            "boundary_gap": gap.numpy().astype(np.float32), "boundary_third_class": third.numpy()}
+
+
+def boundary(model: torch.nn.Module, start: torch.Tensor, targets: torch.Tensor,
+             settings: toolkit.SynthesisSettings,
+             progress: Optional[Callable[[int], None]] = None) -> toolkit.SynthesisResult:
+    """``P`` as ``prototype`` makes it; ``B`` follows from ``P`` in the probe."""
+    return prototype(model, start, targets, settings, progress)
+
+
+@toolkit.hookimpl
+def register_synthesizers(register):
+    register("boundary", boundary, probe=boundary_probe, probe_dims=results.BOUNDARY,
+             description="P as prototype does, then B[k, j]: images on the decision boundary of j "
+                         "and k (top two classes j and k, softmax gap < 0.01), by bisection between "
+                         "p_j and P[k, j] refined by gradient steps")

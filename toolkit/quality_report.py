@@ -1,0 +1,278 @@
+"""Does a data-free score track test accuracy? Correlations of every score with accuracy.
+
+For each score that a results file holds (``SCORES``), its Spearman and Pearson correlation with
+``test_accuracy`` across the intervals of each file and, when several files are given, across every
+(file, interval) point of them all (models and runs pooled). Each score has the sign it is expected
+to have (or none, where neither the poster nor the paper claims one) and whether its correlation
+has that sign. Scores are ranked by how well they track accuracy in their expected direction.
+
+Few points make these correlations fragile: 7 intervals give a Spearman coefficient in steps of
+1/56, and a p-value (``p``, scipy's two-sided test) is given with each for that reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import xarray as xr
+from scipy import stats
+
+from toolkit.errors import UsageError
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """A data-free number per interval, computed from a results file."""
+
+    name: str
+    needs: tuple[str, ...]
+    compute: Callable[[xr.Dataset], np.ndarray]
+    expected: int  # +1, -1, or 0: no sign claimed
+    why: str
+
+
+def _var(name: str) -> Callable[[xr.Dataset], np.ndarray]:
+    return lambda ds: ds[name].values.astype(np.float64)
+
+
+def _unconverged(ds: xr.Dataset) -> np.ndarray:
+    converged = ds["converged"].astype(bool)
+    return 1.0 - converged.mean([d for d in converged.dims if d != "interval"]).values
+
+
+SCORES = {score.name: score for score in (
+    Score("C_mean", ("C_mean",), _var("C_mean"), +1,
+          "poster: inter-class dissimilarity rises as the classifier trains"),
+    Score("R_mean", ("R_mean",), _var("R_mean"), 0,
+          "poster: intra-class dissimilarity stays stable (no sign claimed)"),
+    Score("C_minus_R", ("C_mean", "R_mean"),
+          lambda ds: (ds["C_mean"] - ds["R_mean"]).values.astype(np.float64), +1,
+          "poster: C rises while R stays low and flat"),
+    Score("BC_mean", ("BC_mean",), _var("BC_mean"), +1,
+          "toolkit's expectation, by analogy with C: boundary images of distinct pairs separate"),
+    Score("BR_mean", ("BR_mean",), _var("BR_mean"), 0, "no sign claimed"),
+    Score("Mg", ("Mg",), _var("Mg"), +1,
+          "Dean & Sarkar 2023: prototypes of a better classifier are more dissimilar"),
+    Score("Madv", ("Madv",), _var("Madv"), +1,
+          "Dean & Sarkar 2023: a better classifier's prototypes need a larger feature change to flip"),
+    Score("C_outlier_fraction", ("C_outlier_fraction",), _var("C_outlier_fraction"), 0,
+          "no sign claimed"),
+    Score("R_outlier_fraction", ("R_outlier_fraction",), _var("R_outlier_fraction"), 0,
+          "no sign claimed"),
+    Score("unconverged_fraction", ("converged",), _unconverged, 0,
+          "share of grid images that missed the loss threshold (no sign claimed)"),
+)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+    """One score's correlation with test accuracy over the points of one scope."""
+
+    score: str
+    scope: str            # a file's label, or "all" for every file pooled
+    points: int
+    spearman: float
+    spearman_p: float
+    pearson: float
+    pearson_p: float
+    expected: int
+
+    @property
+    def holds(self) -> bool | None:
+        """Whether Spearman's coefficient has the expected sign (None: no sign expected, or NaN)."""
+        if self.expected == 0 or math.isnan(self.spearman):
+            return None
+        return self.spearman * self.expected > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityReport:
+    """The correlations of every score in every scope, and the points behind them."""
+
+    labels: tuple[str, ...]
+    correlations: tuple[Correlation, ...]
+    points: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # score -> label -> (score, acc)
+
+    @property
+    def overall_scope(self) -> str:
+        return "all" if len(self.labels) > 1 else self.labels[0]
+
+    def ranking(self) -> list[Correlation]:
+        """The overall scope's correlations, best first: Spearman times the expected sign (its
+        magnitude where no sign is expected); scores with no defined correlation last."""
+        overall = [c for c in self.correlations if c.scope == self.overall_scope]
+
+        def key(c: Correlation) -> float:
+            if math.isnan(c.spearman):
+                return -math.inf
+            return c.spearman * c.expected if c.expected else abs(c.spearman)
+        return sorted(overall, key=key, reverse=True)
+
+
+def correlate(score: np.ndarray, accuracy: np.ndarray) -> tuple[float, float, float, float]:
+    """(Spearman, its p, Pearson, its p) of two equally long arrays; NaN where undefined (fewer than
+    3 finite points, or a constant input)."""
+    keep = np.isfinite(score) & np.isfinite(accuracy)
+    x, y = score[keep], accuracy[keep]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return (math.nan,) * 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rho = stats.spearmanr(x, y)
+        r = stats.pearsonr(x, y)
+    return float(rho.statistic), float(rho.pvalue), float(r.statistic), float(r.pvalue)
+
+
+def quality(results: Sequence[xr.Dataset | str | os.PathLike],
+            labels: Sequence[str] | None = None) -> QualityReport:
+    """Correlate every data-free score of ``results`` with their test accuracy.
+
+    Args:
+        results: results files (paths, opened with :func:`toolkit.results.open_results`) or Datasets.
+        labels: a name per file (default: the file names, or model/dataset for Datasets).
+
+    Raises:
+        UsageError: no files, or a missing or foreign file.
+    """
+    from toolkit.plotting import run_title
+    from toolkit.results import open_results, validate
+
+    items = list(results)
+    if not items:
+        raise UsageError("quality needs at least one results file: toolkit quality RESULTS.nc [MORE.nc ...]")
+    runs: list[tuple[str, xr.Dataset]] = []
+    for item in items:
+        if isinstance(item, xr.Dataset):
+            runs.append((run_title(validate(item)), item))
+        else:
+            with open_results(item) as ds:
+                runs.append((Path(item).name, ds.load()))
+    names = list(labels) if labels is not None else _unique([label for label, _ in runs])
+    if len(names) != len(runs):
+        raise UsageError(f"{len(names)} labels for {len(runs)} results files")
+    points: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for score in SCORES.values():
+        for label, (_, ds) in zip(names, runs):
+            if all(name in ds.variables for name in score.needs):
+                accuracy = ds["test_accuracy"].values.astype(np.float64)
+                points.setdefault(score.name, {})[label] = (score.compute(ds), accuracy)
+    correlations = []
+    for name, by_label in points.items():
+        scopes = list(by_label.items())
+        if len(runs) > 1:
+            scopes.append(("all", (np.concatenate([s for s, _ in by_label.values()]),
+                                   np.concatenate([a for _, a in by_label.values()]))))
+        for scope, (score, accuracy) in scopes:
+            correlations.append(Correlation(name, scope, int(np.isfinite(score).sum()),
+                                            *correlate(score, accuracy), SCORES[name].expected))
+    return QualityReport(tuple(names), tuple(correlations), points)
+
+
+def _unique(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+SIGNS = {1: "+", -1: "-", 0: "none"}
+
+
+def quality_rows(report: QualityReport) -> list[dict[str, object]]:
+    """The ranking as table rows, then every per-file correlation when there are several files."""
+    rows = []
+    ranked = report.ranking()
+    rest = [c for c in report.correlations if c.scope != report.overall_scope]
+    for rank, c in enumerate(ranked, 1):
+        rows.append(_row(c, rank))
+    for c in rest:
+        rows.append(_row(c, None))
+    return rows
+
+
+def _row(c: Correlation, rank: int | None) -> dict[str, object]:
+    holds = {True: "yes", False: "NO", None: "-"}[c.holds]
+    return {"rank": "" if rank is None else str(rank), "score": c.score, "scope": c.scope,
+            "n": c.points, "spearman": c.spearman, "p_spearman": c.spearman_p, "pearson": c.pearson,
+            "p_pearson": c.pearson_p, "expected": SIGNS[c.expected], "holds": holds}
+
+
+def quality_table(report: QualityReport) -> str:
+    """A plain-text table: the ranking (overall scope), then each file's correlations."""
+    rows = quality_rows(report)
+    columns = ("rank", "score", "scope", "n", "spearman", "p_spearman", "pearson", "p_pearson",
+               "expected", "holds")
+
+    def cell(column: str, value: object) -> str:
+        if isinstance(value, float):
+            return "nan" if math.isnan(value) else f"{value:.2g}" if column.startswith("p_") \
+                else f"{value:+.3f}"
+        return str(value)
+    text = [[cell(c, row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in text]
+    lines.append("correlation with test accuracy across intervals"
+                 + (" (scope all: every file's intervals pooled)" if len(report.labels) > 1 else "")
+                 + "; ranked by Spearman in the expected direction; holds: its sign is the expected one")
+    return "\n".join(lines)
+
+
+def quality_figure(report: QualityReport):
+    """Each score against test accuracy, one panel per score, one colour per file."""
+    from toolkit.plotting import OKABE_ITO, _new_figure
+
+    names = [c.score for c in report.ranking()]
+    colours = list(OKABE_ITO.values())[1:] + ["#000000"]
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    fig = _new_figure(3.3 * columns, 2.8 * rows + 0.6)
+    overall = {c.score: c for c in report.correlations if c.scope == report.overall_scope}
+    for index, name in enumerate(names):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        for number, label in enumerate(report.labels):
+            if label in report.points[name]:
+                score, accuracy = report.points[name][label]
+                order = np.argsort(accuracy)
+                ax.plot(accuracy[order], score[order], marker="o", markersize=4, linewidth=0.8,
+                        color=colours[number % len(colours)], label=label)
+        c = overall[name]
+        ax.set_title(f"{name}: ρ={_fmt(c.spearman)}, r={_fmt(c.pearson)} (expected "
+                     f"{SIGNS[c.expected]})", fontsize=8)
+        ax.set_xlabel("test accuracy", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+    if len(report.labels) > 1:
+        fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center",
+                   ncols=min(4, len(report.labels)), fontsize=8, frameon=False)
+    fig.suptitle("Data-free scores against test accuracy (each point an interval)", fontsize=10)
+    return fig
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:+.2f}"
+
+
+def check_figure(out: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise ``UsageError`` unless the figure could be written at ``out``."""
+    from toolkit.files import check_output
+    from toolkit.plotting import FORMATS
+
+    check_output(Path(out), tuple(f".{f}" for f in FORMATS), "a .png, .pdf or .svg file", overwrite)
+
+
+def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool = False,
+                 dpi: int = 120) -> Path:
+    """Save :func:`quality_figure` to ``out`` (png, pdf or svg), atomically; an existing file is
+    kept unless ``overwrite``."""
+    from toolkit.plotting import _save
+
+    check_figure(out, overwrite)
+    return _save(quality_figure(report), Path(out), dpi)
