@@ -48,6 +48,8 @@ def test_the_file_holds_B_its_records_BC_BR_Mg_and_Madv(study):
     # an adversarial example is classified otherwise than its prototype
     assert (ds["adversarial_class"].values != np.arange(n)).all()
     assert ((ds["Madv"] > 0) & (ds["Madv"] < 2)).all() and ((ds["Mg"] > 0) & (ds["Mg"] < 2)).all()
+    # the boundary search and the attack are timed apart from the grids' synthesis
+    assert ds.attrs["time_probes_s"] > 0 and "probes" in toolkit.summary(ds).splitlines()[-1]
 
 
 def test_the_boundary_figure_and_the_reports_quality_section(study, tmp_path):

@@ -63,6 +63,7 @@ def test_a_bf16_run_records_its_stages_steps_and_settings(tiny_plugin, tmp_path)
         assert attrs["image_steps"] == int(ds["steps"].sum()) > 0
         for stage in ("training", "synthesis", "features", "metrics"):
             assert attrs[f"time_{stage}_s"] >= 0
+        assert attrs["time_probes_s"] == 0  # no plugin with a probe in this run
         assert attrs["time_training_s"] + attrs["time_synthesis_s"] <= attrs["wall_time_s"]
         assert "image-steps/s" in summary_table(written)
     assert ds["converged"].mean() > 0.5

@@ -277,7 +277,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                                   batch_size=batch_size, precision=config.precision,
                                   compile=config.compile)
     # Speed of the work done in this process (a resumed run does not count what it reused).
-    seconds = dict.fromkeys(("training", "synthesis", "features", "metrics"), 0.0)
+    seconds = dict.fromkeys(("training", "synthesis", "features", "metrics", "probes"), 0.0)
     image_steps = 0
 
     def bar(description: str, total: int, unit: str = "step"):
@@ -329,7 +329,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                 seconds["features"] += time.perf_counter() - clock
                 clock = time.perf_counter()
                 probed = run_probes(probes, model, grid, grid_records, synthesis)
-                seconds["synthesis"] += time.perf_counter() - clock
+                seconds["probes"] += time.perf_counter() - clock
             synth_bar.close()
             feats = feats.view(*grid.shape[:3], -1).numpy()
             diagonal = torch.arange(data.num_classes)

@@ -140,6 +140,7 @@ SPEED_ATTRS = {
     "time_synthesis_s": "wall time spent synthesising the prototype grids, in seconds",
     "time_features_s": "wall time spent extracting penultimate features, in seconds",
     "time_metrics_s": "wall time spent in the metric plugins, in seconds",
+    "time_probes_s": "wall time spent in plugin probes (boundary search, adversarial attacks), in seconds",
     "image_steps": "input-gradient steps taken, summed over every image of every grid",
     "precision": "fp32 or bf16 (autocast) for synthesis and training",
     "compile": "1 if the model ran through torch.compile during synthesis, else 0",
@@ -149,12 +150,13 @@ SPEED_ATTRS = {
 
 def speed_attrs(*, time_training_s: float, time_synthesis_s: float, time_features_s: float,
                 time_metrics_s: float, image_steps: int, precision: str, compile: bool,
-                synthesis_batch_size: int) -> dict[str, Any]:
+                synthesis_batch_size: int, time_probes_s: float = 0.0) -> dict[str, Any]:
     """The ``SPEED_ATTRS`` of one run, in netCDF-friendly types."""
     return {"time_training_s": round(float(time_training_s), 3),
             "time_synthesis_s": round(float(time_synthesis_s), 3),
             "time_features_s": round(float(time_features_s), 3),
             "time_metrics_s": round(float(time_metrics_s), 3),
+            "time_probes_s": round(float(time_probes_s), 3),
             "image_steps": int(image_steps), "precision": str(precision), "compile": int(compile),
             "synthesis_batch_size": int(synthesis_batch_size)}
 

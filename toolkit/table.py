@@ -66,8 +66,8 @@ def speed_line(ds: xr.Dataset) -> str | None:
     synthesis = float(attrs["time_synthesis_s"])
     rate = int(attrs["image_steps"]) / synthesis if synthesis > 0 else float("nan")
     stages = ", ".join(f"{stage} {float(attrs[f'time_{stage}_s']):.1f} s"
-                       for stage in ("training", "synthesis", "features", "metrics")
-                       if f"time_{stage}_s" in attrs)
+                       for stage in ("training", "synthesis", "features", "metrics", "probes")
+                       if f"time_{stage}_s" in attrs and (stage != "probes" or attrs[f"time_{stage}_s"]))
     return (f"speed: {rate:,.1f} image-steps/s ({int(attrs['image_steps']):,} steps, "
             f"{attrs.get('precision', '?')}{', compiled' if int(attrs.get('compile', 0)) else ''}, "
             f"batch {attrs.get('synthesis_batch_size', '?')}, on {attrs.get('device', '?')}); {stages}")
