@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -102,17 +102,20 @@ def build_model(registration: Registration, data: ImageDataset) -> NormalizedCla
 
 
 def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]],
-                  save: tuple[str, ...] | None = None) -> None:
+                  save: tuple[str, ...] | None = None, probes: Sequence[Registration] = ()) -> None:
     """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
     (a wrong order, a bad option), or a ``save`` naming a tensor no metric makes, fails before
-    hours of training, not after."""
+    hours of training, not after. ``probes`` (the synthesizer's and metrics' probes) add their
+    variables to it first, as they do in a run."""
     # 2 intervals, 2 seeds, 3 classes, 4 features
     trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
+    rng = np.random.default_rng(1)
+    for registration in probes:
+        trial = trial.assign({name: (dims, rng.random([trial.sizes.get(d, 2) for d in dims]))
+                              for name, dims in registration.metadata["probe_dims"].items()
+                              if name not in results.ALL_IMAGES})
     for registration in metrics:
         _check_metric_options(registration, options.get(registration.name, {}))
-        trial = trial.assign({name: (dims, np.random.default_rng(1).random([trial.sizes[d] for d in dims]))
-                              for name, dims in registration.metadata.get("probe_dims", {}).items()
-                              if name not in results.ALL_IMAGES})
         with blamed_on(registration, "failed on a trial dataset before training"):
             trial = apply_metric(trial, registration, options.get(registration.name, {}))
     made = pairwise_tensors(trial)
@@ -147,7 +150,7 @@ def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_
     ``noise`` is ``(seed, n, C, H, W)``. Class prototypes ``p_c`` start from ``noise[s, c]`` toward
     ``c``; then every ``P[s, k, j]`` with ``k != j`` starts from ``p_j`` of seed ``s`` toward ``k``.
     The diagonal holds the prototypes themselves, with the records of their synthesis from noise.
-    All seeds share one work queue per phase, so micro-batches stay full. The images do not
+    The seeds of ``noise`` share one work queue per phase, so micro-batches stay full. The images do not
     interact, though the last bits of a step can depend on the micro-batch's make-up (measured:
     ResNet18 on the CPU at batch size 1), so :func:`analyze` always synthesises the same groups of
     seeds together (:func:`toolkit.distributed.shards`), resumed or not, on any number of ranks.
@@ -238,7 +241,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     world = distributed.world(device)
     device = distributed.device_for(world, device)
     progress = progress and world.main
-    check_metrics(resolved.metrics, config.metric_options, config.save)
+    probes = [r for r in (resolved.synthesizer, *resolved.metrics) if "probe" in r.metadata]
+    check_metrics(resolved.metrics, config.metric_options, config.save, probes)
     if not world.main:
         world.barrier()  # rank 0 fetches a missing dataset first; the others then read it
     data = load_dataset(resolved.dataset, config)
@@ -283,7 +287,6 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     def bar(description: str, total: int, unit: str = "step"):
         return progress_bar(description, total, enabled=progress, unit=unit)
 
-    probes = [r for r in (resolved.synthesizer, *resolved.metrics) if "probe" in r.metadata]
     trainer = None if checkpoints is not None else Trainer(
         model, data, config.intervals, config.schedule, training, config.seed, device, world=world)
     stages, units = [], []
@@ -357,8 +360,13 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             _check_finite(done[seed], fraction, seed, config.nonfinite)
         units.append([done[seed] for seed in config.seed_values])
 
+    spent = world.gather(dict(seconds))
     if not world.main:
         return None  # rank 0 gathered the units; it alone measures, writes and prints
+    # The grids of every rank count in image_steps, so their time does too (process-seconds);
+    # training ran on all ranks at once and keeps rank 0's wall time.
+    for stage in ("synthesis", "features", "probes"):
+        seconds[stage] = sum(part[stage] for part in spent)
     images = {name: np.stack([[unit[name] for unit in row] for row in units])
               for name in results.ALL_IMAGES if name in units[0][0]}
     probe_dims = {name: dims for r in probes for name, dims in r.metadata["probe_dims"].items()
@@ -416,6 +424,10 @@ def run_probes(probes: list[Registration], model: NormalizedClassifier, grid: to
         dims = registration.metadata["probe_dims"]
         with blamed_on(registration, "failed in its probe"):
             produced = registration.metadata["probe"](model, grid, records, settings)
+        if not isinstance(produced, Mapping):
+            raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
+                              f"{registration.plugin!r}) probe returned {type(produced).__name__}, "
+                              "not a mapping of variable names to arrays")
         missing, extra = sorted(set(dims) - set(produced)), sorted(set(produced) - set(dims))
         if missing or extra:
             raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
@@ -424,7 +436,9 @@ def run_probes(probes: list[Registration], model: NormalizedClassifier, grid: to
                                   f"{what} {', '.join(names)}" for what, names in
                                   (("missing", missing), ("unexpected", extra)) if names))
         for name, value in produced.items():
-            value = np.asarray(value)
+            with blamed_on(registration, f"returned {name} that is not an array"):
+                value = (value.detach().cpu().numpy() if isinstance(value, torch.Tensor)
+                         else np.asarray(value))
             if value.ndim != len(dims[name]) - 1:
                 raise PluginError(f"{registration.kind} {registration.name!r} probe returned {name} "
                                   f"with {value.ndim} dims; expected {len(dims[name]) - 1} "

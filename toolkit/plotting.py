@@ -364,7 +364,7 @@ def mean_over_i(ds: xr.Dataset, name: str) -> xr.DataArray:
 def heatmaps(ds: xr.Dataset) -> Figure:
     """Figure 7: C and R averaged over i (and seeds) as k x j heatmaps, one per interval, on one
     shared colour scale."""
-    _need(ds, ("C", "R"), "run analyze with the cosine metric")
+    _need(ds, ("C", "R"), "run analyze with the cosine metric, and without --save dropping them")
     maps = {v: mean_over_i(ds, v) for v in ("C", "R")}
     finite = np.concatenate([m.values[np.isfinite(m.values)] for m in maps.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)

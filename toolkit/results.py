@@ -137,7 +137,8 @@ RECORD_ATTRS = {
 # lack them, and readers must cope).
 SPEED_ATTRS = {
     "time_training_s": "wall time spent training, in seconds (all intervals)",
-    "time_synthesis_s": "wall time spent synthesising the prototype grids, in seconds",
+    "time_synthesis_s": "time spent synthesising the prototype grids, in seconds (under torchrun, "
+                        "summed over the ranks, like image_steps)",
     "time_features_s": "wall time spent extracting penultimate features, in seconds",
     "time_metrics_s": "wall time spent in the metric plugins, in seconds",
     "time_probes_s": "wall time spent in plugin probes (boundary search, adversarial attacks), in seconds",

@@ -40,8 +40,9 @@ from toolkit.files import atomic_write
 IDENTITY_FILE = "run.json"
 _KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
-# Options that do not change a single number of the results: a run may resume with others.
-NOT_IN_IDENTITY = ("data_root", "download", "nonfinite")
+# Options that do not change a single number of the results: a run may resume with others
+# (``save`` only filters which tensors the file keeps).
+NOT_IN_IDENTITY = ("data_root", "download", "nonfinite", "save")
 
 
 def checkpoint_name(fraction: float) -> str:
