@@ -89,3 +89,25 @@ def test_a_study_with_streaming_summaries_matches_the_full_one(tiny_plugin, full
     assert "C" not in ds and "R" not in ds
     for name in SUMMARIES:
         np.testing.assert_allclose(ds[name].values, full[name].values, rtol=1e-12, err_msg=name)
+
+
+def test_the_boundary_tensors_may_be_saved_and_summarised_before_any_training():
+    """The pre-training check of the metric chain sees the variables the synthesizer's probe
+    makes (B_features), so BC and BR are known names for --save and zscore."""
+    from toolkit.pipeline import check_metrics
+    from toolkit.plugins import get_registry
+
+    synthesizer = get_registry("synthesizer").get("boundary")
+    metrics = tuple(get_registry("metric").get(name) for name in ("cosine", "zscore"))
+    check_metrics(metrics, {"zscore": {"variables": ["C", "BC"]}}, ("C", "BC"), [synthesizer])
+    with pytest.raises(toolkit.UsageError, match="--save names BC, which the metrics do not make"):
+        check_metrics(metrics, {}, ("C", "BC"), [])  # the prototype synthesizer makes no B
+
+
+def test_save_is_not_part_of_a_runs_identity():
+    """Rerunning with another --save (say, after running out of disk) resumes the same work."""
+    from toolkit.pipeline import default_output
+    from toolkit.workdir import NOT_IN_IDENTITY
+
+    assert "save" in NOT_IN_IDENTITY
+    assert default_output(AnalysisConfig(save="none")) == default_output(AnalysisConfig())
