@@ -204,18 +204,24 @@ def _row(c: Correlation, rank: int | None) -> dict[str, object]:
             "p_pearson": c.pearson_p, "expected": SIGNS[c.expected], "holds": holds}
 
 
+# The columns of the quality table, as the text table and the HTML report show them.
+QUALITY_COLUMNS = ("rank", "score", "scope", "n", "spearman", "p_spearman", "pearson", "p_pearson",
+                   "expected", "holds")
+
+
+def quality_cell(column: str, value: object) -> str:
+    """One cell of the quality table as text: correlations signed to 3 places, p-values short."""
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.2g}" if column.startswith("p_") \
+            else f"{value:+.3f}"
+    return str(value)
+
+
 def quality_table(report: QualityReport) -> str:
     """A plain-text table: the ranking (overall scope), then each file's correlations."""
     rows = quality_rows(report)
-    columns = ("rank", "score", "scope", "n", "spearman", "p_spearman", "pearson", "p_pearson",
-               "expected", "holds")
-
-    def cell(column: str, value: object) -> str:
-        if isinstance(value, float):
-            return "nan" if math.isnan(value) else f"{value:.2g}" if column.startswith("p_") \
-                else f"{value:+.3f}"
-        return str(value)
-    text = [[cell(c, row[c]) for c in columns] for row in rows]
+    columns = QUALITY_COLUMNS
+    text = [[quality_cell(c, row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in text)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in text]

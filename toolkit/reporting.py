@@ -150,7 +150,7 @@ QUALITY_HOW_TO_READ = (
 
 def quality_section(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110) -> list[str]:
     """The report's section on how each data-free score tracks test accuracy."""
-    from toolkit.quality_report import quality, quality_figure, quality_rows
+    from toolkit.quality_report import QUALITY_COLUMNS, quality, quality_cell, quality_figure, quality_rows
 
     head = ['<section id="quality"><h2>Data-free quality: scores against test accuracy</h2>',
             f'<p class="how">{_e(QUALITY_HOW_TO_READ)}</p>']
@@ -158,18 +158,10 @@ def quality_section(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110) -> l
         result = quality([ds for _, ds in runs], labels=[label for label, _ in runs])
     except UsageError as missing:
         return head + [f'<p class="missing">not computed: {_e(str(missing))}</p>', "</section>"]
-    columns = ("rank", "score", "scope", "n", "spearman", "p_spearman", "pearson", "p_pearson",
-               "expected", "holds")
-    body = []
-    for row in quality_rows(result):
-        cells = []
-        for column in columns:
-            value = row[column]
-            text = (("nan" if np.isnan(value) else f"{value:+.3f}" if column in ("spearman", "pearson")
-                     else f"{value:.2g}") if isinstance(value, float) else str(value))
-            cells.append(f'<td data-column="{column}">{_e(text)}</td>')
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    table = ('<table class="quality"><thead><tr>' + "".join(f"<th>{c}</th>" for c in columns)
+    body = [''.join(f'<td data-column="{column}">{_e(quality_cell(column, row[column]))}</td>'
+                    for column in QUALITY_COLUMNS) for row in quality_rows(result)]
+    body = [f"<tr>{cells}</tr>" for cells in body]
+    table = ('<table class="quality"><thead><tr>' + "".join(f"<th>{c}</th>" for c in QUALITY_COLUMNS)
              + f'</tr></thead><tbody>{"".join(body)}</tbody></table>')
     data = base64.b64encode(plotting.figure_png(quality_figure(result), dpi)).decode("ascii")
     return head + [table, f'<figure><img src="data:image/png;base64,{data}" '
