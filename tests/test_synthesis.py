@@ -83,7 +83,11 @@ def test_zero_gradient_leaves_the_image_in_place_without_nan():
 def full_batch_reference(model, start, targets, settings):
     """The plain way: step the whole batch together, each image until its own test says done.
 
-    Returns the records the engine should give, and every image's loss at every iterate."""
+    Returns the records the engine should give, and every image's loss at every iterate. The model
+    runs as the engine runs it, with its BatchNorms folded into the convolutions."""
+    from toolkit_plugins.synthesis import folded
+
+    model = folded(model)
     budget = settings.fixed_steps if settings.fixed_steps is not None else settings.max_steps
     x = start.clone()
     n = len(x)
