@@ -304,6 +304,7 @@ def _write_streamed(path: str | os.PathLike, ds: xr.Dataset, streamed: Mapping[s
             chunks[axis] = width
             out = nc.createVariable(name, "f4", PAIRS, zlib=True, complevel=4, chunksizes=chunks,
                                     fill_value=np.float32(np.nan))  # as xarray writes float32
+            out.set_var_chunk_cache(size=0)  # whole chunks, written once: no cache to hold them
             out.setncatts(dict(variable.attrs))
             for t in range(ds.sizes["interval"]):
                 for s in range(ds.sizes["seed"]):
