@@ -79,3 +79,19 @@ def test_streaming_peak_memory_is_a_block_not_the_tensor(tmp_path, monkeypatch):
         tracemalloc.stop()
     assert in_memory_peak > 4 * tensor       # C and R in float64, then float32: the measure works
     assert streamed_peak < tensor / 4
+
+
+def test_a_failure_while_streaming_leaves_no_file(tmp_path):
+    ds = made_up(5)
+    calls = []
+
+    def failing(t, s, start, stop):
+        calls.append(start)
+        if len(calls) > 2:
+            raise ValueError("disk gone")
+        return stream_cosine(ds)["C"].block(t, s, start, stop)
+
+    with pytest.raises(ValueError, match="disk gone"):
+        results.write_results(ds, tmp_path / "stream.nc",
+                              streamed={"C": results.Streamed("j", failing, {})})
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary one

@@ -281,6 +281,10 @@ class Streamed:
     block: Callable[[int, int, int, int], np.ndarray]
     attrs: Mapping[str, Any]
 
+    def __post_init__(self) -> None:
+        if self.along not in ("k", "j"):
+            raise ValueError(f"a streamed variable is cut along 'k' or 'j'; got {self.along!r}")
+
 
 # Values in one chunk of a streamed variable on disk, and in one block computed for it (float32:
 # 4 MiB a chunk). A chunk is whole (k, j, i) planes cut along the variable's ``along`` dim.
