@@ -34,23 +34,51 @@ def cosine(ds: xr.Dataset) -> dict[str, xr.DataArray]:
 
 def _dissimilarities(ds: xr.Dataset, variable: str, grid: str, prefix: str) -> dict[str, xr.DataArray]:
     f = _unit(ds[variable].transpose(*GRID, "feature").values.astype(np.float64))
-    # C: for each origin j, the Gram matrix over targets (k, i); R: for each target k, over (j, i).
-    by_origin = np.swapaxes(f, -3, -2)                                      # (..., j, k, F)
-    c = 1.0 - np.swapaxes(by_origin @ np.swapaxes(by_origin, -1, -2), -3, -2)  # (..., k, j, i)
-    r = 1.0 - f @ np.swapaxes(f, -1, -2)                                    # (..., k, j, i)
-    n = f.shape[-2]
-    idx = np.arange(n)
-    c[..., idx, :, idx] = 0.0    # a vector's dissimilarity to itself is 0, not a rounding error
-    r[..., :, idx, idx] = 0.0
     coords = {name: ds[name] for name in GRID}
     coords["i"] = ("i", ds["k"].values)
     dims = (*GRID, "i")
+    attrs = cosine_attrs(prefix, grid)
     return {
-        f"{prefix}C": xr.DataArray(np.clip(c, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
-                                   attrs=cosine_attrs(prefix, grid)["C"]),
-        f"{prefix}R": xr.DataArray(np.clip(r, 0.0, 2.0).astype(np.float32), coords=coords, dims=dims,
-                                   attrs=cosine_attrs(prefix, grid)["R"]),
+        f"{prefix}C": xr.DataArray(_c_values(f), coords=coords, dims=dims, attrs=attrs["C"]),
+        f"{prefix}R": xr.DataArray(_r_values(f), coords=coords, dims=dims, attrs=attrs["R"]),
     }
+
+
+def _c_values(f: np.ndarray) -> np.ndarray:
+    """``C[..., k, j, i]`` (float32) from unit features ``f`` (..., k, j, F) of any origins j: for
+    each origin, the Gram matrix over targets (k, i)."""
+    by_origin = np.swapaxes(f, -3, -2)                                      # (..., j, k, F)
+    c = 1.0 - np.swapaxes(by_origin @ np.swapaxes(by_origin, -1, -2), -3, -2)  # (..., k, j, i)
+    idx = np.arange(c.shape[-1])
+    c[..., idx, :, idx] = 0.0    # a vector's dissimilarity to itself is 0, not a rounding error
+    return np.clip(c, 0.0, 2.0).astype(np.float32)
+
+
+def _r_values(f: np.ndarray) -> np.ndarray:
+    """``R[..., k, j, i]`` (float32) from unit features ``f`` (..., k, j, F) of any targets k: for
+    each target, the Gram matrix over origins (j, i)."""
+    r = 1.0 - f @ np.swapaxes(f, -1, -2)                                    # (..., k, j, i)
+    idx = np.arange(r.shape[-1])
+    r[..., :, idx, idx] = 0.0
+    return np.clip(r, 0.0, 2.0).astype(np.float32)
+
+
+def stream_cosine(ds: xr.Dataset) -> dict[str, "toolkit.results.Streamed"]:
+    """``C`` and ``R`` as ``cosine`` computes them, handed to the results writer block by block
+    (a slab of origins j for C, of targets k for R) so that neither is ever whole in memory. Each
+    block normalises only the features it needs; its values equal ``cosine``'s exactly."""
+    from toolkit.results import Streamed
+
+    features = ds["features"].transpose(*GRID, "feature")
+
+    def c_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
+        return _c_values(_unit(features[t, s, :, start:stop].values.astype(np.float64)))
+
+    def r_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
+        return _r_values(_unit(features[t, s, start:stop].values.astype(np.float64)))
+
+    return {"C": Streamed(along="j", block=c_block, attrs=COSINE_ATTRS["C"]),
+            "R": Streamed(along="k", block=r_block, attrs=COSINE_ATTRS["R"])}
 
 
 def cosine_attrs(prefix: str = "", grid: str = "P") -> dict[str, dict]:
@@ -172,15 +200,12 @@ def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: 
     def blocks(name: str, t: int, s: int):
         unit = f[t, s]                                                      # (k, j, F)
         for a in range(0, n, width):
-            if name == "C":                     # origins a.. of C[k, j, i]: Gram over (k, i)
-                by_origin = np.swapaxes(unit[:, a:a + width], 0, 1)          # (j, k, F)
-                v = 1.0 - np.swapaxes(by_origin @ np.swapaxes(by_origin, -1, -2), 0, 1)
+            if name == "C":                     # origins a.. of C[k, j, i]
+                v = _c_values(unit[:, a:a + width]).astype(np.float64)
                 self_pair = np.broadcast_to(eye[:, None, :], v.shape)        # i == k
-            else:                               # targets a.. of R[k, j, i]: Gram over (j, i)
-                part = unit[a:a + width]
-                v = 1.0 - part @ np.swapaxes(part, -1, -2)
+            else:                               # targets a.. of R[k, j, i]
+                v = _r_values(unit[a:a + width]).astype(np.float64)
                 self_pair = np.broadcast_to(eye[None], v.shape)              # i == j
-            v = np.where(self_pair, 0.0, np.clip(v, 0.0, 2.0)).astype(np.float32).astype(np.float64)
             yield v[~self_pair] if self_pairs == "exclude" else v.ravel()
 
     coords = {"interval": ds["interval"], "seed": ds["seed"]}
@@ -259,5 +284,6 @@ def register_metrics(register):
     register("zscore", zscore, check_options=check_zscore_options,
              description="per-interval mean, std and |z| > 3 outlier fraction of C and R")
     register("cosine_summaries", cosine_summaries, check_options=check_zscore_options,
+             streams=stream_cosine,
              description="zscore's summaries of C and R, computed block by block from the "
                          "features without the n x n x n tensors (for large n)")

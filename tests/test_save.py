@@ -111,3 +111,21 @@ def test_save_is_not_part_of_a_runs_identity():
 
     assert "save" in NOT_IN_IDENTITY
     assert default_output(AnalysisConfig(save="none")) == default_output(AnalysisConfig())
+
+
+def test_a_streaming_study_keeps_c_and_r_equal_to_the_full_ones(tiny_plugin, full, tmp_path):
+    out = tmp_path / "streamed.nc"
+    ds = toolkit.analyze(**TINY_RUN, metrics="cosine_summaries", save="C,R", out=out)
+    with toolkit.open_results(out) as stream:
+        for name in ("C", "R"):
+            xr.testing.assert_identical(stream[name].load(), full[name])
+            assert stream[name].encoding["chunksizes"] is not None
+        for name in SUMMARIES:
+            np.testing.assert_allclose(stream[name].values, full[name].values, rtol=1e-12, err_msg=name)
+    xr.testing.assert_identical(ds.C.load(), full.C)  # the returned Dataset reads them from the file
+
+
+def test_streamed_tensors_need_a_results_file(tiny_plugin):
+    with pytest.raises(toolkit.UsageError, match="streams the tensors into the results file, so it "
+                                                 "needs out="):
+        toolkit.analyze(**TINY_RUN, metrics="cosine_summaries", save="C")

@@ -72,7 +72,8 @@ class Toolkit:
                 it out); default: on for up to 20 classes. Class prototypes are stored always.
             save: which n x n x n tensors the file keeps, comma-separated (C,R; default all), or
                 none for their summaries only (for large n: C and R take 8 n^3 bytes per
-                interval and seed). The features stay, so C and R can be computed again.
+                interval and seed). The features stay, so C and R can be computed again. With
+                --metrics cosine_summaries they are streamed into the file block by block.
             train_lr: SGD learning rate for training, cosine-annealed per stage; default from the
                 dataset (digits 0.1, else 0.05).
             train_batch_size: training batch size; default from the dataset (digits 32, else 128).

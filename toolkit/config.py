@@ -66,6 +66,8 @@ class AnalysisConfig:
         save: which of the metrics' n x n x n tensors (dims interval, seed, k, j, i: ``C``, ``R``)
             the results file keeps; None keeps them all, an empty tuple (``none``) only their
             summaries. The features stay in the file, so the tensors can be computed again.
+            With ``cosine_summaries`` (no ``cosine``), the named tensors are streamed into the
+            file block by block, never whole in memory (:class:`toolkit.results.Streamed`).
         metric_options: keyword options per metric, e.g. ``{"zscore": {"reference": "seed"}}``.
         data_root: folder holding (or to receive) the dataset files.
         download: whether a missing dataset may be downloaded.

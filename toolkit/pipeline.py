@@ -102,11 +102,13 @@ def build_model(registration: Registration, data: ImageDataset) -> NormalizedCla
 
 
 def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]],
-                  save: tuple[str, ...] | None = None, probes: Sequence[Registration] = ()) -> None:
+                  save: tuple[str, ...] | None = None, probes: Sequence[Registration] = ()
+                  ) -> list[str]:
     """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
     (a wrong order, a bad option), or a ``save`` naming a tensor no metric makes, fails before
     hours of training, not after. ``probes`` (the synthesizer's and metrics' probes) add their
-    variables to it first, as they do in a run."""
+    variables to it first, as they do in a run. Returns the names in ``save`` that will be
+    streamed (see ``streamable``)."""
     # 2 intervals, 2 seeds, 3 classes, 4 features
     trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
     rng = np.random.default_rng(1)
@@ -118,11 +120,24 @@ def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mappi
         _check_metric_options(registration, options.get(registration.name, {}))
         with blamed_on(registration, "failed on a trial dataset before training"):
             trial = apply_metric(trial, registration, options.get(registration.name, {}))
-    made = pairwise_tensors(trial)
+    streams = [name for name in streamable(metrics, trial) if name not in pairwise_tensors(trial)]
+    made = pairwise_tensors(trial) + streams
     unknown = [name for name in save or () if name not in made]
     if unknown:
         raise UsageError(f"--save names {', '.join(unknown)}, which the metrics do not make; they "
                          f"make: {', '.join(made) or 'none'} (or pass --save none)")
+    return [name for name in streams if name in (save or ())]
+
+
+def streamable(metrics: tuple[Registration, ...], ds: xr.Dataset) -> dict[str, results.Streamed]:
+    """The n x n x n variables the metrics can stream into the file without holding them (a
+    metric registered with ``streams=f``, ``f(ds) -> {name: results.Streamed}``); ``save``
+    naming one has it written block by block."""
+    found: dict[str, results.Streamed] = {}
+    for registration in metrics:
+        if "streams" in registration.metadata:
+            found.update(registration.metadata["streams"](ds))
+    return found
 
 
 def pairwise_tensors(ds: xr.Dataset) -> list[str]:
@@ -211,7 +226,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
 
     Returns:
         The results Dataset; under torchrun (several ranks, :mod:`toolkit.distributed`) rank 0
-        returns it and writes ``out``, the other ranks return None.
+        returns it and writes ``out``, the other ranks return None. Tensors streamed into the
+        file (``--save C,R`` with ``cosine_summaries``) are read from it lazily.
 
     Raises:
         UsageError: bad options, unknown plugins, missing data or checkpoints, an existing ``out``,
@@ -242,7 +258,10 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     device = distributed.device_for(world, device)
     progress = progress and world.main
     probes = [r for r in (resolved.synthesizer, *resolved.metrics) if "probe" in r.metadata]
-    check_metrics(resolved.metrics, config.metric_options, config.save, probes)
+    streams = check_metrics(resolved.metrics, config.metric_options, config.save, probes)
+    if streams and out is None:
+        raise UsageError(f"--save {','.join(streams)} with these metrics streams the tensors into "
+                         "the results file, so it needs out= (or keep them with metrics cosine)")
     if not world.main:
         world.barrier()  # rank 0 fetches a missing dataset first; the others then read it
     data = load_dataset(resolved.dataset, config)
@@ -400,7 +419,10 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         image_steps=image_steps, precision=config.precision, compile=config.compile,
         synthesis_batch_size=batch_size))
     if out is not None:
-        results.write_results(ds, out, overwrite=overwrite)
+        streamed = {name: v for name, v in streamable(resolved.metrics, ds).items() if name in streams}
+        results.write_results(ds, out, overwrite=overwrite, streamed=streamed)
+        if streamed:  # what was never whole in memory is read back lazily from the file
+            ds = ds.assign({name: xr.open_dataset(out, engine="netcdf4")[name] for name in streamed})
         if work is not None:
             work.discard_units()
         if plots:

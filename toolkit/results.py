@@ -18,6 +18,7 @@ so writing and reading a Dataset changes nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -25,7 +26,7 @@ import platform
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -267,10 +268,64 @@ def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
             for name, var in ds.variables.items() if var.dtype.kind in "biuf"}
 
 
-def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False) -> Path:
+@dataclasses.dataclass(frozen=True)
+class Streamed:
+    """A ``PAIRS`` variable (interval, seed, k, j, i) too big to hold in memory, which
+    ``write_results`` computes and writes block by block (a metric hands it over with
+    ``streams=``; see ``cosine_summaries``).
+
+    ``block(t, s, start, stop)`` returns the float32 values of interval index ``t``, seed index
+    ``s`` and indices ``start:stop`` along ``along`` ("k" or "j"), with dims (k, j, i).
+    """
+
+    along: str
+    block: Callable[[int, int, int, int], np.ndarray]
+    attrs: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.along not in ("k", "j"):
+            raise ValueError(f"a streamed variable is cut along 'k' or 'j'; got {self.along!r}")
+
+
+# Values in one chunk of a streamed variable on disk, and in one block computed for it (float32:
+# 4 MiB a chunk). A chunk is whole (k, j, i) planes cut along the variable's ``along`` dim.
+CHUNK_VALUES = 1 << 20
+
+
+def _write_streamed(path: str | os.PathLike, ds: xr.Dataset, streamed: Mapping[str, Streamed]) -> None:
+    """Append ``streamed`` to the netCDF file ``path`` (just written from ``ds``): compressed
+    float32 chunked as their blocks, filled one block at a time, so memory holds one block."""
+    import netCDF4
+
+    n = ds.sizes["k"]
+    width = max(1, min(n, CHUNK_VALUES // (n * n)))
+    with netCDF4.Dataset(path, "a") as nc:
+        if "i" not in nc.variables:  # the coordinate ``cosine`` gives C and R: i runs over classes
+            nc.createDimension("i", n)
+            nc.createVariable("i", "i8", ("i",), zlib=True, complevel=4)[:] = ds["k"].values
+        for name, variable in streamed.items():
+            axis = PAIRS.index(variable.along)
+            chunks = [1, 1, n, n, n]
+            chunks[axis] = width
+            out = nc.createVariable(name, "f4", PAIRS, zlib=True, complevel=4, chunksizes=chunks,
+                                    fill_value=np.float32(np.nan))  # as xarray writes float32
+            out.set_var_chunk_cache(size=0)  # whole chunks, written once: no cache to hold them
+            out.setncatts(dict(variable.attrs))
+            for t in range(ds.sizes["interval"]):
+                for s in range(ds.sizes["seed"]):
+                    for start in range(0, n, width):
+                        stop = min(start + width, n)
+                        index = [t, s, slice(None), slice(None), slice(None)]
+                        index[axis] = slice(start, stop)
+                        out[tuple(index)] = variable.block(t, s, start, stop)
+
+
+def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = False,
+                  streamed: Mapping[str, Streamed] | None = None) -> Path:
     """Write ``ds`` to ``path`` atomically: a reader sees the old file or the new one, never a torn one.
 
-    An existing file is kept (``UsageError``) unless ``overwrite``.
+    An existing file is kept (``UsageError``) unless ``overwrite``. ``streamed`` variables are
+    added to the same temporary file block by block (see ``Streamed``) before it takes its name.
     """
     path = Path(path)
     check_writable(path, overwrite)
@@ -284,6 +339,8 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
                 warnings.filterwarnings("ignore", "saving variable .* as an integer dtype without any "
                                         "_FillValue")
                 ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_encoding(ds))
+            if streamed:
+                _write_streamed(tmp, ds, streamed)
         except OSError as exc:
             raise ToolkitError(f"could not write {path} ({exc.strerror or exc}); nothing was written, "
                                "and rerunning the same command resumes from its work directory") from exc
