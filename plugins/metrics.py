@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import xarray as xr
 
@@ -182,8 +184,8 @@ BLOCK_VALUES = 1 << 22
 def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: str = "pooled",
                      threshold: float = 3.0, block_values: int = BLOCK_VALUES
                      ) -> dict[str, xr.DataArray]:
-    """What ``cosine`` then ``zscore`` give for C and R, less the tensors themselves, computed
-    block by block from ``features``: memory for about ``block_values`` values at a time instead
+    """What ``cosine`` then ``zscore`` give for C and R (and BC and BR when the file has the
+    boundary grid), less the tensors themselves, computed block by block from the features: memory for about ``block_values`` values at a time instead
     of the ``2 n^3`` per (interval, seed) of the tensors (8 GB at n = 1000).
 
     Each block (a slab of origins j for C, of targets k for R) is computed as ``cosine`` computes
@@ -192,12 +194,11 @@ def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: 
     ``zscore``'s up to float64 rounding of the sums (about 1e-15). Options: as ``zscore``.
     """
     check_zscore_options(self_pairs=self_pairs, reference=reference, threshold=threshold)
-    f = _unit(ds["features"].transpose(*GRID, "feature").values.astype(np.float64))
-    t_count, s_count, n = f.shape[0], f.shape[1], f.shape[2]
+    t_count, s_count, n = ds.sizes["interval"], ds.sizes["seed"], ds.sizes["k"]
     width = max(1, block_values // (n * n))
     eye = np.eye(n, dtype=bool)
 
-    def blocks(name: str, t: int, s: int):
+    def blocks(f: np.ndarray, name: str, t: int, s: int):
         unit = f[t, s]                                                      # (k, j, F)
         for a in range(0, n, width):
             if name == "C":                     # origins a.. of C[k, j, i]
@@ -210,13 +211,16 @@ def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: 
 
     coords = {"interval": ds["interval"], "seed": ds["seed"]}
     out: dict[str, xr.DataArray] = {}
-    for name in ("C", "R"):
+    # C and R from the grid P, and BC and BR from the boundary grid B when the file has it.
+    sources = [("", "features", "P")] + ([("B", "B_features", "B")] if "B_features" in ds else [])
+    for (prefix, variable, grid), name in itertools.product(sources, ("C", "R")):
+        f = _unit(ds[variable].transpose(*GRID, "feature").values.astype(np.float64))
         count = np.zeros((t_count, s_count))
         mean = np.zeros((t_count, s_count))
         m2 = np.zeros((t_count, s_count))
         for t in range(t_count):
             for s in range(s_count):
-                for v in blocks(name, t, s):
+                for v in blocks(f, name, t, s):
                     count[t, s], mean[t, s], m2[t, s] = _merge(
                         count[t, s], mean[t, s], m2[t, s], v.size, v.mean(), ((v - v.mean()) ** 2).sum())
         seed_mean, seed_std = mean, np.sqrt(m2 / count)
@@ -235,12 +239,12 @@ def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: 
             for s in range(s_count):
                 if not sd[t, s] > 0:
                     continue  # z undefined where the reference has no spread: not counted
-                for v in blocks(name, t, s):
+                for v in blocks(f, name, t, s):
                     counted[t] += v.size
                     outliers[t] += int((np.abs((v - mu[t, s]) / sd[t, s]) > threshold).sum())
-        attrs = COSINE_ATTRS[name]  # as xarray's reductions of the tensor keep them
+        attrs = cosine_attrs(prefix, grid)[name]  # as xarray's reductions of the tensor keep them
         out.update(_summaries(
-            name, xr.DataArray(seed_mean, coords=coords, dims=("interval", "seed"), attrs=attrs),
+            prefix + name, xr.DataArray(seed_mean, coords=coords, dims=("interval", "seed"), attrs=attrs),
             xr.DataArray(seed_std, coords=coords, dims=("interval", "seed"), attrs=attrs),
             xr.DataArray(outliers, coords={"interval": ds["interval"]}, dims="interval", attrs=attrs),
             xr.DataArray(counted, coords={"interval": ds["interval"]}, dims="interval", attrs=attrs),

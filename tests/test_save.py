@@ -67,13 +67,16 @@ def test_save_of_a_tensor_no_metric_makes_fails_before_training(tiny_plugin, tmp
 @pytest.mark.parametrize("options", [{}, {"reference": "seed"}, {"reference": "seed_means"},
                                      {"self_pairs": "include", "threshold": 1.5}])
 @pytest.mark.parametrize("block_values", [1, 50, 10**6])
-def test_streaming_summaries_equal_the_in_memory_ones(options, block_values):
+@pytest.mark.parametrize("boundary", [False, True])
+def test_streaming_summaries_equal_the_in_memory_ones(options, block_values, boundary):
     from toolkit_plugins.metrics import cosine, cosine_summaries, zscore
 
     rng = np.random.default_rng(1)
     features = 1.0 + 0.05 * rng.normal(size=(2, 3, 6, 6, 5))  # alike, so C and R are small ...
     features[:, :, 2, 3] = rng.normal(size=(2, 3, 5))         # ... but for one image: outliers
     ds = results.dataset_from_features(features)
+    if boundary:  # a boundary grid's features too: BC and BR and their summaries
+        ds["B_features"] = ds["features"] + 0.3 * rng.normal(size=ds["features"].shape)
     in_memory = zscore(ds.assign(cosine(ds)), **options)
     streamed = cosine_summaries(ds, block_values=block_values, **options)
     assert set(streamed) == set(in_memory)
@@ -82,6 +85,7 @@ def test_streaming_summaries_equal_the_in_memory_ones(options, block_values):
         assert got.dims == expected.dims and got.attrs == expected.attrs, name
         np.testing.assert_allclose(got.values, expected.values, rtol=1e-12, atol=1e-15, err_msg=name)
     assert (in_memory["C_outlier_fraction"] > 0).any() and (in_memory["R_outlier_fraction"] > 0).any()
+    assert ("BC_mean" in streamed) == boundary
 
 
 def test_a_study_with_streaming_summaries_matches_the_full_one(tiny_plugin, full):
