@@ -314,6 +314,12 @@ def prototypes(ds: xr.Dataset, seed: int | None = None,
     return fig
 
 
+def _cells(ds: xr.Dataset, name: str, at: dict, shown) -> np.ndarray:
+    """Variable ``name`` of a (k, j) grid at one interval and seed, for the classes ``shown``,
+    as an array ``(k, j, ...)``."""
+    return ds[name].sel(at).isel(k=shown, j=shown).transpose("k", "j", ...).values
+
+
 def grid(ds: xr.Dataset, interval: float | None = None, seed: int | None = None,
          classes: Sequence[int | str] | None = None) -> Figure:
     """Figure 6: the intermediary grid ``P`` for one interval and seed: row k (target class),
@@ -324,7 +330,7 @@ def grid(ds: xr.Dataset, interval: float | None = None, seed: int | None = None,
     seed = _pick_seed(ds, seed)
     shown = _pick_classes(ds, classes)
     at = dict(interval=interval, seed=seed)
-    tiles = ds["P"].sel(at).isel(k=shown, j=shown).transpose("k", "j", ...).values
+    tiles = _cells(ds, "P", at, shown)
     n = len(shown)
     cell = 0.6 if n <= 10 else 0.42
     fig = _new_figure(2.2 + n * cell, 1.9 + n * cell)
@@ -341,7 +347,7 @@ def grid(ds: xr.Dataset, interval: float | None = None, seed: int | None = None,
     for d in range(n):  # on the tile's own edge, so it neither hides a neighbour nor is clipped
         ax.add_patch(Rectangle((d * (w + pad) - 0.5, d * (h + pad) - 0.5), w, h, fill=False,
                                edgecolor=COLOURS["highlight"], linewidth=1.5, clip_on=False))
-    converged = ds["converged"].sel(at).isel(k=shown, j=shown).transpose("k", "j").values
+    converged = _cells(ds, "converged", at, shown)
     rows, cols = np.nonzero(~converged.astype(bool))
     limits = ax.get_xlim(), ax.get_ylim()
     ax.scatter(_tile_centres(n, w, pad)[cols], _tile_centres(n, h, pad)[rows], marker="x",
@@ -456,7 +462,7 @@ def boundary(ds: xr.Dataset, interval: float | None = None, seed: int | None = N
     seed = _pick_seed(ds, seed)
     shown = _pick_classes(ds, classes)
     at = dict(interval=interval, seed=seed)
-    tiles = ds["B"].sel(at).isel(k=shown, j=shown).transpose("k", "j", ...).values
+    tiles = _cells(ds, "B", at, shown)
     n = len(shown)
     fig = _new_figure(6.4 + n * 0.5, 1.9 + max(n * 0.5, 3.0))
     left, right = fig.subplots(1, 2, width_ratios=[max(n * 0.5, 2.5), 4.0])
@@ -467,7 +473,7 @@ def boundary(ds: xr.Dataset, interval: float | None = None, seed: int | None = N
     left.set_xticks(_tile_centres(n, w, pad), names, fontsize=7)
     left.set_ylabel("class k")
     left.set_xlabel("origin class j (from p_j towards P[k, j])")
-    success = ds["boundary_success"].sel(at).isel(k=shown, j=shown).transpose("k", "j").values
+    success = _cells(ds, "boundary_success", at, shown)
     off = ~np.eye(n, dtype=bool)
     rows, cols = np.nonzero(off & ~success.astype(bool))
     limits = left.get_xlim(), left.get_ylim()
