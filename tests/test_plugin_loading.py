@@ -212,7 +212,7 @@ def test_bad_plugin_options_are_one_line_errors(tmp_path, monkeypatch, capsys, n
 def test_hook_option_lists_only_the_plugins_implementing_it(capsys):
     assert main(["plugins", "--all", "--hook", "register_datasets"]) == 0
     names = [p["name"] for p in json.loads(capsys.readouterr().out)]
-    assert names == ["toolkit_plugins.datasets"]
+    assert names == ["toolkit_plugins.datasets", "toolkit_plugins.imagefolder"]
     with register_plugin(TinyPlugin(), name="tiny-test-plugin"):
         assert main(["plugins", "--hook", "register_metrics"]) == 0
         assert [p["name"] for p in json.loads(capsys.readouterr().out)] == ["tiny-test-plugin"]

@@ -51,7 +51,8 @@ class Toolkit:
 
         Args:
             model: registered model (see `toolkit plugins`), e.g. resnet18, resnet18-tv, timm:NAME.
-            dataset: registered dataset: digits (offline, bundled), cifar10, cifar100.
+            dataset: registered dataset: digits (offline, bundled), cifar10, cifar100, imagefolder
+                (your images: --data_root a folder or .zip with train/<class>/ and test/<class>/).
             intervals: training fractions to probe at, comma-separated, increasing, in (0, 1].
             schedule: data (nested data subsets, the authors') or epochs (one run, checkpointed).
             seeds: independent prototype initialisations per interval (the poster: 5).

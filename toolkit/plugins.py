@@ -29,6 +29,7 @@ from toolkit.errors import PluginError, UsageError
 DEFAULT_PLUGINS = (
     "toolkit_plugins.models",
     "toolkit_plugins.datasets",
+    "toolkit_plugins.imagefolder",
     "toolkit_plugins.synthesis",
     "toolkit_plugins.metrics",
     "toolkit_plugins.boundary",
