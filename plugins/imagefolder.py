@@ -5,24 +5,30 @@
 ``ROOT`` is ``--data-root``: a folder, or a ``.zip`` of one, read directly without unpacking; in a
 zip (and in a folder) the two splits may also sit inside one top-level folder, as in
 ``cifar10-jpeg.zip``'s ``cifar10-jpeg/train/...``. The conventions are torchvision's: a class is a
-sub-folder of ``train/`` (sorted names give the labels), an image is any file under it with one of
-torchvision's image extensions, found recursively and read in sorted order. ``test/`` must hold the
-same classes.
+sub-folder of ``train/`` (sorted names give the labels); its images are the files with one of
+torchvision's image extensions (any case), found recursively in ``os.walk`` order (a folder's own
+files, sorted, then its sub-folders, sorted), so a folder and its zip give the same dataset. Unlike
+torchvision, hidden entries (names starting with ``.``) and ``__MACOSX/`` are skipped. ``test/``
+must hold the same classes.
 
-Every image is decoded once into the in-memory uint8 tensors of :class:`toolkit.ImageDataset`; the
-mean and std come from the training split. Images keep their size, which must then be one square size
-for all; ``--dataset imagefolder:N`` resizes every image to N x N (bilinear, antialiased) instead.
-Grey images stay one channel; as soon as one image has colour, all are read as RGB.
+Pixels are read as torchvision's ``pil_loader`` reads them (no EXIF rotation; transparency dropped),
+except that grey images (``L``, ``LA``, 16-bit, grey palettes) stay one channel; as soon as one
+image has colour, all are RGB. Every image is decoded once, in threads, into the uint8 tensors of
+:class:`toolkit.ImageDataset`; the mean and std come from the training split. Images keep their
+size, which must be one square size for all (checked from the files' headers before anything is
+decoded); ``--dataset imagefolder:N`` resizes every image to N x N (bilinear, antialiased) instead.
 """
 from __future__ import annotations
 
 import io
 import os
 import posixpath
+import re
+import threading
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,6 +37,8 @@ import toolkit
 
 SPLITS = ("train", "test")
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
+MAX_SIZE = 2048  # imagefolder:N; 60,000 RGB images of 2048 x 2048 would already need 755 GB
+GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _extensions() -> tuple[str, ...]:
@@ -38,34 +46,35 @@ def _extensions() -> tuple[str, ...]:
     return tuple(IMG_EXTENSIONS)
 
 
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name != "__MACOSX"
+
+
 class _Folder:
-    """Image files of a folder tree: names are POSIX paths relative to the folder."""
+    """A folder tree; names are POSIX paths relative to it."""
 
     def __init__(self, path: Path):
         self.path, self.where = path, str(path)
 
-    def children(self, prefix: str) -> list[str]:
+    def _entries(self, prefix: str) -> list[os.DirEntry]:
         folder = self.path / prefix if prefix else self.path
-        return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir()) \
-            if folder.is_dir() else []
+        return [e for e in os.scandir(folder) if _visible(e.name)] if folder.is_dir() else []
+
+    def children(self, prefix: str) -> list[str]:
+        return sorted(e.name for e in self._entries(prefix) if e.is_dir())  # follows symlinks
+
+    def direct_files(self, prefix: str) -> list[str]:
+        return sorted(e.name for e in self._entries(prefix) if not e.is_dir())
 
     def has(self, prefix: str) -> bool:
         return (self.path / prefix).is_dir()
-
-    def files(self, prefix: str) -> list[str]:
-        found = []
-        for folder, dirs, names in os.walk(self.path / prefix, followlinks=True):
-            dirs.sort()
-            relative = Path(folder).relative_to(self.path).as_posix()
-            found += [posixpath.join(relative, name) for name in sorted(names)]
-        return found
 
     def read(self, name: str) -> bytes:
         return (self.path / name).read_bytes()
 
 
 class _Zip:
-    """Image files of a zip archive: names are the archive's member names."""
+    """A zip archive; names are its member names (folders implied by them or listed as entries)."""
 
     def __init__(self, path: Path):
         self.where = str(path)
@@ -73,26 +82,42 @@ class _Zip:
             self.archive = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise toolkit.UsageError(f"--data-root {path} is not a readable zip file ({exc})") from None
-        self.names = sorted(n for n in self.archive.namelist() if not n.endswith("/"))
-        # Folders are implied by member names; archives need not list them as entries.
-        self.folders = {posixpath.dirname(n) for n in self.names}
-        for folder in list(self.folders):
-            while folder:
-                folder = posixpath.dirname(folder)
-                self.folders.add(folder)
+        # ZipFile is not safe for concurrent reads (3.11 counts its open handles without a lock):
+        # members are read one at a time, and decoded in parallel.
+        self._lock = threading.Lock()
+        self._files: dict[str, list[str]] = {}
+        self._folders: dict[str, set[str]] = {"": set()}
+        for name in self.archive.namelist():
+            parts = [p for p in name.split("/") if p]
+            if not parts or not all(map(_visible, parts)):
+                continue
+            folders = parts if name.endswith("/") else parts[:-1]
+            for depth in range(len(folders)):
+                parent, child = "/".join(folders[:depth]), folders[depth]
+                self._folders.setdefault(parent, set()).add(child)
+                self._folders.setdefault("/".join(folders[:depth + 1]), set())
+            if not name.endswith("/"):
+                self._files.setdefault("/".join(parts[:-1]), []).append(parts[-1])
 
     def children(self, prefix: str) -> list[str]:
-        return sorted({posixpath.basename(f) for f in self.folders
-                       if f and posixpath.dirname(f) == prefix.rstrip("/")})
+        return sorted(self._folders.get(prefix, ()))
+
+    def direct_files(self, prefix: str) -> list[str]:
+        return sorted(self._files.get(prefix, ()))
 
     def has(self, prefix: str) -> bool:
-        return prefix in self.folders
-
-    def files(self, prefix: str) -> list[str]:
-        return [n for n in self.names if n.startswith(prefix + "/")]
+        return prefix in self._folders
 
     def read(self, name: str) -> bytes:
-        return self.archive.read(name)
+        with self._lock:
+            return self.archive.read(name)
+
+
+def _walk(source: _Folder | _Zip, prefix: str) -> Iterator[str]:
+    """Files under ``prefix`` in ``os.walk`` order: the folder's own files, then each sub-folder."""
+    yield from (posixpath.join(prefix, name) for name in source.direct_files(prefix))
+    for child in source.children(prefix):
+        yield from _walk(source, posixpath.join(prefix, child))
 
 
 def _source(root: Path) -> _Folder | _Zip:
@@ -110,7 +135,7 @@ def _source(root: Path) -> _Folder | _Zip:
 def _split_folders(source: _Folder | _Zip) -> dict[str, str]:
     """Where ``train`` and ``test`` are: at the top, or inside the one top-level folder."""
     tops = source.children("")
-    for base in ([""] + tops[:1] if len(tops) == 1 else [""]):
+    for base in ([""] + tops if len(tops) == 1 else [""]):
         found = {s: posixpath.join(base, s) for s in SPLITS if source.has(posixpath.join(base, s))}
         if found:
             missing = [s for s in SPLITS if s not in found]
@@ -137,14 +162,14 @@ def _listing(source: _Folder | _Zip, folders: dict[str, str]) -> tuple[list[str]
         if present != classes:
             extra = sorted(set(present) - set(classes))
             absent = sorted(set(classes) - set(present))
+            differences = [f"missing {', '.join(absent)}" if absent else "",
+                           f"extra {', '.join(extra)}" if extra else ""]
             raise toolkit.UsageError(
-                f"{source.where}: {folder}/ has other classes than {folders['train']}/ ("
-                + "; ".join(part for part in (f"missing {', '.join(absent)}" if absent else "",
-                                              f"extra {', '.join(extra)}" if extra else "") if part)
-                + "); both splits need the same class folders")
+                f"{source.where}: {folder}/ has other classes than {folders['train']}/ "
+                f"({'; '.join(d for d in differences if d)}); both splits need the same class folders")
         samples[split] = []
         for label, name in enumerate(classes):
-            files = [f for f in source.files(posixpath.join(folder, name))
+            files = [f for f in _walk(source, posixpath.join(folder, name))
                      if f.lower().endswith(extensions)]
             if not files:
                 raise toolkit.UsageError(f"{source.where}: class folder {folder}/{name}/ holds no "
@@ -153,57 +178,93 @@ def _listing(source: _Folder | _Zip, folders: dict[str, str]) -> tuple[list[str]
     return classes, samples
 
 
-def _decoder(source: _Folder | _Zip, size: int | None) -> Callable[[str], np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
+class _Reader:
+    """Opens the images of one source; every failure is a one-line ``UsageError`` naming the file."""
 
-    def decode(name: str) -> np.ndarray:
+    def __init__(self, source: _Folder | _Zip, size: int | None):
+        self.source, self.size = source, size
+
+    def open(self, name: str):
+        from PIL import Image
         try:
-            with Image.open(io.BytesIO(source.read(name))) as image:
+            return Image.open(io.BytesIO(self.source.read(name)))
+        except Exception as exc:  # noqa: BLE001 (a zip member or an image: many ways to be broken)
+            raise self._unreadable(name, exc) from None
+
+    def _unreadable(self, name: str, exc: Exception) -> toolkit.UsageError:
+        from PIL import UnidentifiedImageError
+        reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else \
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+        return toolkit.UsageError(f"{self.source.where}: cannot read image {name} ({reason})")
+
+    def header(self, name: str) -> tuple[tuple[int, int], bool]:
+        """(width, height) and whether the image is grey, from the file's header alone."""
+        with self.open(name) as image:
+            return image.size, self._grey(image)
+
+    @staticmethod
+    def _grey(image) -> bool:
+        if image.mode in GREY_MODES:
+            return True
+        if image.mode == "P":  # a palette of greys only
+            palette = np.asarray(image.getpalette() or [0, 0, 0]).reshape(-1, 3)
+            return bool((palette == palette[:, :1]).all())
+        return False
+
+    def pixels(self, name: str, channels: int) -> np.ndarray:
+        """The image as uint8 (channels, H, W), resized to ``size`` when one is set."""
+        from PIL import Image
+        try:
+            with self.open(name) as image:
                 image.load()
-                grey = image.mode in ("1", "L", "LA", "I;16", "I", "F")
-                image = image.convert("L" if grey else "RGB")
-                if size is not None and image.size != (size, size):
-                    image = image.resize((size, size), Image.Resampling.BILINEAR)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise toolkit.UsageError(f"{source.where}: cannot read image {name} ({exc})") from None
-        pixels = np.asarray(image, dtype=np.uint8)
-        return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    return decode
+                if image.mode.startswith("I;16"):  # 16-bit grey: scaled to 8 bits, not clipped
+                    image = Image.fromarray(
+                        (np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+                image = image.convert("L" if channels == 1 else "RGB")
+                if self.size is not None and image.size != (self.size, self.size):
+                    image = image.resize((self.size, self.size), Image.Resampling.BILINEAR)
+                array = np.asarray(image, dtype=np.uint8)
+        except toolkit.UsageError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (truncated data, decompression bombs, ...)
+            raise self._unreadable(name, exc) from None
+        return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _stack(arrays: list[np.ndarray], names: list[str], where: str) -> torch.Tensor:
-    shapes = {a.shape[1:] for a in arrays}
-    if len(shapes) > 1:
-        first = arrays[0].shape[1:]
-        other = next(i for i, a in enumerate(arrays) if a.shape[1:] != first)
-        h0, w0 = first
-        h1, w1 = arrays[other].shape[1:]
-        raise toolkit.UsageError(
-            f"{where}: images differ in size ({names[0]} is {w0}x{h0}, {names[other]} is {w1}x{h1}); "
-            f"pass --dataset imagefolder:N to resize all of them to N x N")
-    (height, width), = shapes
-    if height != width:
+def _check_sizes(sizes: list[tuple[int, int]], names: list[str], where: str) -> int:
+    first = sizes[0]
+    for name, size in zip(names, sizes):
+        if size != first:
+            raise toolkit.UsageError(
+                f"{where}: images differ in size ({names[0]} is {first[0]}x{first[1]}, {name} is "
+                f"{size[0]}x{size[1]}); pass --dataset imagefolder:N to resize all of them to N x N")
+    width, height = first
+    if width != height:
         raise toolkit.UsageError(f"{where}: images are {width}x{height}, not square; the models "
                                  "take square images: pass --dataset imagefolder:N to resize to N x N")
-    if any(a.shape[0] == 3 for a in arrays):  # one colour image makes the whole dataset RGB
-        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
-    return torch.from_numpy(np.stack(arrays))
+    return width
 
 
 def load_imagefolder(root: Path, download: bool = False, size: int | None = None,
                      threads: int | None = None) -> toolkit.ImageDataset:
     """Images in ImageFolder layout from ``root``, a folder or a ``.zip`` (see the module's docstring)."""
-    root = Path(root)
-    source = _source(root)
+    source = _source(Path(root))
     folders = _split_folders(source)
     classes, samples = _listing(source, folders)
-    decode = _decoder(source, size)
-    names = samples["train"] + samples["test"]
-    # Pillow decodes with the GIL released, so threads decode in parallel (a zip is read under a lock).
+    files = [f for f, _ in samples["train"] + samples["test"]]
+    reader = _Reader(source, size)
+    # Pillow decodes with the GIL released, so threads decode in parallel.
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        arrays = list(pool.map(decode, [f for f, _ in names], chunksize=256))
-    images = _stack(arrays, [f for f, _ in names], source.where)
-    labels = torch.tensor([label for _, label in names], dtype=torch.int64)
+        headers = list(pool.map(reader.header, files))
+        side = size or _check_sizes([s for s, _ in headers], files, source.where)
+        channels = 1 if all(grey for _, grey in headers) else 3
+        images = torch.empty((len(files), channels, side, side), dtype=torch.uint8)
+
+        def decode(index: int) -> None:
+            images[index].numpy()[...] = reader.pixels(files[index], channels)
+        for _ in pool.map(decode, range(len(files))):
+            pass
+    labels = torch.tensor([label for _, label in samples["train"] + samples["test"]])
     n_train = len(samples["train"])
     return toolkit.ImageDataset(
         name="imagefolder", train_images=images[:n_train], train_labels=labels[:n_train],
@@ -211,13 +272,10 @@ def load_imagefolder(root: Path, download: bool = False, size: int | None = None
 
 
 def _sized(spec: str):
-    try:
-        size = int(spec)
-    except ValueError:
-        size = 0
-    if size < 1:
+    if not re.fullmatch(r"[0-9]+", spec) or not 1 <= int(spec) <= MAX_SIZE:
         raise toolkit.UsageError(f"--dataset imagefolder:{spec}: the size after 'imagefolder:' must be "
-                                 "a whole number of pixels, e.g. imagefolder:32")
+                                 f"a whole number of pixels from 1 to {MAX_SIZE}, e.g. imagefolder:32")
+    size = int(spec)
 
     def load(root: Path, download: bool) -> toolkit.ImageDataset:
         return load_imagefolder(root, download, size=size)

@@ -44,8 +44,13 @@ def write_folder(root: Path, files: dict) -> Path:
     return root
 
 
-def write_zip(path: Path, files: dict, top: str = "") -> Path:
+def write_zip(path: Path, files: dict, top: str = "", folder_entries: bool = False) -> Path:
     with zipfile.ZipFile(path, "w") as archive:
+        if folder_entries:  # as `zip -r` and shutil.make_archive write them
+            folders = {top + "/".join(n.split("/")[:depth]) + "/" for n in files
+                       for depth in range(1, n.count("/") + 1)}
+            for folder in sorted(folders):
+                archive.writestr(folder, b"")
         for name, pixels in files.items():
             archive.writestr(top + name, png(pixels) if isinstance(pixels, np.ndarray) else pixels)
     return path
@@ -58,7 +63,8 @@ def expected(files, split):
     return pixels, torch.tensor([CLASSES.index(n.split("/")[1]) for n in names])
 
 
-@pytest.mark.parametrize("form", ["folder", "zip", "zip-in-top-folder", "folder-in-top-folder"])
+@pytest.mark.parametrize("form", ["folder", "zip", "zip-in-top-folder", "folder-in-top-folder",
+                                  "zip-with-folder-entries"])
 def test_reads_a_folder_or_a_zip_pixel_for_pixel(tmp_path, form):
     files = images()
     if form == "folder":
@@ -67,7 +73,8 @@ def test_reads_a_folder_or_a_zip_pixel_for_pixel(tmp_path, form):
         write_folder(tmp_path / "data" / "mine", files)
         root = tmp_path / "data"
     else:
-        root = write_zip(tmp_path / "data.zip", files, "mine/" if form == "zip-in-top-folder" else "")
+        root = write_zip(tmp_path / "data.zip", files, "mine/" if form == "zip-in-top-folder" else "",
+                         folder_entries=form == "zip-with-folder-entries")
     data = load(root)
     assert isinstance(data, toolkit.ImageDataset) and data.name == "imagefolder"
     assert data.class_names == CLASSES
@@ -91,15 +98,51 @@ def test_grey_images_stay_one_channel_and_one_colour_image_makes_all_rgb(tmp_pat
     assert torch.equal(data.train_images[0], first.expand(3, 6, 6))
 
 
-def test_jpeg_and_recursive_files_and_other_files_ignored(tmp_path):
+def test_recursive_files_in_os_walk_order_the_same_from_a_folder_and_a_zip(tmp_path):
     files = images()
     buffer = io.BytesIO()
-    Image.fromarray(files["train/dog/000.png"]).save(buffer, format="JPEG")
-    files["train/dog/deeper/x.JPG"] = buffer.getvalue()
+    Image.fromarray(np.full((6, 6, 3), 200, dtype=np.uint8)).save(buffer, format="JPEG")
+    files["train/dog/a-deeper/x.JPG"] = buffer.getvalue()   # sorts before the folder's own files
+    files["train/dog/zz.png"] = np.zeros((6, 6, 3), dtype=np.uint8)
     files["train/dog/notes.txt"] = b"not an image"
-    data = load(write_folder(tmp_path, files))
-    assert len(data.train_labels) == 3 * len(CLASSES) + 1
-    assert (data.train_labels == 1).sum() == 4
+    files["train/.ipynb_checkpoints/junk.png"] = files["train/cat/000.png"]  # hidden: not a class
+    files["train/cat/._000.png"] = b"macOS resource fork"                    # hidden: not an image
+    folder = load(write_folder(tmp_path / "folder", files))
+    archive = write_zip(tmp_path / "d.zip", files | {"__MACOSX/train/cat/._000.png": b"fork"},
+                        top="top/", folder_entries=True)
+    zipped = load(archive)
+    assert folder.class_names == zipped.class_names == CLASSES
+    assert torch.equal(folder.train_images, zipped.train_images)
+    assert torch.equal(folder.train_labels, zipped.train_labels)
+    dog = folder.train_images[folder.train_labels == 1]
+    assert len(dog) == 5
+    # os.walk order: the folder's own files (000, 001, 002, zz), then the sub-folder's x.JPG
+    assert torch.equal(dog[3], torch.zeros(3, 6, 6, dtype=torch.uint8))
+    assert (dog[4].float() - 200).abs().max() <= 2  # the JPEG, last
+
+
+def test_image_modes(tmp_path):
+    files = images(channels=1)
+    grey = files["train/cat/000.png"]
+    palette = Image.fromarray(grey).convert("P")   # a palette of greys stays one channel
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG")
+    files["train/cat/000.png"] = buffer.getvalue()
+    deep = (grey.astype(np.uint16) * 257)          # 16-bit grey: scaled to 8 bits, not clipped
+    buffer = io.BytesIO()
+    Image.fromarray(deep).save(buffer, format="PNG")
+    files["train/cat/001.png"] = buffer.getvalue()
+    data = load(write_folder(tmp_path / "grey", files))
+    assert data.in_chans == 1
+    assert torch.equal(data.train_images[0, 0], torch.from_numpy(grey))
+    assert torch.equal(data.train_images[1, 0], torch.from_numpy(grey))
+    rgba = np.concatenate([files["train/dog/000.png"][..., None].repeat(3, -1),
+                           np.zeros((6, 6, 1), dtype=np.uint8)], -1)
+    files["train/dog/000.png"] = png(rgba)           # transparency dropped, as torchvision does
+    data = load(write_folder(tmp_path / "colour", files))
+    assert data.in_chans == 3
+    dog = data.train_images[data.train_labels == 1][0]
+    assert torch.equal(dog, torch.from_numpy(rgba[..., :3].transpose(2, 0, 1).copy()))
 
 
 def test_resize_on_request(tmp_path):
@@ -110,8 +153,11 @@ def test_resize_on_request(tmp_path):
         load(root)
     data = load(root, "imagefolder:8")
     assert data.train_images.shape[1:] == (3, 8, 8) and data.image_size == 8
-    with pytest.raises(toolkit.UsageError, match="whole number of pixels"):
-        get_registry("dataset").get("imagefolder:big")
+    first = Image.fromarray(files["train/cat/000.png"]).resize((8, 8), Image.Resampling.BILINEAR)
+    assert torch.equal(data.train_images[0], torch.from_numpy(np.asarray(first).transpose(2, 0, 1).copy()))
+    for spec in ("big", "+32", "0", "99999"):
+        with pytest.raises(toolkit.UsageError, match="whole number of pixels from 1 to"):
+            get_registry("dataset").get(f"imagefolder:{spec}")
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -121,14 +167,18 @@ def test_resize_on_request(tmp_path):
      {"train/emu/readme.txt": b"no images here"}, r"class folder train/emu/ holds no images"),
     (lambda files: {k: v for k, v in files.items() if not k.startswith("test/emu/")},
      r"test/ has other classes than train/ \(missing emu\)"),
-    (lambda files: files | {"train/cat/broken.png": b"\x89PNG broken"}, r"cannot read image .*broken"),
+    (lambda files: files | {"train/cat/broken.png": b"\x89PNG broken"},
+     r"cannot read image .*broken.png \(not an image Pillow can read\)"),
+    (lambda files: files | {"train/cat/cut.png": png(files["train/cat/000.png"])[:60]},
+     r"cannot read image .*cut.png \((OSError|SyntaxError|ValueError)"),
     (lambda files: {"photos/" + k: v for k, v in files.items()} | {"other/a.png": files["test/cat/000.png"]},
      r"holds neither train/ nor test/ \(found: other/, photos/\)"),
 ])
 @pytest.mark.parametrize("form", ["folder", "zip"])
 def test_clear_errors(tmp_path, damage, message, form):
     files = damage(images())
-    root = write_folder(tmp_path / "data", files) if form == "folder" else write_zip(tmp_path / "d.zip", files)
+    root = (write_folder(tmp_path / "data", files) if form == "folder"
+            else write_zip(tmp_path / "d.zip", files))
     with pytest.raises(toolkit.UsageError, match=message):
         load(root)
 
@@ -144,6 +194,7 @@ def test_non_square_images_and_bad_roots(tmp_path):
         load(tmp_path / "file.txt")
 
 
+@pytest.mark.slow
 def test_analyze_from_the_command_line_on_a_zip(tmp_path):
     root = write_zip(tmp_path / "data.zip", images(size=8, per_class=(8, 4)))
     out = tmp_path / "r.nc"
@@ -171,3 +222,22 @@ def test_the_real_cifar10_archive():
     assert torch.bincount(data.train_labels).tolist() == [5000] * 10
     assert torch.bincount(data.test_labels).tolist() == [1000] * 10
     assert data.mean == pytest.approx((0.4914, 0.4822, 0.4465), abs=2e-3)  # CIFAR-10's own
+
+
+def test_an_empty_class_folder_listed_in_a_zip_is_named(tmp_path):
+    files = {k: v for k, v in images().items() if not k.startswith("train/emu/")}
+    with zipfile.ZipFile(tmp_path / "d.zip", "w") as archive:
+        archive.writestr("train/emu/", b"")
+        for name, pixels in files.items():
+            archive.writestr(name, png(pixels))
+    with pytest.raises(toolkit.UsageError, match=r"class folder train/emu/ holds no images"):
+        load(tmp_path / "d.zip")
+
+
+def test_many_images_decoded_by_many_threads_equal_one_thread(tmp_path):
+    from toolkit_plugins.imagefolder import load_imagefolder
+
+    root = write_zip(tmp_path / "d.zip", images(size=5, per_class=(60, 20)))
+    one, many = (load_imagefolder(root, threads=t) for t in (1, 6))
+    assert torch.equal(one.train_images, many.train_images) and len(one.train_labels) == 180
+    assert torch.equal(one.test_images, expected(images(size=5, per_class=(60, 20)), "test")[0])
