@@ -1,0 +1,93 @@
+"""The replication study of README.md in this folder, as it was run (from the repository root)::
+
+    python examples/replicate-cifar10/run.py [--archive ../shared/data/cifar10-jpeg.zip]
+
+1. ``subset``: a stratified subset of the archive's CIFAR-10 (per class: 1,000 training and 500 test
+   images, drawn with a fixed seed), written as a zip in the same ImageFolder layout with the JPEG
+   files copied byte for byte; the toolkit reads it with the ``imagefolder`` dataset.
+2. ``analyze``: the poster's protocol on it (schedule ``data``, the 7 intervals, 5 seeds, synthesis
+   step 0.01 and loss threshold 0.01) with the CIFAR-stem ResNet18, sized to fit a 2-core CPU (see
+   the README for every departure), then the same trained checkpoints probed with a step of 0.1
+   (``ARMS``). Each runs in a work directory: kill it and run this script again to resume.
+3. ``report``: figures, the HTML report and ``summary.json`` (every number the README quotes).
+
+Options are keyword arguments of :func:`main` (``--stage analyze``, ``--out DIR``, ...).
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+# The protocol (README, "Setup"). Training: 2 epochs per stage over the growing nested subsets
+# (4.65 x 2 passes over the 10,000 images in all), SGD 0.05 at batch 64 with CIFAR's crop and flip.
+PROTOCOL = dict(
+    model="resnet18", dataset="imagefolder", schedule="data",
+    intervals=(0.25, 0.40, 0.60, 0.70, 0.80, 0.90, 1.00), seeds=5, seed=0,
+    epochs=2, train_lr=0.05, train_batch_size=64, crop_padding=4, flip=True,
+    loss_threshold=0.01, metrics=("cosine", "zscore", "mg"), precision="fp32", save_images=True,
+)
+# The synthesis of each arm. ``poster``: the poster's CIFAR-10 step 0.01, at most 40 steps per
+# image (the authors' code takes 250); it trains the model. ``step0.1``: the same checkpoints
+# probed with CIFAR-100's step 0.1, at most 60 steps, so that the prototypes do converge.
+ARMS = {"poster": dict(lr=0.01, max_steps=40), "step0.1": dict(lr=0.1, max_steps=60)}
+TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 500
+
+
+def make_subset(archive: Path, out: Path, train: int = TRAIN_PER_CLASS, test: int = TEST_PER_CLASS,
+                seed: int = 0) -> Path:
+    """Copy a stratified random subset of ``archive`` (ImageFolder layout) into the zip ``out``."""
+    if out.is_file():
+        return out
+    with zipfile.ZipFile(archive) as source:
+        groups: dict[tuple[str, str], list[str]] = {}
+        for name in sorted(source.namelist()):
+            parts = name.split("/")
+            if name.endswith("/") or len(parts) < 3 or parts[-3] not in ("train", "test"):
+                continue
+            groups.setdefault((parts[-3], parts[-2]), []).append(name)
+        rng = random.Random(seed)
+        partial = out.with_suffix(".partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as subset:
+            for (split, label), names in sorted(groups.items()):
+                for name in sorted(rng.sample(names, train if split == "train" else test)):
+                    subset.writestr(f"{split}/{label}/{name.rsplit('/', 1)[1]}", source.read(name))
+    partial.rename(out)
+    return out
+
+
+def main(archive: str = str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"),
+         out: str = str(ROOT / "results" / "replicate-cifar10"), stage: str = "all",
+         threads: int | None = None) -> None:
+    import torch
+
+    import toolkit
+
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    if stage in ("all", "subset", "analyze"):
+        data_zip = make_subset(Path(archive), folder / "cifar10-subset.zip")
+    if stage in ("all", "analyze"):
+        for arm, synthesis in ARMS.items():
+            out = folder / f"{arm}.nc"
+            if out.is_file():
+                continue
+            trained = folder / "poster.work"  # the first arm trains; the others reuse its weights
+            toolkit.analyze(out=out, data_root=str(data_zip), progress=True, **PROTOCOL, **synthesis,
+                            checkpoints=None if arm == "poster" else trained)
+    if stage in ("all", "report"):
+        from report import report  # this folder's report.py
+        report(folder, HERE)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    import fire
+    fire.Fire(main)
