@@ -58,12 +58,12 @@ def test_report_of_a_tiny_study(tmp_path, study, tiny_plugin):
     _, report = study
     results = tmp_path / "results"
     ds = toolkit.analyze(**dict(TINY_RUN, metrics=("cosine", "zscore", "mg")),
-                         out=results / "poster.nc", make_folder=True)
+                         out=results / "step0.01.nc", make_folder=True)
     here = tmp_path / "here"
     here.mkdir()
     summaries = report.report(results, here)
-    assert list(summaries) == ["poster"]
-    summary = json.loads((here / "summary.json").read_text())["poster"]
+    assert list(summaries) == ["step0.01"]
+    summary = json.loads((here / "summary.json").read_text())["step0.01"]
     assert summary["test_accuracy"] == pytest.approx(ds["test_accuracy"].values.tolist())
     # the default definition is the toolkit's own zscore, as the file holds it
     pooled = summary["outlier_definitions"]["C, reference=pooled, self_pairs=exclude"]
@@ -79,7 +79,7 @@ def test_report_of_a_tiny_study(tmp_path, study, tiny_plugin):
     steps = ds["steps"].values
     assert summary["convergence"]["steps_mean"] == pytest.approx(steps.mean((1, 2, 3)))
     assert (here / "comparison.png").stat().st_size > 10_000
-    assert (here / "figures-poster" / "means.png").is_file() and (results / "report.html").is_file()
+    assert (here / "figures-step0.01" / "means.png").is_file() and (results / "report.html").is_file()
     assert "| test accuracy (%) |" in (here / "tables.md").read_text()
-    with xr.open_dataset(results / "poster.nc") as reopened:
+    with xr.open_dataset(results / "step0.01.nc") as reopened:
         assert "Mg" in reopened

@@ -117,8 +117,8 @@ def tables(name: str, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-ARMS = ("poster", "step0.1")
-STYLE = {"poster": dict(color="tab:blue", marker="o"), "step0.1": dict(color="tab:orange", marker="s")}
+ARMS = ("step0.01", "step0.1")
+STYLE = {"step0.01": dict(color="tab:blue", marker="o"), "step0.1": dict(color="tab:orange", marker="s")}
 
 
 def comparison_figure(summaries: dict, path: Path) -> Path:

@@ -32,10 +32,10 @@ PROTOCOL = dict(
     epochs=2, train_lr=0.05, train_batch_size=64, crop_padding=4, flip=True,
     loss_threshold=0.01, metrics=("cosine", "zscore", "mg"), precision="fp32", save_images=True,
 )
-# The synthesis of each arm. ``poster``: the poster's CIFAR-10 step 0.01, at most 40 steps per
+# The synthesis of each arm. ``step0.01``: the poster's CIFAR-10 step 0.01, at most 40 steps per
 # image (the authors' code takes 250); it trains the model. ``step0.1``: the same checkpoints
 # probed with CIFAR-100's step 0.1, at most 60 steps, so that the prototypes do converge.
-ARMS = {"poster": dict(lr=0.01, max_steps=40), "step0.1": dict(lr=0.1, max_steps=60)}
+ARMS = {"step0.01": dict(lr=0.01, max_steps=40), "step0.1": dict(lr=0.1, max_steps=60)}
 TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 500
 
 
@@ -79,9 +79,9 @@ def main(archive: str = str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
             out = folder / f"{arm}.nc"
             if out.is_file():
                 continue
-            trained = folder / "poster.work"  # the first arm trains; the others reuse its weights
+            trained = folder / "step0.01.work"  # the first arm trains; the others reuse its weights
             toolkit.analyze(out=out, data_root=str(data_zip), progress=True, **PROTOCOL, **synthesis,
-                            checkpoints=None if arm == "poster" else trained)
+                            checkpoints=None if arm == "step0.01" else trained)
     if stage in ("all", "report"):
         from report import report  # this folder's report.py
         report(folder, HERE)
