@@ -32,10 +32,13 @@ PROTOCOL = dict(
     epochs=2, train_lr=0.05, train_batch_size=64, crop_padding=4, flip=True,
     loss_threshold=0.01, metrics=("cosine", "zscore", "mg"), precision="fp32", save_images=True,
 )
-# The synthesis of each arm. ``step0.01``: the poster's CIFAR-10 step 0.01, at most 40 steps per
-# image (the authors' code takes 250); it trains the model. ``step0.1``: the same checkpoints
-# probed with CIFAR-100's step 0.1, at most 60 steps, so that the prototypes do converge.
-ARMS = {"step0.01": dict(lr=0.01, max_steps=40), "step0.1": dict(lr=0.1, max_steps=60)}
+# The synthesis of each arm, all on the same trained checkpoints (the first arm trains them):
+# ``step0.01``: the poster's CIFAR-10 step 0.01, at most 40 steps per image (what fits here);
+# ``step0.1``: CIFAR-100's step 0.1, at most 60 steps, so that the prototypes do converge;
+# ``fixed250``: the authors' code, a fixed 250 steps of 0.01, one seed at the first and last interval.
+ARMS = {"step0.01": dict(lr=0.01, max_steps=40),
+        "step0.1": dict(lr=0.1, max_steps=60),
+        "fixed250": dict(lr=0.01, fixed_steps=250, seeds=1, intervals=(0.25, 1.00))}
 TRAIN_PER_CLASS, TEST_PER_CLASS = 1000, 500
 
 
@@ -63,25 +66,37 @@ def make_subset(archive: Path, out: Path, train: int = TRAIN_PER_CLASS, test: in
 
 def main(archive: str = str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"),
          out: str = str(ROOT / "results" / "replicate-cifar10"), stage: str = "all",
-         threads: int | None = None) -> None:
+         arms: str | tuple = tuple(ARMS), threads: int | None = None) -> None:
+    """Run the study's stages (``subset``, ``analyze``, ``report`` or ``all``) for ``arms``
+    (comma-separated names of ``ARMS``; the first arm's training must exist or run first), with
+    ``threads`` torch threads."""
     import torch
 
     import toolkit
 
+    arms = tuple(a for a in (arms.split(",") if isinstance(arms, str) else arms) if a)
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown or stage not in ("all", "subset", "analyze", "report"):
+        raise SystemExit(f"run.py: unknown {'arm ' + unknown[0] if unknown else 'stage ' + stage}; "
+                         f"arms: {', '.join(ARMS)}; stages: all, subset, analyze, report")
     if threads:
         torch.set_num_threads(threads)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     if stage in ("all", "subset", "analyze"):
+        if not Path(archive).is_file() and not (folder / "cifar10-subset.zip").is_file():
+            raise SystemExit(f"run.py: no archive at {archive}; pass --archive PATH to "
+                             "cifar10-jpeg.zip (ImageFolder layout, see ../shared/data/README.md)")
         data_zip = make_subset(Path(archive), folder / "cifar10-subset.zip")
     if stage in ("all", "analyze"):
-        for arm, synthesis in ARMS.items():
-            out = folder / f"{arm}.nc"
+        first = next(iter(ARMS))
+        for arm in arms:
+            synthesis, out = ARMS[arm], folder / f"{arm}.nc"
             if out.is_file():
                 continue
-            trained = folder / "step0.01.work"  # the first arm trains; the others reuse its weights
-            toolkit.analyze(out=out, data_root=str(data_zip), progress=True, **PROTOCOL, **synthesis,
-                            checkpoints=None if arm == "step0.01" else trained)
+            toolkit.analyze(out=out, data_root=str(data_zip), progress=True,
+                            **{**PROTOCOL, **synthesis},
+                            checkpoints=None if arm == first else folder / f"{first}.work")
     if stage in ("all", "report"):
         from report import report  # this folder's report.py
         report(folder, HERE)
