@@ -117,8 +117,9 @@ def tables(name: str, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-ARMS = ("step0.01", "step0.1")
-STYLE = {"step0.01": dict(color="tab:blue", marker="o"), "step0.1": dict(color="tab:orange", marker="s")}
+ARMS = ("step0.01", "step0.1", "fixed250")
+STYLE = {"step0.01": dict(color="tab:blue", marker="o"), "step0.1": dict(color="tab:orange", marker="s"),
+         "fixed250": dict(color="tab:green", marker="D")}
 
 
 def comparison_figure(summaries: dict, path: Path) -> Path:
@@ -136,8 +137,9 @@ def comparison_figure(summaries: dict, path: Path) -> Path:
         for ax, stat in ((axes[1], "mean"), (axes[2], "std")):
             ax.plot(x, summary[f"C_{stat}"], label=f"C, {arm}", **style)
             ax.plot(x, summary[f"R_{stat}"], label=f"R, {arm}", linestyle="--", mfc="white", **style)
-        axes[3].plot(x, summary["outliers_default"]["C"], label=f"C, pooled (default), {arm}",
-                     **style)
+        for variable, line in (("C", "-"), ("R", "--")):
+            axes[3].plot(x, summary["outliers_default"][variable], linestyle=line,
+                         label=f"{variable}, pooled (default), {arm}", **style)
         best = summary["closest_to_poster"][0]
         short = best["definition"].replace("reference=", "").replace("self_pairs=", "")
         axes[3].plot(x, best["values"], linestyle=":", mfc="white", label=f"closest: {short}, {arm}",
