@@ -104,7 +104,9 @@ def tables(name: str, summary: dict) -> str:
         lines.append(_row(f"outliers {v} (%), pooled", summary["outliers_default"][v], digits=2))
     best = summary["closest_to_poster"][0]
     lines.append(_row(f"outliers (%), closest: {best['definition']}", best["values"], digits=1))
-    lines.append(_row("poster CIFAR-10 outliers (%)", POSTER_OUTLIERS, digits=2))
+    poster = dict(zip(POSTER_INTERVALS, POSTER_OUTLIERS))
+    lines.append(_row("poster CIFAR-10 outliers (%)",
+                      [poster.get(round(t, 6), math.nan) for t in summary["intervals"]], digits=2))
     conv = summary["convergence"]
     lines.append(_row("mean steps per image", conv["steps_mean"], digits=1))
     lines.append(_row("converged (%)", conv["converged"], percent=True))
