@@ -50,7 +50,7 @@ def make_subset(archive: Path, out: Path, train: int = TRAIN_PER_CLASS, test: in
     """Copy a stratified random subset of ``archive`` (ImageFolder layout) into the zip ``out``."""
     if out.is_file():
         return out
-    with zipfile.ZipFile(archive) as source:
+    with zipfile.ZipFile(archive) as source:  # (a subset of another size lives in another folder)
         groups: dict[tuple[str, str], list[str]] = {}
         for name in sorted(source.namelist()):
             parts = name.split("/")
@@ -61,18 +61,27 @@ def make_subset(archive: Path, out: Path, train: int = TRAIN_PER_CLASS, test: in
         partial = out.with_suffix(".partial")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as subset:
             for (split, label), names in sorted(groups.items()):
-                for name in sorted(rng.sample(names, train if split == "train" else test)):
+                wanted = train if split == "train" else test
+                if wanted > len(names):
+                    partial.unlink()
+                    raise SystemExit(f"run.py: {archive} holds {len(names)} {split} images of class "
+                                     f"{label}, fewer than the {wanted} asked for")
+                for name in sorted(rng.sample(names, wanted)):
                     subset.writestr(f"{split}/{label}/{name.rsplit('/', 1)[1]}", source.read(name))
     partial.rename(out)
     return out
 
 
 def main(archive: str = str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"),
-         out: str = str(ROOT / "results" / "replicate-cifar10"), stage: str = "all",
-         arms: str | tuple = DEFAULT_ARMS, threads: int | None = None) -> None:
+         out: str | None = None, stage: str = "all", arms: str | tuple = DEFAULT_ARMS,
+         train_per_class: int = TRAIN_PER_CLASS, test_per_class: int = TEST_PER_CLASS,
+         threads: int | None = None) -> None:
     """Run the study's stages (``subset``, ``analyze``, ``report`` or ``all``) for ``arms``
-    (comma-separated names of ``ARMS``; the first arm's training must exist or run first), with
-    ``threads`` torch threads."""
+    (comma-separated names of ``ARMS``; the first arm's training must exist or run first), on
+    ``train_per_class`` and ``test_per_class`` images of each class (5000 and 1000: all of
+    CIFAR-10), with ``threads`` torch threads. ``out`` defaults to ``results/replicate-cifar10``
+    for the study's sizes and ``results/replicate-cifar10-<train>-<test>`` for others, so that
+    results of other sizes never mix."""
     import torch
 
     import toolkit
@@ -84,13 +93,16 @@ def main(archive: str = str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
                          f"arms: {', '.join(ARMS)}; stages: all, subset, analyze, report")
     if threads:
         torch.set_num_threads(threads)
-    folder = Path(out)
+    default = (train_per_class, test_per_class) == (TRAIN_PER_CLASS, TEST_PER_CLASS)
+    folder = Path(out) if out else ROOT / "results" / (
+        "replicate-cifar10" if default else f"replicate-cifar10-{train_per_class}-{test_per_class}")
     folder.mkdir(parents=True, exist_ok=True)
     if stage in ("all", "subset", "analyze"):
         if not Path(archive).is_file() and not (folder / "cifar10-subset.zip").is_file():
             raise SystemExit(f"run.py: no archive at {archive}; pass --archive PATH to "
                              "cifar10-jpeg.zip (ImageFolder layout, see ../shared/data/README.md)")
-        data_zip = make_subset(Path(archive), folder / "cifar10-subset.zip")
+        data_zip = make_subset(Path(archive), folder / "cifar10-subset.zip", train_per_class,
+                               test_per_class)
     if stage in ("all", "analyze"):
         first = next(iter(ARMS))
         for arm in arms:
