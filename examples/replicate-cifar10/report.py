@@ -31,7 +31,7 @@ def outlier_definitions(ds: xr.Dataset) -> dict[str, list[float]]:
             c, r = (100 * z[f"{v}_outlier_fraction"].values for v in ("C", "R"))
             found[f"C, {tag}"] = c.tolist()
             found[f"R, {tag}"] = r.tolist()
-            found[f"C and R pooled, {tag}"] = ((c + r) / 2).tolist()  # equal counts of each
+            found[f"C and R averaged, {tag}"] = ((c + r) / 2).tolist()  # equal counts of each
     return found
 
 
