@@ -129,15 +129,24 @@ def boundary_images(model: torch.nn.Module, origin: torch.Tensor, end: torch.Ten
 
 def boundary_probe(model: torch.nn.Module, grid: torch.Tensor, records, settings,
                    progress: Optional[Callable[[int], None]] = None,
-                   tolerance: float = TOLERANCE) -> dict[str, np.ndarray]:
+                   tolerance: float = TOLERANCE, *, rows: Optional[range] = None,
+                   prototypes: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
     """``B`` for a grid ``P`` of shape ``(seed, k, j, C, H, W)``: images, features and records,
-    each with the leading dims ``(seed, k, j)`` (the variables of ``results.BOUNDARY``)."""
-    seeds, n = grid.shape[:2]
+    each with the leading dims ``(seed, k, j)`` (the variables of ``results.BOUNDARY``).
+
+    On a block of rows, ``grid`` holds the rows ``k`` in ``rows`` and ``prototypes`` ``(seed, n,
+    C, H, W)`` every ``p_j`` of its seeds; the arrays then have the leading dims ``(seed, row, j)``.
+    """
+    seeds, count, n = grid.shape[:3]
+    rows = range(n) if rows is None else rows
+    if prototypes is None:
+        prototypes = grid[:, torch.arange(n), torch.arange(n)]
     device = next(model.parameters()).device
-    s, k, j = torch.meshgrid(torch.arange(seeds), torch.arange(n), torch.arange(n), indexing="ij")
+    s, r, j = torch.meshgrid(torch.arange(seeds), torch.arange(count), torch.arange(n), indexing="ij")
+    k = torch.as_tensor(list(rows), dtype=torch.int64)[r]
     off = k != j
     pairs = torch.stack([j[off], k[off]], 1).to(device)
-    found = boundary_images(model, grid[s[off], j[off], j[off]].to(device), grid[off].to(device),
+    found = boundary_images(model, prototypes[s[off], j[off]].to(device), grid[off].to(device),
                             pairs, settings, tolerance, progress)
     images = grid.clone()                           # the diagonal keeps p_k: it has no boundary
     images[off] = found["images"].detach().cpu()
@@ -148,7 +157,7 @@ def boundary_probe(model: torch.nn.Module, grid: torch.Tensor, records, settings
     for out, name in ((success, "success"), (steps, "steps"), (gap, "gap"), (third, "third_class")):
         out[off] = found[name].detach().cpu().to(out.dtype)
     features = extract_features(model, images.flatten(0, 2), device=device)
-    return {"B": images.numpy(), "B_features": features.view(seeds, n, n, -1).numpy(),
+    return {"B": images.numpy(), "B_features": features.view(seeds, count, n, -1).numpy(),
             "boundary_success": success.numpy(), "boundary_steps": steps.numpy(),
             "boundary_gap": gap.numpy().astype(np.float32), "boundary_third_class": third.numpy()}
 

@@ -79,20 +79,23 @@ def _deepfool(model, images, labels, overshoot, steps):
 
 
 def adversarial_probe(model: torch.nn.Module, grid: torch.Tensor, records, settings,
-                      overshoot: float = OVERSHOOT, steps: int = DEEPFOOL_STEPS) -> dict[str, np.ndarray]:
-    """DeepFool on the class prototypes ``P[c, c]`` of a grid (seed, k, j, C, H, W)."""
-    seeds, n = grid.shape[:2]
+                      overshoot: float = OVERSHOOT, steps: int = DEEPFOOL_STEPS, *,
+                      rows: range | None = None, prototypes=None) -> dict[str, np.ndarray]:
+    """DeepFool on the class prototypes ``P[c, c]`` of a grid (seed, k, j, C, H, W); on a block
+    of rows (``rows``, the ``k`` of each row of ``grid``), on the prototypes of those classes."""
+    seeds, n = grid.shape[:2]                      # n: the rows of the grid (all n classes when whole)
+    rows = range(grid.shape[2]) if rows is None else rows
     device = next(model.parameters()).device
-    c = torch.arange(n)
-    prototypes = grid[:, c, c].flatten(0, 1).to(device)                     # (seed * n, C, H, W)
+    c = torch.as_tensor(list(rows), dtype=torch.int64)
+    classes = grid[:, torch.arange(n), c].flatten(0, 1).to(device)         # (seed * n, C, H, W)
     labels = c.repeat(seeds).to(device)
     with torch.enable_grad():
-        adversarial, taken = deepfool(model, prototypes, labels, overshoot, steps, settings.batch_size)
+        adversarial, taken = deepfool(model, classes, labels, overshoot, steps, settings.batch_size)
     with torch.no_grad():
         predicted = torch.cat([model(adversarial[i:i + 256]).argmax(1)
                                for i in range(0, len(adversarial), 256)])
     features = extract_features(model, adversarial, device=device)
-    distance = (adversarial - prototypes).flatten(1).norm(dim=1)
+    distance = (adversarial - classes).flatten(1).norm(dim=1)
     return {"adversarial_features": features.view(seeds, n, -1).numpy(),
             "adversarial_class": predicted.view(seeds, n).cpu().numpy(),
             "adversarial_distance": distance.view(seeds, n).cpu().numpy().astype(np.float32),

@@ -50,6 +50,18 @@ def single(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def blocked(single, tmp_path_factory):
+    """The same weights analysed by one process in blocks of one row (3 per seed and interval),
+    with C and R streamed into the file."""
+    out = tmp_path_factory.mktemp("blocked") / "rows.nc"
+    launch(out, *BLOCKED, "--checkpoints", str(single.with_suffix(".work")))
+    return out
+
+
+BLOCKED = ("--block_rows", "1", "--metrics", "cosine_summaries", "--save", "C,R")
+
+
 def test_share_deals_units_out_balanced_by_work():
     assert share([1.0] * 5, 2) == [[0, 2, 4], [1, 3]]
     assert share([1.0] * 2, 4) == [[0], [1], [], []]
@@ -67,11 +79,14 @@ def test_shards_depend_on_the_configuration_not_on_the_ranks():
 
 
 @pytest.mark.slow
-def test_two_ranks_give_the_data_of_one_process(single, tmp_path):
-    # Given the same weights, the data are identical, bit for bit.
+@pytest.mark.parametrize("pieces", ["whole grids", "blocks of rows"])
+def test_two_ranks_give_the_data_of_one_process(single, blocked, tmp_path, pieces):
+    # Given the same weights, the data are identical, bit for bit: with whole grids as units
+    # (two ranks share three seeds) and with blocks of one row (nine blocks per interval).
+    one, extra = (single, ()) if pieces == "whole grids" else (blocked, BLOCKED)
     two = tmp_path / "two.nc"
-    result = launch(two, "--checkpoints", str(single.with_suffix(".work")), ranks=2)
-    xr.testing.assert_identical(data_of(two), data_of(single))
+    result = launch(two, *extra, "--checkpoints", str(single.with_suffix(".work")), ranks=2)
+    xr.testing.assert_identical(data_of(two), data_of(one))
     assert result.stdout_text.count("results:") == 1  # rank 0 alone prints
     with toolkit.open_results(two) as ds:
         assert ds.attrs["ranks"] == 2
@@ -94,9 +109,9 @@ def test_two_ranks_train_data_parallel_and_one_process_reads_their_weights(singl
 
 
 @pytest.mark.slow
-def test_a_two_rank_run_killed_midway_resumes_with_one_rank(single, tmp_path):
+def test_a_two_rank_run_killed_midway_resumes_with_one_rank(single, blocked, tmp_path):
     out = tmp_path / "resumed.nc"
-    given = ("--checkpoints", str(single.with_suffix(".work")))
+    given = (*BLOCKED, "--checkpoints", str(single.with_suffix(".work")))
     job = launch(out, *given, ranks=2, pause=3.0, wait=False)
     work = out.with_suffix(".work")
     deadline = time.monotonic() + 600
@@ -107,9 +122,9 @@ def test_a_two_rank_run_killed_midway_resumes_with_one_rank(single, tmp_path):
     os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, as a scheduler would
     job.wait()
     finished = sorted(p.name for p in work.glob("unit-*.npz"))
-    assert 0 < len(finished) < 6 and not out.exists()
+    assert 0 < len(finished) < 18 and not out.exists()  # of 2 intervals x 3 seeds x 3 rows
     launch(out, *given)  # the same command, one process
-    xr.testing.assert_identical(data_of(out), data_of(single))
+    xr.testing.assert_identical(data_of(out), data_of(blocked))
 
 
 @pytest.mark.slow

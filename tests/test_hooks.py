@@ -135,9 +135,9 @@ def test_hook_register_datasets(study):
 def test_hook_register_synthesizers(study):
     calls, ds, _ = study
     runs = calls["synthesizer"]
-    # per shard (here one seed each, as n^2 = 9 fills a micro-batch of 4): the prototypes, then
-    # the grid
-    assert len(runs) == 4
+    # the prototypes of both seeds (2 x 3 images fill a micro-batch of 4), then each seed's grid
+    # (its 9 images fill one too)
+    assert len(runs) == 3
     prototypes, grid = runs[0], runs[1]
     for run in runs:
         assert run["training"] is False and not any(run["grads"])
@@ -145,8 +145,8 @@ def test_hook_register_synthesizers(study):
         assert 0 <= float(run["start"].min()) and float(run["start"].max()) <= 1
         assert isinstance(run["settings"], toolkit.SynthesisSettings) and run["settings"].max_steps == 15
         assert callable(run["progress"])
-    assert prototypes["start"].shape == (3, 1, 6, 6)                # the classes, from noise
-    assert prototypes["targets"].tolist() == [0, 1, 2]
+    assert prototypes["start"].shape == (2 * 3, 1, 6, 6)            # the classes, from noise
+    assert prototypes["targets"].tolist() == [0, 1, 2, 0, 1, 2]
     assert grid["start"].shape == (3 * 2, 1, 6, 6)                  # the off-diagonal P[k, j]
     assert grid["targets"].tolist() == [0, 0, 1, 1, 2, 2]
     assert ds["steps"].dims == ("interval", "seed", "k", "j")

@@ -85,7 +85,8 @@ def test_rerun_skips_finished_units_and_gives_the_same_numbers(tmp_path, tiny_pl
     def nothing_to_do(*args, **kwargs):
         raise AssertionError("finished work was done again")
 
-    monkeypatch.setattr(pipeline, "synthesize_grid", nothing_to_do)
+    monkeypatch.setattr(pipeline, "synthesize_prototypes", nothing_to_do)
+    monkeypatch.setattr(pipeline, "synthesize_rows", nothing_to_do)
     monkeypatch.setattr(pipeline.Trainer, "next_stage", nothing_to_do)
     again = toolkit.analyze(work_dir=work, **RUN)
     xr.testing.assert_identical(first.drop_attrs(), again.drop_attrs())
@@ -221,7 +222,7 @@ def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugi
     with pytest.raises(NumericalError, match="interval 50%, seed 1: 1 of 9 images have NaN or Inf"):
         toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     assert not (tmp_path / "r.nc").exists()
-    assert (tmp_path / "r.work" / "unit-0.5-seed-0.npz").exists()  # finished work is kept
+    assert (tmp_path / "r.work" / "unit-0.5-seed-0-rows-0-3.npz").exists()  # finished work is kept
     # asked to record and go on, the same work directory finishes the run with the NaN in the file
     ds = toolkit.analyze(out=tmp_path / "r.nc", **{**RUN, "nonfinite": "record"})
     assert np.isnan(ds["features"].values).any() and np.isfinite(ds["test_accuracy"].values).all()
@@ -241,17 +242,19 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, tiny_plugin, m
     real = np.savez
 
     def disk_fills_up(file, **arrays):
-        if len(saved) == 1:
+        if len(saved) == 3:  # the prototypes of both seeds and the grid of seed 0 are saved
             raise OSError(28, "No space left on device")
         saved.append(file)
         real(file, **arrays)
 
     monkeypatch.setattr(np, "savez", disk_fills_up)
-    with pytest.raises(toolkit.ToolkitError, match="could not write .*unit-0.5-seed-1.npz \\(No space left "
+    with pytest.raises(toolkit.ToolkitError, match="could not write .*unit-0.5-seed-1-rows-0-3.npz \\(No "
+                                                   "space left "
                                                    "on device\\); the work finished before it is kept"):
         toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     assert sorted(p.name for p in (tmp_path / "r.work").iterdir()) == [
-        "interval-0.5.pt", "run.json", "unit-0.5-seed-0.npz"]  # no torn file
+        "interval-0.5.pt", "protos-0.5-seed-0.npz", "protos-0.5-seed-1.npz", "run.json",
+        "unit-0.5-seed-0-rows-0-3.npz"]  # no torn file
     monkeypatch.setattr(np, "savez", real)
     ds = toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     xr.testing.assert_identical(ds.drop_attrs(), toolkit.analyze(**RUN).drop_attrs())

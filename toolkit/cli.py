@@ -36,6 +36,7 @@ class Toolkit:
                 metric_options=None, lr: float | None = _D.lr,
                 loss_threshold: float = _D.loss_threshold, max_steps: int | None = _D.max_steps,
                 fixed_steps: int | None = _D.fixed_steps, batch_size=_D.batch_size,
+                block_rows=_D.block_rows,
                 save_images: bool | None = _D.save_images, save=_D.save,
                 train_lr: float | None = _D.train_lr, train_batch_size: int | None = _D.train_batch_size,
                 data_root: str | None = _D.data_root, download: bool = _D.download,
@@ -69,6 +70,9 @@ class Toolkit:
             fixed_steps: every image takes exactly this many steps (authors' code: 250).
             batch_size: images optimised at once during synthesis; auto (default) chooses it
                 from the device and image size (CPU: 128 at 32x32; GPU: 1024 at 32x32).
+            block_rows: rows of one seed's grid per piece of synthesis work (what one rank does
+                at a time, and what the work directory saves); auto (default): about 4
+                micro-batches of images, so small grids stay whole.
             save_images: store the whole grid P of images in the file (--nosave_images to leave
                 it out); default: on for up to 20 classes. Class prototypes are stored always.
             save: which n x n x n tensors the file keeps, comma-separated (C,R; default all), or
@@ -88,8 +92,9 @@ class Toolkit:
                 record (they are recorded and the run goes on).
             out: results file (.nc); default results/MODEL-DATASET-HASH.nc, HASH of the options, so
                 the same command writes the same file. Work in progress goes beside it, in
-                OUT-without-.nc + ".work/": the training checkpoints (interval-<t>.pt, kept) and
-                each finished (interval, seed) grid (dropped once the results file is written).
+                OUT-without-.nc + ".work/": the training checkpoints (interval-<t>.pt, kept), and
+                each finished seed's class prototypes and block of grid rows (dropped once the
+                results file is written).
                 Rerunning an interrupted command resumes from there.
             overwrite: replace an existing results file (and its figures).
             fresh: discard the work an earlier run of this --out left, and start over.
@@ -109,7 +114,7 @@ class Toolkit:
             seed=seed, epochs=epochs, synthesizer=synthesizer, metrics=metrics,
             metric_options=metric_options, lr=lr, loss_threshold=loss_threshold,
             max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size,
-            save_images=save_images, save=save, train_lr=train_lr,
+            block_rows=block_rows, save_images=save_images, save=save, train_lr=train_lr,
             train_batch_size=train_batch_size, data_root=data_root, download=download, device=device,
             precision=precision, compile=compile, nonfinite=nonfinite)
         path = Path(out) if out is not None else default_output(config)

@@ -57,6 +57,10 @@ class AnalysisConfig:
         fixed_steps: every image takes exactly this many steps (the authors' code: 250).
         batch_size: images optimised at once during synthesis: a whole number, or ``auto``
             (or None) to choose it from the device (``toolkit.synthesis.auto_batch_size``).
+        block_rows: rows ``k`` of one seed's grid per piece of synthesis work (a block, one work
+            queue, the unit of work of a rank and of the work directory): a whole number (at
+            most that many rows), or ``auto``: about four micro-batches of images, so grids of
+            up to ``4 * batch_size`` images stay whole (``toolkit.distributed.blocks``).
         precision: ``fp32`` or ``bf16`` (autocast) for synthesis and training; see ``PRECISIONS``.
         compile: run the model through ``torch.compile`` during synthesis.
         save_images: store the whole grid ``P`` of images in the results file (uint8); None saves
@@ -94,6 +98,7 @@ class AnalysisConfig:
     max_steps: int | None = None
     fixed_steps: int | None = None
     batch_size: int | str | None = "auto"
+    block_rows: int | str = "auto"
     save_images: bool | None = None
     metrics: tuple[str, ...] = ("cosine", "zscore")
     metric_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
@@ -146,6 +151,12 @@ class AnalysisConfig:
             except UsageError:
                 raise UsageError(f"--batch_size must be auto or a whole number >= 1; "
                                  f"got {self.batch_size!r}") from None
+        if self.block_rows != "auto":
+            try:
+                _check_int("block_rows", self.block_rows, 1)
+            except UsageError:
+                raise UsageError(f"--block_rows must be auto or a whole number >= 1; "
+                                 f"got {self.block_rows!r}") from None
         if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         _check_int("crop_padding", self.crop_padding, 0, optional=True)

@@ -7,12 +7,15 @@ those variables (or with ``WORLD_SIZE=1``) nothing is initialised and a run is t
 single-process one.
 
 How the work divides: training is data-parallel (every rank takes its slice of each global batch,
-DistributedDataParallel averages the gradients). Synthesis is split into fixed shards, groups of
-(interval, seed) units each run as one work queue (:func:`shards`), dealt out to the ranks
-balanced by their number of images (:func:`share`); every rank saves the units it finished in the
-shared work directory, and rank 0 gathers them, writes the one results file and prints. Shards
-depend on the configuration alone, so given the same weights the file's data are bit-identical
-whatever the number of ranks, and a job restarted with another number resumes the same shards.
+DistributedDataParallel averages the gradients). Synthesis of an interval runs in two phases, each
+split into fixed pieces that are each one work queue: first the class prototypes, in groups of
+seeds (:func:`shards`); then the intermediary prototypes, in *blocks* of the grid (:func:`blocks`):
+groups of seeds while a seed's grid is small, rows ``k`` of one seed's grid when it is large. The
+pieces are dealt out to the ranks balanced by their number of images (:func:`share`); every rank
+saves what it finished in the shared work directory, the prototypes reach every rank, and rank 0
+gathers the blocks, writes the one results file and prints. Pieces depend on the configuration
+alone, so given the same weights the file's data are bit-identical whatever the number of ranks,
+and a job restarted with another number resumes the same pieces.
 """
 from __future__ import annotations
 
@@ -60,6 +63,14 @@ class World:
             return [value]
         gathered = [None] * self.size if self.main else None
         dist.gather_object(value, gathered, dst=0)
+        return gathered
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        gathered: list[Any] = [None] * self.size
+        dist.all_gather_object(gathered, value)
         return gathered
 
     def all_true(self, flag: bool) -> bool:
@@ -115,6 +126,49 @@ def shards(seeds: Sequence[int], images_per_unit: int, batch_size: int) -> list[
         short = groups.pop()
         groups[-1] += short
     return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """One piece of an interval's intermediary prototypes, one work queue: ``P[s, k, j]`` for the
+    ``seeds`` and the target rows ``start <= k < stop`` (every ``j``)."""
+
+    seeds: tuple[int, ...]
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> range:
+        return range(self.start, self.stop)
+
+    def images(self, num_classes: int) -> int:
+        """How many images the block synthesises (its diagonal holds prototypes, made before)."""
+        return len(self.seeds) * (self.stop - self.start) * (num_classes - 1)
+
+
+# ``block_rows="auto"`` makes each block about this many micro-batches of images.
+BLOCK_BATCHES = 4
+
+
+def blocks(seeds: Sequence[int], num_classes: int, batch_size: int,
+           block_rows: int | str = "auto") -> list[Block]:
+    """The blocks of an interval's intermediary prototypes: fixed by the configuration alone.
+
+    Seeds are grouped as :func:`shards` groups them (``n^2`` images each); a group's rows are then
+    cut into near-equal blocks of at most ``block_rows`` rows. ``auto`` chooses the rows that make
+    a block about ``BLOCK_BATCHES`` micro-batches, so small grids stay whole (CIFAR-10, digits)
+    and large ones are cut (CIFAR-100 at the CPU's batch of 128: 17 blocks of 5 or 6 rows per
+    seed), and more ranks than seeds find work.
+    """
+    n = num_classes
+    out = []
+    for group in shards(seeds, n * n, batch_size):
+        rows = (-(-BLOCK_BATCHES * batch_size // (len(group) * n)) if block_rows == "auto"
+                else int(block_rows))
+        count = -(-n // max(1, min(rows, n)))
+        edges = [n * i // count for i in range(count + 1)]
+        out += [Block(tuple(group), a, b) for a, b in zip(edges, edges[1:])]
+    return out
 
 
 def share(costs: Sequence[float], size: int) -> list[list[int]]:

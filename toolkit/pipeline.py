@@ -157,44 +157,68 @@ def blamed_on(registration: Registration, what: str) -> Iterator[None]:
                           f"{registration.plugin!r}) {what}: {type(exc).__name__}: {exc}") from exc
 
 
-def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_classes: int,
-                    noise: torch.Tensor, settings: SynthesisSettings,
+RECORDS = ("steps", "loss", "converged", "predicted", "confidence")
+
+
+def synthesize_prototypes(model: NormalizedClassifier, synthesizer: Registration, noise: torch.Tensor,
+                          settings: SynthesisSettings, progress=None) -> SynthesisResult:
+    """The class prototypes of every seed of ``noise`` ``(seed, n, C, H, W)``, one work queue:
+    ``p_c`` of seed ``s`` starts from ``noise[s, c]`` toward ``c``, at index ``s * n + c``."""
+    seeds, n = noise.shape[:2]
+    return _synthesize(model, synthesizer, noise.flatten(0, 1), torch.arange(n).repeat(seeds),
+                       settings, progress)
+
+
+def synthesize_rows(model: NormalizedClassifier, synthesizer: Registration,
+                    prototypes: SynthesisResult, seeds: int, rows: range, settings: SynthesisSettings,
                     progress=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The grids ``P`` (seed, k, j, C, H, W) and their records (seed, k, j) for one model.
+    """Rows ``k`` in ``rows`` of the grids ``P`` of ``seeds`` seeds, one work queue.
 
-    ``noise`` is ``(seed, n, C, H, W)``. Class prototypes ``p_c`` start from ``noise[s, c]`` toward
-    ``c``; then every ``P[s, k, j]`` with ``k != j`` starts from ``p_j`` of seed ``s`` toward ``k``.
-    The diagonal holds the prototypes themselves, with the records of their synthesis from noise.
-    The seeds of ``noise`` share one work queue per phase, so micro-batches stay full. The images do not
-    interact, though the last bits of a step can depend on the micro-batch's make-up (measured:
-    ResNet18 on the CPU at batch size 1), so :func:`analyze` always synthesises the same groups of
-    seeds together (:func:`toolkit.distributed.shards`), resumed or not, on any number of ranks.
+    ``prototypes`` holds the class prototypes of those seeds (index ``s * n + c``, as
+    :func:`synthesize_prototypes` returns them). Every ``P[s, k, j]`` with ``k != j`` starts from
+    ``p_j`` of seed ``s`` toward ``k``; ``P[s, k, k]`` is ``p_k`` with the records of its synthesis
+    from noise. Returns the images ``(seed, row, j, C, H, W)`` and records ``(seed, row, j)``.
     """
-    n, seeds = num_classes, noise.shape[0]
-    device = next(model.parameters()).device
-
-    def run(start: torch.Tensor, targets: torch.Tensor) -> SynthesisResult:
-        result = synthesizer.obj(model, start.to(device), targets.to(device), settings,
-                                 progress=progress)
-        if not isinstance(result, SynthesisResult):
-            raise PluginError(f"synthesizer {synthesizer.name!r} returned {type(result).__name__}, "
-                              "not a toolkit.SynthesisResult")
-        return result.check(start, synthesizer.name)
-
-    prototypes = run(noise.flatten(0, 1), torch.arange(n).repeat(seeds))     # index s * n + c
-    s, k, j = torch.meshgrid(torch.arange(seeds), torch.arange(n), torch.arange(n), indexing="ij")
+    n = len(prototypes.images) // seeds
+    s, r, j = torch.meshgrid(torch.arange(seeds), torch.arange(len(rows)), torch.arange(n),
+                             indexing="ij")
+    k = torch.as_tensor(list(rows), dtype=torch.int64)[r]
     off = k != j
     origin = s * n + j                                  # the prototype each P[s, k, j] starts from
-    moved = run(prototypes.images[origin[off]], k[off])
-
-    images = prototypes.images[origin].clone()           # (seed, k, j, C, H, W); diagonal ready
+    moved = _synthesize(model, synthesizer, prototypes.images[origin[off]], k[off], settings, progress)
+    images = prototypes.images[origin].clone()           # the diagonal is ready: p_k itself
     images[off] = moved.images
     records = {}
-    for field in ("steps", "loss", "converged", "predicted", "confidence"):
-        grid = getattr(prototypes, field)[origin].clone()  # the diagonal's records: the prototypes'
+    for field in RECORDS:
+        grid = getattr(prototypes, field)[origin].clone()
         grid[off] = getattr(moved, field)
         records[field] = grid
     return images, records
+
+
+def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_classes: int,
+                    noise: torch.Tensor, settings: SynthesisSettings,
+                    progress=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The whole grids ``P`` (seed, k, j, C, H, W) and their records (seed, k, j) of the seeds of
+    ``noise`` ``(seed, n, C, H, W)``: their prototypes as one work queue, then every row as another.
+
+    :func:`analyze` runs the same two phases in fixed pieces (:func:`toolkit.distributed.blocks`),
+    since the last bits of a step can depend on the micro-batch's make-up (measured: ResNet18 on
+    the CPU at batch size 1); with one block per phase its grids are these.
+    """
+    prototypes = synthesize_prototypes(model, synthesizer, noise, settings, progress)
+    return synthesize_rows(model, synthesizer, prototypes, noise.shape[0], range(num_classes),
+                           settings, progress)
+
+
+def _synthesize(model: NormalizedClassifier, synthesizer: Registration, start: torch.Tensor,
+                targets: torch.Tensor, settings: SynthesisSettings, progress) -> SynthesisResult:
+    device = next(model.parameters()).device
+    result = synthesizer.obj(model, start.to(device), targets.to(device), settings, progress=progress)
+    if not isinstance(result, SynthesisResult):
+        raise PluginError(f"synthesizer {synthesizer.name!r} returned {type(result).__name__}, "
+                          "not a toolkit.SynthesisResult")
+    return result.check(start, synthesizer.name)
 
 
 def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | None = None,
@@ -299,6 +323,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                                   max_steps=config.max_steps, fixed_steps=config.fixed_steps,
                                   batch_size=batch_size, precision=config.precision,
                                   compile=config.compile)
+    pieces = distributed.blocks(config.seed_values, data.num_classes, batch_size,
+                                _block_rows(config.block_rows, data.num_classes, probes))
     # Speed of the work done in this process (a resumed run does not count what it reused).
     seconds = dict.fromkeys(("training", "synthesis", "features", "metrics", "probes"), 0.0)
     image_steps = 0
@@ -328,64 +354,23 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                 work.save_training(fraction, {**trainer.state_dict(), "stage": dataclasses.asdict(stage)})
         stages.append(stage)
 
-        # The shards still to do (fixed groups of seeds, each one work queue), dealt out to the
-        # ranks. A shard is reused only when all its units are finished; otherwise it is
-        # synthesised again as a whole, exactly as in an uninterrupted run of any number of ranks.
-        todo = [shard for shard in distributed.shards(config.seed_values, data.num_classes ** 2,
-                                                      batch_size)
-                if work is None or not all(work.unit(fraction, s).is_file() for s in shard)]
-        world.barrier()  # every rank has seen the same finished units before anyone adds one
-        done = {}
-        for number in distributed.share([len(shard) for shard in todo], world.size)[world.rank]:
-            mine = todo[number]
-            synth_bar = bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
-                            len(mine) * data.num_classes ** 2, unit="img")
-            noise = initial_noise(shape, mine)
-            with frozen(model):
-                clock = time.perf_counter()
-                grid, grid_records = synthesize_grid(model, resolved.synthesizer, data.num_classes,
-                                                     noise, synthesis, progress=synth_bar.update)
-                seconds["synthesis"] += time.perf_counter() - clock
-                clock = time.perf_counter()
-                feats = extract_features(model, grid.flatten(0, 2), device=device)
-                seconds["features"] += time.perf_counter() - clock
-                clock = time.perf_counter()
-                probed = run_probes(probes, model, grid, grid_records, synthesis)
-                seconds["probes"] += time.perf_counter() - clock
-            synth_bar.close()
-            feats = feats.view(*grid.shape[:3], -1).numpy()
-            diagonal = torch.arange(data.num_classes)
-            for index, seed in enumerate(mine):
-                done[seed] = {"features": feats[index],
-                              **{name: value[index].numpy() for name, value in grid_records.items()},
-                              "prototypes": results.to_uint8(grid[index, diagonal, diagonal].numpy()),
-                              **({"P": results.to_uint8(grid[index].numpy())} if config.save_images
-                                 else {}),
-                              **{name: value[index] for name, value in probed.items()
-                                 if config.save_images or name not in results.ALL_IMAGES}}
-                if work is not None:  # kept even when faulty: --nonfinite record may reuse it
-                    work.save_unit(fraction, seed, done[seed])
-            for seed in mine:
-                _check_finite(done[seed], fraction, seed, config.nonfinite)
-        computed = world.gather(done)
-        if not world.main:
-            continue
-        for part in computed:
-            done.update(part)
-            image_steps += sum(int(unit["steps"].sum()) for unit in part.values())
-        for seed in config.seed_values:
-            if seed not in done:
-                done[seed] = work.load_unit(fraction, seed)
-            _check_finite(done[seed], fraction, seed, config.nonfinite)
-        units.append([done[seed] for seed in config.seed_values])
+        with frozen(model):
+            made, steps_here = synthesize_interval(
+                model, fraction, resolved.synthesizer, probes, shape, synthesis, pieces, config,
+                work, world, seconds, bar=lambda total: bar(
+                    f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})", total, unit="img"))
+        image_steps += steps_here
+        if world.main:
+            units.append(made)
 
-    spent = world.gather(dict(seconds))
+    spent = world.gather({**seconds, "image_steps": image_steps})
     if not world.main:
         return None  # rank 0 gathered the units; it alone measures, writes and prints
     # The grids of every rank count in image_steps, so their time does too (process-seconds);
     # training ran on all ranks at once and keeps rank 0's wall time.
     for stage in ("synthesis", "features", "probes"):
         seconds[stage] = sum(part[stage] for part in spent)
+    image_steps = sum(part["image_steps"] for part in spent)
     images = {name: np.stack([[unit[name] for unit in row] for row in units])
               for name in results.ALL_IMAGES if name in units[0][0]}
     probe_dims = {name: dims for r in probes for name, dims in r.metadata["probe_dims"].items()
@@ -432,20 +417,147 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     return ds
 
 
+def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesizer: Registration,
+                        probes: list[Registration], shape: tuple[int, ...],
+                        settings: SynthesisSettings, pieces: list[distributed.Block],
+                        config: AnalysisConfig, work: WorkDir | None, world: distributed.World,
+                        seconds: dict[str, float], bar) -> tuple[list[dict[str, np.ndarray]] | None, int]:
+    """One interval's grids, each rank doing its share; returns one unit per seed (the arrays of
+    its whole grid, in seed order) on rank 0, None on the others, and the image-steps this rank ran.
+
+    Two phases, each in fixed pieces that are one work queue each (:mod:`toolkit.distributed`):
+    the class prototypes of groups of seeds, which every rank then holds, and the ``pieces`` (blocks
+    of rows) of the grids. Each piece is saved in the work directory when finished and reused
+    there only whole: a piece not on disk is synthesised again exactly as an uninterrupted run of
+    any number of ranks synthesises it. ``bar(total)`` makes this rank's progress bar.
+    """
+    n, seeds, device = shape[0], config.seed_values, next(model.parameters()).device
+    todo = [block for block in pieces if work is None
+            or not all(work.unit(fraction, seed, block.rows).is_file() for seed in block.seeds)]
+    needed = {seed for block in todo for seed in block.seeds}
+    groups = [group for group in distributed.shards(seeds, n, settings.batch_size)
+              if needed.intersection(group) and (work is None or not all(
+                  work.prototypes(fraction, seed).is_file() for seed in group))]
+    world.barrier()  # every rank has seen the same finished pieces before anyone adds one
+    mine = distributed.share([len(group) * n for group in groups], world.size)[world.rank]
+    my_groups = [groups[number] for number in mine]
+    mine = distributed.share([block.images(n) for block in todo], world.size)[world.rank]
+    my_blocks = [todo[number] for number in mine]
+    progress = bar(sum(len(group) * n for group in my_groups)
+                   + sum(block.images(n) for block in my_blocks))
+    image_steps, made = 0, {}
+    for group in my_groups:
+        clock = time.perf_counter()
+        result = synthesize_prototypes(model, synthesizer, initial_noise(shape, group), settings,
+                                       progress.update)
+        seconds["synthesis"] += time.perf_counter() - clock
+        image_steps += int(result.steps.sum())
+        for index, seed in enumerate(group):
+            made[seed] = {name: getattr(result, name)[index * n:(index + 1) * n].numpy()
+                          for name in ("images", *RECORDS)}
+            if work is not None:
+                work.save_prototypes(fraction, seed, made[seed])
+    prototypes = {seed: arrays for part in world.all_gather(made) for seed, arrays in part.items()}
+
+    done = {}
+    for block in my_blocks:
+        start = [prototypes[seed] if seed in prototypes else work.load_prototypes(fraction, seed)
+                 for seed in block.seeds]
+        start = SynthesisResult(**{name: torch.from_numpy(np.concatenate([p[name] for p in start]))
+                                   for name in ("images", *RECORDS)})
+        diagonal = (torch.arange(len(block.rows)), torch.as_tensor(list(block.rows)))
+        clock = time.perf_counter()
+        grid, records = synthesize_rows(model, synthesizer, start, len(block.seeds), block.rows,
+                                        settings, progress.update)
+        seconds["synthesis"] += time.perf_counter() - clock
+        image_steps += int(records["steps"].sum() - records["steps"][:, diagonal[0], diagonal[1]].sum())
+        clock = time.perf_counter()
+        feats = extract_features(model, grid.flatten(0, 2), device=device)
+        feats = feats.view(*grid.shape[:3], -1).numpy()
+        seconds["features"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        probed = run_probes(probes, model, grid, records, settings, rows=block.rows,
+                            prototypes=start.images.view(len(block.seeds), *shape))
+        seconds["probes"] += time.perf_counter() - clock
+        for index, seed in enumerate(block.seeds):
+            unit = {"features": feats[index],
+                    **{name: value[index].numpy() for name, value in records.items()},
+                    "prototypes": results.to_uint8(grid[index][diagonal].numpy()),
+                    **({"P": results.to_uint8(grid[index].numpy())} if config.save_images else {}),
+                    **{name: value[index] for name, value in probed.items()
+                       if config.save_images or name not in results.ALL_IMAGES}}
+            if work is not None:  # kept even when faulty: --nonfinite record may reuse it
+                work.save_unit(fraction, seed, block.rows, unit)
+            done[seed, block.start] = unit
+            _check_finite(unit, fraction, seed, config.nonfinite)
+    progress.close()
+
+    gathered = world.gather(done)
+    if not world.main:
+        return None, image_steps
+    for part in gathered:
+        done.update(part)
+    units = []
+    for seed in seeds:
+        parts = [done[seed, block.start] if (seed, block.start) in done
+                 else work.load_unit(fraction, seed, block.rows)
+                 for block in pieces if seed in block.seeds]
+        unit = parts[0] if len(parts) == 1 else {
+            name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        _check_finite(unit, fraction, seed, config.nonfinite)
+        units.append(unit)
+    return units, image_steps
+
+
+def probe_takes_rows(registration: Registration) -> bool:
+    """Whether a plugin's probe can run on blocks of rows of the grids: it takes the keywords
+    ``rows`` and ``prototypes``, and each of its variables has ``k`` or ``class`` after
+    ``interval, seed`` (the dimension the blocks cut)."""
+    parameters = inspect.signature(registration.metadata["probe"]).parameters
+    keywords = any(p.kind is p.VAR_KEYWORD for p in parameters.values()) or \
+        {"rows", "prototypes"} <= set(parameters)
+    return keywords and all(len(dims) > 2 and dims[2] in ("k", "class")
+                            for dims in registration.metadata["probe_dims"].values())
+
+
+def _block_rows(block_rows: int | str, num_classes: int, probes: list[Registration]) -> int | str:
+    """``block_rows`` as the run can use it: whole grids when a probe cannot take blocks of rows."""
+    whole = [r for r in probes if not probe_takes_rows(r)]
+    if not whole:
+        return block_rows
+    if block_rows != "auto" and block_rows < num_classes:
+        r = whole[0]
+        raise UsageError(f"--block_rows {block_rows}: the probe of {r.kind} {r.name!r} (plugin "
+                         f"{r.plugin!r}) takes whole grids only (no rows and prototypes keywords); "
+                         "leave --block_rows at auto")
+    return num_classes
+
+
 def run_probes(probes: list[Registration], model: NormalizedClassifier, grid: torch.Tensor,
-               records: Mapping[str, torch.Tensor], settings: SynthesisSettings) -> dict[str, np.ndarray]:
+               records: Mapping[str, torch.Tensor], settings: SynthesisSettings,
+               rows: range | None = None, prototypes: torch.Tensor | None = None
+               ) -> dict[str, np.ndarray]:
     """What the plugins with a ``probe`` measure on one interval's grids, model at hand.
 
     A synthesizer or metric registered with ``probe=f`` and ``probe_dims={name: dims}`` has
     ``f(model, grid, records, settings)`` called on the grids ``P`` (seed, k, j, C, H, W) of each
     interval; it returns arrays ``name -> (seed, ...)`` that become the variables ``name`` with
-    ``dims`` (whose first two are ``interval, seed``).
+    ``dims`` (whose first two are ``interval, seed``). On a block of rows (``rows``, the ``k`` of
+    each row of ``grid``; ``prototypes`` ``(seed, n, C, H, W)`` every class prototype of its
+    seeds), a probe that takes those keywords (:func:`probe_takes_rows`) is given them and returns
+    arrays ``(seed, row, ...)``; the others are only ever given whole grids.
     """
     out: dict[str, np.ndarray] = {}
+    whole = rows is None or (rows.start == 0 and rows.stop == grid.shape[2])
     for registration in probes:
         dims = registration.metadata["probe_dims"]
+        blocked = rows is not None and probe_takes_rows(registration)
+        if not (whole or blocked):
+            raise PluginError(f"{registration.kind} {registration.name!r} probe takes whole grids "
+                              f"only, but was given rows {rows.start} to {rows.stop - 1}")
+        keywords = {"rows": rows, "prototypes": prototypes} if blocked else {}
         with blamed_on(registration, "failed in its probe"):
-            produced = registration.metadata["probe"](model, grid, records, settings)
+            produced = registration.metadata["probe"](model, grid, records, settings, **keywords)
         if not isinstance(produced, Mapping):
             raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
                               f"{registration.plugin!r}) probe returned {type(produced).__name__}, "
@@ -465,6 +577,11 @@ def run_probes(probes: list[Registration], model: NormalizedClassifier, grid: to
                 raise PluginError(f"{registration.kind} {registration.name!r} probe returned {name} "
                                   f"with {value.ndim} dims; expected {len(dims[name]) - 1} "
                                   f"({', '.join(dims[name][1:])})")
+            if blocked and tuple(value.shape[:2]) != tuple(grid.shape[:2]):
+                raise PluginError(f"{registration.kind} {registration.name!r} probe returned {name} "
+                                  f"of shape {tuple(value.shape)} for a block of "
+                                  f"{grid.shape[0]} seed(s) x {grid.shape[1]} row(s); its leading "
+                                  f"dims must be {tuple(grid.shape[:2])}")
             out[name] = results.to_uint8(value) if name in results.ALL_IMAGES else value
     return out
 

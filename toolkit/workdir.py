@@ -10,7 +10,10 @@ Layout::
     run.json                   the run's identity: configuration, data fingerprint, toolkit version
     interval-<t>.pt            training state after interval t (``{"model": state_dict, "optimizer",
                                "generator", "stage_index", "step", "order", "stage"}``)
-    unit-<t>-seed-<s>.npz      one (interval, seed) grid: its features and per-image records
+    protos-<t>-seed-<s>.npz    one (interval, seed)'s class prototypes: float32 images, records
+    unit-<t>-seed-<s>-rows-<a>-<b>.npz
+                               rows a <= k < b of one (interval, seed) grid: features, per-image
+                               records, probes' arrays (a block, :func:`toolkit.distributed.blocks`)
 
 ``<t>`` is the fraction as Python's ``f"{t:g}"`` writes it (``interval-0.25.pt``, ``interval-1.pt``);
 ``analyze --checkpoints DIR`` reads the same names, so a finished run's work directory, or a folder
@@ -119,7 +122,7 @@ class WorkDir:
         """The files here that a run wrote (anything else in the folder is left alone)."""
         if not self.path.is_dir():
             return []
-        patterns = (IDENTITY_FILE, "interval-*.pt", "unit-*.npz", ".*.tmp")
+        patterns = (IDENTITY_FILE, "interval-*.pt", "unit-*.npz", "protos-*.npz", ".*.tmp")
         return sorted({p for pattern in patterns for p in self.path.glob(pattern)})
 
     def check(self) -> None:
@@ -184,30 +187,46 @@ class WorkDir:
         self._ready()
         atomic_write(self.checkpoint(fraction), lambda tmp: torch.save(dict(state), tmp), hint=_KEPT)
 
-    # (interval, seed) units
-    def unit(self, fraction: float, seed: int) -> Path:
-        return self.path / f"unit-{fraction:g}-seed-{seed}.npz"
+    # blocks of rows of (interval, seed) grids, and the class prototypes they start from
+    def unit(self, fraction: float, seed: int, rows: range) -> Path:
+        return self.path / f"unit-{fraction:g}-seed-{seed}-rows-{rows.start}-{rows.stop}.npz"
 
-    def load_unit(self, fraction: float, seed: int) -> dict[str, np.ndarray] | None:
-        path = self.unit(fraction, seed)
+    def prototypes(self, fraction: float, seed: int) -> Path:
+        return self.path / f"protos-{fraction:g}-seed-{seed}.npz"
+
+    def load_unit(self, fraction: float, seed: int, rows: range) -> dict[str, np.ndarray] | None:
+        return self._load(self.unit(fraction, seed, rows))
+
+    def save_unit(self, fraction: float, seed: int, rows: range,
+                  arrays: Mapping[str, np.ndarray]) -> None:
+        self._save(self.unit(fraction, seed, rows), arrays)
+
+    def load_prototypes(self, fraction: float, seed: int) -> dict[str, np.ndarray] | None:
+        return self._load(self.prototypes(fraction, seed))
+
+    def save_prototypes(self, fraction: float, seed: int, arrays: Mapping[str, np.ndarray]) -> None:
+        self._save(self.prototypes(fraction, seed), arrays)
+
+    def _load(self, path: Path) -> dict[str, np.ndarray] | None:
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as arrays:
                 return {name: arrays[name] for name in arrays.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise UsageError(f"unit {path} is unreadable ({exc}); rerun with --fresh") from None
+            raise UsageError(f"{path} is unreadable ({exc}); rerun with --fresh") from None
 
-    def save_unit(self, fraction: float, seed: int, arrays: Mapping[str, np.ndarray]) -> None:
+    def _save(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
         self._ready()
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
-        atomic_write(self.unit(fraction, seed), write, hint=_KEPT)
+        atomic_write(path, write, hint=_KEPT)
 
     def discard_units(self) -> None:
-        """Drop the units once the results file holds their data; checkpoints and identity stay."""
-        for path in self.path.glob("unit-*.npz"):
+        """Drop the units and prototypes once the results file holds their data; checkpoints and
+        identity stay."""
+        for path in [*self.path.glob("unit-*.npz"), *self.path.glob("protos-*.npz")]:
             path.unlink()
         if not any(self.path.glob("interval-*.pt")):
             self.clear()
