@@ -20,7 +20,7 @@ EXACT = ("P", "prototypes", "steps", "loss", "converged", "predicted", "confiden
 
 
 def test_blocks_depend_on_the_configuration_alone():
-    # small grids stay whole, seeds grouped as shards() groups them
+    # small grids stay whole, seeds grouped as seed_groups() groups them
     assert blocks([0, 1, 2, 3, 4], 10, 2048) == [Block((0, 1, 2, 3, 4), 0, 10)]
     assert blocks([0, 1, 2], 10, 128) == [Block((0, 1, 2), 0, 10)]
     # CIFAR-100 at the CPU's batch: 17 near-equal blocks of 5 or 6 rows per seed, about 4 batches each
@@ -138,3 +138,26 @@ def test_a_probe_returning_the_wrong_rows_for_a_block_is_named():
                                                   r"\(2, 1\)"):
         run_probes([registration], None, torch.zeros(2, 1, 3, 1, 2, 2), {}, None, rows=range(1, 2),
                    prototypes=torch.zeros(2, 3, 1, 2, 2))
+
+
+def test_nan_in_a_block_names_its_rows_and_keeps_the_blocks_before_it(tmp_path, tiny_plugin,
+                                                                       monkeypatch):
+    import toolkit.pipeline as pipeline
+
+    real, calls = pipeline.extract_features, []
+
+    def poisoned(model, images, **kwargs):
+        features = real(model, images, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # seed 0's block of row 1
+            features[0, 0] = float("nan")
+        return features
+
+    monkeypatch.setattr(pipeline, "extract_features", poisoned)
+    from toolkit.errors import NumericalError
+
+    with pytest.raises(NumericalError, match="interval 50%, seed 0, row k = 1: 1 of 3 images"):
+        toolkit.analyze(out=tmp_path / "r.nc", **{**TINY_RUN, "block_rows": 1})
+    assert not (tmp_path / "r.nc").exists()
+    assert sorted(p.name for p in (tmp_path / "r.work").glob("unit-*")) == [
+        "unit-0.5-seed-0-rows-0-1.npz", "unit-0.5-seed-0-rows-1-2.npz"]  # kept, the faulty one too

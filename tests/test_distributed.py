@@ -1,4 +1,5 @@
 """torchrun: the same study on several processes gives the same file; resume with another rank count."""
+import itertools
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 import xarray as xr
 
 import toolkit
-from toolkit.distributed import share, shards
+from toolkit.distributed import World, claim, seed_groups, share
 
 TINY_CLI = Path(__file__).with_name("tiny_cli.py")
 ARGS = ["--model", "tiny-cnn", "--dataset", "tiny", "--intervals", "0.5,1", "--seeds", "3",
@@ -70,12 +71,31 @@ def test_share_deals_units_out_balanced_by_work():
     assert share([], 3) == [[], [], []]
 
 
-def test_shards_depend_on_the_configuration_not_on_the_ranks():
-    # each shard holds at least a micro-batch of images; a short remainder joins the last one
-    assert shards([0, 1, 2, 3, 4], images_per_unit=100, batch_size=2048) == [[0, 1, 2, 3, 4]]
-    assert shards([0, 1, 2, 3, 4], images_per_unit=100, batch_size=200) == [[0, 1], [2, 3, 4]]
-    assert shards([0, 1, 2], images_per_unit=10_000, batch_size=128) == [[0], [1], [2]]
-    assert shards([7], images_per_unit=9, batch_size=4) == [[7]]
+def test_ranks_claim_items_longest_first_each_exactly_once(monkeypatch):
+    import torch.distributed as dist
+
+    costs = [1.0, 5.0, 2.0, 3.0]
+    assert list(claim(World(), costs)) == [1, 3, 2, 0]            # one process: all, longest first
+    store = dist.HashStore()                                       # what the process group shares
+    # two ranks are two processes, each making its first claim: the same key
+    monkeypatch.setattr(toolkit.distributed, "_CLAIMS", itertools.repeat(0))
+    fast, slow = (claim(World(rank, 2), costs, store=store) for rank in (0, 1))
+    # rank 1 is slow: it finishes its first item while rank 0 has done three
+    taken = {0: [next(fast)], 1: [next(slow)]}
+    taken[0] += [next(fast), next(fast)]
+    assert taken == {0: [1, 2, 0], 1: [3]}
+    assert next(fast, None) is None and next(slow, None) is None   # nothing is done twice
+    # a PyTorch that hides the store: dealt out in advance, balanced by cost
+    monkeypatch.setattr(toolkit.distributed, "_default_store", lambda: None)
+    assert [list(claim(World(rank, 2), costs)) for rank in (0, 1)] == share(costs, 2) == [[0, 1], [2, 3]]
+
+
+def test_seed_groups_depend_on_the_configuration_not_on_the_ranks():
+    # each group holds at least a micro-batch of images; a short remainder joins the last one
+    assert seed_groups([0, 1, 2, 3, 4], images_per_seed=100, batch_size=2048) == [[0, 1, 2, 3, 4]]
+    assert seed_groups([0, 1, 2, 3, 4], images_per_seed=100, batch_size=200) == [[0, 1], [2, 3, 4]]
+    assert seed_groups([0, 1, 2], images_per_seed=10_000, batch_size=128) == [[0], [1], [2]]
+    assert seed_groups([7], images_per_seed=9, batch_size=4) == [[7]]
 
 
 @pytest.mark.slow

@@ -214,7 +214,7 @@ def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugi
     def poisoned(model, images, **kwargs):
         features = real(model, images, **kwargs)
         calls.append(1)
-        if len(calls) == 2:  # the second seed's shard (one seed per shard here)
+        if len(calls) == 2:  # the second seed's grid (one block per seed here)
             features[-1, 0] = float("nan")
         return features
 

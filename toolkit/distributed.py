@@ -9,9 +9,9 @@ single-process one.
 How the work divides: training is data-parallel (every rank takes its slice of each global batch,
 DistributedDataParallel averages the gradients). Synthesis of an interval runs in two phases, each
 split into fixed pieces that are each one work queue: first the class prototypes, in groups of
-seeds (:func:`shards`); then the intermediary prototypes, in *blocks* of the grid (:func:`blocks`):
+seeds (:func:`seed_groups`); then the intermediary prototypes, in *blocks* of the grid (:func:`blocks`):
 groups of seeds while a seed's grid is small, rows ``k`` of one seed's grid when it is large. The
-pieces are dealt out to the ranks balanced by their number of images (:func:`share`); every rank
+pieces are handed out as the ranks ask for them, longest first (:func:`claim`); every rank
 saves what it finished in the shared work directory, the prototypes reach every rank, and rank 0
 gathers the blocks, writes the one results file and prints. Pieces depend on the configuration
 alone, so given the same weights the file's data are bit-identical whatever the number of ranks,
@@ -22,8 +22,9 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import datetime
+import itertools
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,7 +32,7 @@ import torch.distributed as dist
 from toolkit.errors import UsageError
 
 # How long a collective waits for a rank before the job fails. Ranks wait for each other at the end
-# of every interval, up to a whole shard's synthesis (hours on a CPU), hence a day; torchrun ends
+# of every interval, up to a whole block's synthesis (hours on a CPU), hence a day; torchrun ends
 # every rank at once when one of them exits with an error, so this only bounds a hung rank.
 TIMEOUT = datetime.timedelta(minutes=int(os.environ.get("TOOLKIT_DIST_TIMEOUT_MIN", "1440")))
 
@@ -111,18 +112,19 @@ def device_for(world: World, device: torch.device) -> torch.device:
     return device
 
 
-def shards(seeds: Sequence[int], images_per_unit: int, batch_size: int) -> list[list[int]]:
-    """Group an interval's seeds into the shards of synthesis work: each shard is one work queue.
+def seed_groups(seeds: Sequence[int], images_per_seed: int, batch_size: int) -> list[list[int]]:
+    """Group an interval's seeds into pieces of synthesis work, each one work queue: the class
+    prototypes (``n`` images per seed) and the grids (``n^2``, before :func:`blocks` cuts rows).
 
-    Consecutive seeds are grouped until a shard holds at least ``batch_size`` images (so its
-    micro-batches can be full); a short remainder joins the last shard. The grouping depends on the
+    Consecutive seeds are grouped until a group holds at least ``batch_size`` images (so its
+    micro-batches can be full); a short remainder joins the last group. The grouping depends on the
     configuration alone, never on the number of ranks or on what a resumed run finds finished:
     the last bits of an input-gradient step can depend on which images share a micro-batch, so a
-    fixed grouping is what makes a shard's numbers the same on any rank, in any job.
+    fixed grouping is what makes a piece's numbers the same on any rank, in any job.
     """
-    per_shard = max(1, -(-batch_size // max(1, images_per_unit)))
-    groups = [list(seeds[i:i + per_shard]) for i in range(0, len(seeds), per_shard)]
-    if len(groups) > 1 and len(groups[-1]) * images_per_unit < batch_size:
+    per_group = max(1, -(-batch_size // max(1, images_per_seed)))
+    groups = [list(seeds[i:i + per_group]) for i in range(0, len(seeds), per_group)]
+    if len(groups) > 1 and len(groups[-1]) * images_per_seed < batch_size:
         short = groups.pop()
         groups[-1] += short
     return groups
@@ -154,7 +156,7 @@ def blocks(seeds: Sequence[int], num_classes: int, batch_size: int,
            block_rows: int | str = "auto") -> list[Block]:
     """The blocks of an interval's intermediary prototypes: fixed by the configuration alone.
 
-    Seeds are grouped as :func:`shards` groups them (``n^2`` images each); a group's rows are then
+    Seeds are grouped as :func:`seed_groups` groups them (``n^2`` images each); a group's rows are then
     cut into near-equal blocks of at most ``block_rows`` rows. ``auto`` chooses the rows that make
     a block about ``BLOCK_BATCHES`` micro-batches, so small grids stay whole (CIFAR-10, digits)
     and large ones are cut (CIFAR-100 at the CPU's batch of 128: 17 blocks of 5 or 6 rows per
@@ -162,7 +164,7 @@ def blocks(seeds: Sequence[int], num_classes: int, batch_size: int,
     """
     n = num_classes
     out = []
-    for group in shards(seeds, n * n, batch_size):
+    for group in seed_groups(seeds, n * n, batch_size):
         rows = (-(-BLOCK_BATCHES * batch_size // (len(group) * n)) if block_rows == "auto"
                 else int(block_rows))
         count = -(-n // max(1, min(rows, n)))
@@ -171,10 +173,37 @@ def blocks(seeds: Sequence[int], num_classes: int, batch_size: int,
     return out
 
 
+def claim(world: World, costs: Sequence[float], store: Any = None) -> Iterator[int]:
+    """The work items (indices into ``costs``) this rank does, handed out as the ranks ask.
+
+    Items go longest first, each to the first rank that asks for one: a counter in the process
+    group's key-value store (``torch.distributed``'s store, which torchrun's ranks already share)
+    gives every item to exactly one rank, so a rank whose items converge fast takes more and the
+    ranks end together whatever each item really costs (image counts do not say: the steps an
+    image takes depend on its target class). One process does every item, in the same order.
+    Which rank does an item never changes its numbers: the items are fixed pieces of work.
+    Without a store (a PyTorch that hides it) the items are dealt out in advance (:func:`share`).
+    """
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    if not world.distributed:
+        yield from order
+        return
+    store = store if store is not None else _default_store()
+    if store is None:
+        yield from share(costs, world.size)[world.rank]
+        return
+    key = f"toolkit/claim/{next(_CLAIMS)}"  # every rank makes the same calls, so the same keys
+    while (position := store.add(key, 1) - 1) < len(order):
+        yield order[position]
+
+
+_CLAIMS = itertools.count()
+
+
 def share(costs: Sequence[float], size: int) -> list[list[int]]:
-    """Deal work items with ``costs`` out to ``size`` ranks, balanced by cost (longest first,
-    each to the least loaded rank; ties to the lower rank). Returns the item indices per rank, in
-    increasing order; the same answer on every rank."""
+    """Deal work items with ``costs`` out to ``size`` ranks in advance, balanced by cost (longest
+    first, each to the least loaded rank; ties to the lower rank). Returns the item indices per
+    rank, in increasing order; the same answer on every rank."""
     load = [0.0] * size
     shares: list[list[int]] = [[] for _ in range(size)]
     for item in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
@@ -182,6 +211,15 @@ def share(costs: Sequence[float], size: int) -> list[list[int]]:
         load[rank] += costs[item]
         shares[rank].append(item)
     return [sorted(items) for items in shares]
+
+
+def _default_store() -> Any:
+    """The store of the default process group, or None where this PyTorch does not expose it."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+    except ImportError:
+        return None
+    return _get_default_store()
 
 
 def _collective_device() -> torch.device:

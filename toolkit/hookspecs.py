@@ -102,9 +102,10 @@ def register_synthesizers(register: Register) -> None:
     ``converged`` bool, whether that loss is below ``settings.loss_threshold``; ``predicted``
     int64 the model's class; ``confidence`` float32 softmax probability of that class. Tensors may
     be on any device; the toolkit checks the shapes, moves them to the CPU and casts the dtypes.
-    The toolkit calls it twice per interval: once for the class prototypes of every seed, once for
-    all their intermediary prototypes. Images must not influence each other: each image's result
-    must be the one it would get alone.
+    The toolkit calls it for the class prototypes of groups of seeds, then for the intermediary
+    prototypes of each block of the grids (fixed pieces, the same in every run of a configuration
+    and on any number of ranks; ``toolkit.distributed``). Images must not influence each other:
+    each image's result must be the one it would get alone.
     """
 
 

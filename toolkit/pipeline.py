@@ -227,7 +227,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             make_folder: bool = False, plots: bool = False, **options: Any) -> xr.Dataset:
     """Run the whole study and return its results Dataset (and write it when ``out`` is given).
 
-    Every finished unit of work (the training state at each interval, each (interval, seed) grid)
+    Every finished unit of work (the training state at each interval, each piece of a grid)
     is saved in the work directory as soon as it is done; a rerun skips it, and its results equal
     an uninterrupted run's (:mod:`toolkit.workdir`).
 
@@ -236,7 +236,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         out: path of the ``.nc`` file to write; nothing is written when None.
         work_dir: the run's work directory; default ``<out without .nc>.work`` when ``out`` is
             given, else nothing is persisted. Once the results file is written it keeps the
-            training checkpoints (``interval-<t>.pt``) and drops the units.
+            training checkpoints (``interval-<t>.pt``) and drops the prototypes and blocks.
         checkpoints: a folder of model weights, one file per interval (``interval-0.25.pt``, ...,
             named ``f"interval-{t:g}.pt"``; a ``state_dict`` of the model or of its network, or a
             work directory's training states), analysed instead of training.
@@ -435,18 +435,17 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
     todo = [block for block in pieces if work is None
             or not all(work.unit(fraction, seed, block.rows).is_file() for seed in block.seeds)]
     needed = {seed for block in todo for seed in block.seeds}
-    groups = [group for group in distributed.shards(seeds, n, settings.batch_size)
+    groups = [group for group in distributed.seed_groups(seeds, n, settings.batch_size)
               if needed.intersection(group) and (work is None or not all(
                   work.prototypes(fraction, seed).is_file() for seed in group))]
     world.barrier()  # every rank has seen the same finished pieces before anyone adds one
-    mine = distributed.share([len(group) * n for group in groups], world.size)[world.rank]
-    my_groups = [groups[number] for number in mine]
-    mine = distributed.share([block.images(n) for block in todo], world.size)[world.rank]
-    my_blocks = [todo[number] for number in mine]
-    progress = bar(sum(len(group) * n for group in my_groups)
-                   + sum(block.images(n) for block in my_blocks))
+    # This rank's bar counts its own images: all of them in one process; under torchrun, the
+    # ranks take pieces as they go, so rank 0's share is not known in advance.
+    progress = bar(None if world.distributed else
+                   sum(len(group) * n for group in groups) + sum(block.images(n) for block in todo))
     image_steps, made = 0, {}
-    for group in my_groups:
+    for number in distributed.claim(world, [len(group) for group in groups]):
+        group = groups[number]
         clock = time.perf_counter()
         result = synthesize_prototypes(model, synthesizer, initial_noise(shape, group), settings,
                                        progress.update)
@@ -460,7 +459,8 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
     prototypes = {seed: arrays for part in world.all_gather(made) for seed, arrays in part.items()}
 
     done = {}
-    for block in my_blocks:
+    for number in distributed.claim(world, [block.images(n) for block in todo]):
+        block = todo[number]
         start = [prototypes[seed] if seed in prototypes else work.load_prototypes(fraction, seed)
                  for seed in block.seeds]
         start = SynthesisResult(**{name: torch.from_numpy(np.concatenate([p[name] for p in start]))
@@ -489,7 +489,7 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
             if work is not None:  # kept even when faulty: --nonfinite record may reuse it
                 work.save_unit(fraction, seed, block.rows, unit)
             done[seed, block.start] = unit
-            _check_finite(unit, fraction, seed, config.nonfinite)
+            _check_finite(unit, fraction, seed, config.nonfinite, block.rows)
     progress.close()
 
     gathered = world.gather(done)
@@ -635,10 +635,13 @@ def _check_checkpoints(folder: Path, intervals: tuple[float, ...]) -> None:
                          f"named interval-<t>.pt); it holds: {', '.join(found) or 'none'}")
 
 
-def _check_finite(unit: Mapping[str, np.ndarray], fraction: float, seed: int, mode: str) -> None:
+def _check_finite(unit: Mapping[str, np.ndarray], fraction: float, seed: int, mode: str,
+                  rows: range | None = None) -> None:
     bad = ~(np.isfinite(unit["features"]).all(-1) & np.isfinite(unit["loss"]))
     if bad.any() and mode == "stop":
-        raise NumericalError(f"interval {fraction:.0%}, seed {seed}: {int(bad.sum())} of {bad.size} "
+        where = ("" if rows is None or len(rows) == bad.shape[-1] else f", row k = {rows.start}"
+                 if len(rows) == 1 else f", rows k = {rows.start} to {rows.stop - 1}")
+        raise NumericalError(f"interval {fraction:.0%}, seed {seed}{where}: {int(bad.sum())} of {bad.size} "
                              "images have NaN or Inf losses or features; lower --lr, or pass "
                              "--nonfinite record to record them and continue")
 
