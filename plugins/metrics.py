@@ -66,21 +66,29 @@ def _r_values(f: np.ndarray) -> np.ndarray:
 
 
 def stream_cosine(ds: xr.Dataset) -> dict[str, "toolkit.results.Streamed"]:
-    """``C`` and ``R`` as ``cosine`` computes them, handed to the results writer block by block
-    (a slab of origins j for C, of targets k for R) so that neither is ever whole in memory. Each
-    block normalises only the features it needs; its values equal ``cosine``'s exactly."""
+    """``C`` and ``R`` as ``cosine`` computes them (and ``BC`` and ``BR`` when the file has the
+    boundary grid), handed to the results writer block by block (a slab of origins j for C, of
+    targets k for R) so that none is ever whole in memory. Each block normalises only the
+    features it needs; its values equal ``cosine``'s exactly."""
     from toolkit.results import Streamed
 
-    features = ds["features"].transpose(*GRID, "feature")
+    def streams(variable: str, prefix: str, grid: str) -> dict[str, Streamed]:
+        features = ds[variable].transpose(*GRID, "feature")
+        attrs = cosine_attrs(prefix, grid)
 
-    def c_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
-        return _c_values(_unit(features[t, s, :, start:stop].values.astype(np.float64)))
+        def c_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
+            return _c_values(_unit(features[t, s, :, start:stop].values.astype(np.float64)))
 
-    def r_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
-        return _r_values(_unit(features[t, s, start:stop].values.astype(np.float64)))
+        def r_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
+            return _r_values(_unit(features[t, s, start:stop].values.astype(np.float64)))
 
-    return {"C": Streamed(along="j", block=c_block, attrs=COSINE_ATTRS["C"]),
-            "R": Streamed(along="k", block=r_block, attrs=COSINE_ATTRS["R"])}
+        return {f"{prefix}C": Streamed(along="j", block=c_block, attrs=attrs["C"]),
+                f"{prefix}R": Streamed(along="k", block=r_block, attrs=attrs["R"])}
+
+    out = streams("features", "", "P")
+    if "B_features" in ds:
+        out.update(streams("B_features", "B", "B"))
+    return out
 
 
 def cosine_attrs(prefix: str = "", grid: str = "P") -> dict[str, dict]:

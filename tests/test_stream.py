@@ -93,3 +93,26 @@ def test_a_failure_while_streaming_leaves_no_file(tmp_path):
         results.write_results(ds, tmp_path / "stream.nc",
                               streamed={"C": results.Streamed("j", failing, {})})
     assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary one
+
+
+def test_the_boundary_grid_streams_bc_and_br_too(tmp_path):
+    ds = made_up(5)
+    ds["B_features"] = ds["features"] * -1.5 + 0.25   # any other grid of features
+    streamed = stream_cosine(ds)
+    assert sorted(streamed) == ["BC", "BR", "C", "R"]
+    results.write_results(ds.assign(cosine(ds)), tmp_path / "memory.nc")
+    results.write_results(ds, tmp_path / "stream.nc", streamed=streamed)
+    with toolkit.open_results(tmp_path / "memory.nc") as memory, \
+            toolkit.open_results(tmp_path / "stream.nc") as stream:
+        xr.testing.assert_identical(stream.load(), memory.load())
+
+
+def test_a_boundary_run_keeps_only_what_save_names_streamed(tmp_path, tiny_plugin):
+    run = {"model": "tiny-cnn", "dataset": "tiny", "intervals": (1.0,), "seeds": 1, "epochs": 25,
+           "train_lr": 0.1, "train_batch_size": 16, "max_steps": 30, "batch_size": 4,
+           "synthesizer": "boundary"}
+    kept = toolkit.analyze(out=tmp_path / "s.nc", metrics="cosine_summaries", save="BC,BR", **run)
+    whole = toolkit.analyze(metrics="cosine,zscore", **run)
+    assert {"BC", "BR"} <= set(kept.data_vars) and not {"C", "R"} & set(kept.data_vars)
+    for name in ("BC", "BR", "BC_mean", "C_std"):
+        xr.testing.assert_allclose(kept[name].load(), whole[name], rtol=1e-12)
