@@ -122,6 +122,24 @@ def test_a_probe_without_rows_keeps_grids_whole_and_refuses_an_explicit_block_si
                            "intervals": (1.0,)})
 
 
+def test_a_probe_with_the_keywords_but_per_seed_variables_takes_whole_grids_only(tiny_plugin):
+    class PerSeed:
+        @toolkit.hookimpl
+        def register_metrics(self, register):
+            register("spread", lambda ds: {}, probe=lambda model, grid, records, settings, *,
+                     rows=None, prototypes=None: {"spread": grid.std((1, 2, 3, 4, 5)).numpy()},
+                     probe_dims={"spread": ("interval", "seed")})
+
+    with register_plugin(PerSeed(), name="per-seed"):
+        assert not probe_takes_rows(get_registry("metric").get("spread"))
+        with pytest.raises(toolkit.UsageError, match="takes whole grids only \\(its variable spread "
+                                                     "has interval, seed, not k or class after "
+                                                     "interval, seed\\)"):
+            toolkit.analyze(**{**TINY_RUN, "metrics": "cosine,spread", "block_rows": 2})
+        ds = toolkit.analyze(**{**TINY_RUN, "metrics": "cosine,spread", "seeds": 1})
+        assert ds["spread"].dims == ("interval", "seed")
+
+
 @pytest.mark.parametrize("value", [0, -2, 1.5, "half", True])
 def test_a_bad_block_size_is_one_line(value):
     with pytest.raises(toolkit.UsageError, match="--block_rows must be auto or a whole number >= 1"):

@@ -59,9 +59,10 @@ def kill_when(process, path: Path, timeout: float = 300) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [
-    ["interval-0.5.pt"],                       # trained once, nothing synthesised
-    ["unit-0.5-seed-0.npz"],                   # between two units of one interval
-    ["interval-1.pt", "unit-0.5-seed-0.npz"],  # killed twice: the resumed run is killed again
+    ["interval-0.5.pt"],                                # trained once, nothing synthesised
+    ["protos-0.5-seed-1.npz"],                          # the prototypes done, no grid yet
+    ["unit-0.5-seed-0-rows-0-3.npz"],                   # between two grids of one interval
+    ["interval-1.pt", "unit-0.5-seed-0-rows-0-3.npz"],  # killed twice: the resumed run again
 ])
 def test_killed_run_resumes_to_the_uninterrupted_results(tmp_path, uninterrupted, kill_after):
     out = tmp_path / "r.nc"
@@ -106,7 +107,7 @@ def test_work_of_another_configuration_is_refused_and_fresh_starts_over(tmp_path
 def test_leftover_files_without_identity_are_not_adopted(tmp_path, tiny_plugin):
     work = tmp_path / "work"
     work.mkdir()
-    (work / "unit-0.5-seed-0.npz").write_bytes(b"left over")
+    (work / "unit-0.5-seed-0-rows-0-3.npz").write_bytes(b"left over")
     with pytest.raises(toolkit.UsageError, match="no run.json, so they cannot be matched"):
         toolkit.analyze(work_dir=work, **RUN)
 
@@ -258,3 +259,16 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, tiny_plugin, m
     monkeypatch.setattr(np, "savez", real)
     ds = toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     xr.testing.assert_identical(ds.drop_attrs(), toolkit.analyze(**RUN).drop_attrs())
+
+
+def test_auto_sizes_resolved_on_another_device_are_refused(tmp_path, tiny_plugin, monkeypatch):
+    # "auto" fixes the pieces of synthesis on the device it runs on; a work directory made with
+    # other pieces (a CPU's batch, resumed on a GPU) cannot be mixed in.
+    import toolkit.pipeline as pipeline
+
+    work = tmp_path / "work"
+    run = {**RUN, "batch_size": "auto", "intervals": (1.0,), "seeds": 1}
+    toolkit.analyze(work_dir=work, **run)
+    monkeypatch.setattr(pipeline, "auto_batch_size", lambda device, shape: 1024)
+    with pytest.raises(toolkit.UsageError, match="pieces.batch_size: [0-9]+ there, 1024 here"):
+        toolkit.analyze(work_dir=work, **run)

@@ -27,7 +27,7 @@ def _pausing(save, seconds):
 if __name__ == "__main__":
     pause = float(os.environ.get("TOOLKIT_TEST_PAUSE", "0"))
     if pause:
-        for name in ("save_training", "save_unit"):
+        for name in ("save_training", "save_prototypes", "save_unit"):
             setattr(workdir.WorkDir, name, _pausing(getattr(workdir.WorkDir, name), pause))
     get_plugin_manager().register(TinyPlugin(), name="tiny-test-plugin")
     sys.exit(main(sys.argv[1:]))

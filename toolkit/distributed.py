@@ -66,6 +66,14 @@ class World:
         dist.gather_object(value, gathered, dst=0)
         return gathered
 
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value``, on every rank."""
+        if not self.distributed:
+            return value
+        box = [value if self.main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def all_gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank."""
         if not self.distributed:

@@ -296,8 +296,15 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
 
     if out is not None and make_folder and world.main:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
+    shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
+    batch_size = (auto_batch_size(device, shape[1:]) if config.batch_size == "auto"
+                  else config.batch_size)
+    block_rows = _block_rows(config.block_rows, data.num_classes, probes)
+    pieces = distributed.blocks(config.seed_values, data.num_classes, batch_size, block_rows)
     if work is not None:
         identity = run_identity(config.to_json(), data, toolkit.__version__)
+        # What "auto" resolved to on this device fixes the pieces, so it must match on resume.
+        identity["pieces"] = {"batch_size": batch_size, "block_rows": block_rows}
         if checkpoints is not None:
             identity["weights"] = {name: _file_digest(Path(checkpoints) / name)
                                    for name in map(checkpoint_name, config.intervals)}
@@ -316,20 +323,15 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
                                 batch_size=config.train_batch_size, momentum=config.momentum,
                                 weight_decay=config.weight_decay, crop_padding=config.crop_padding,
                                 flip=config.flip, precision=config.precision)
-    shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
-    batch_size = (auto_batch_size(device, shape[1:]) if config.batch_size == "auto"
-                  else config.batch_size)
     synthesis = SynthesisSettings(lr=config.lr, loss_threshold=config.loss_threshold,
                                   max_steps=config.max_steps, fixed_steps=config.fixed_steps,
                                   batch_size=batch_size, precision=config.precision,
                                   compile=config.compile)
-    pieces = distributed.blocks(config.seed_values, data.num_classes, batch_size,
-                                _block_rows(config.block_rows, data.num_classes, probes))
     # Speed of the work done in this process (a resumed run does not count what it reused).
     seconds = dict.fromkeys(("training", "synthesis", "features", "metrics", "probes"), 0.0)
     image_steps = 0
 
-    def bar(description: str, total: int, unit: str = "step"):
+    def bar(description: str, total: int | None, unit: str = "step"):
         return progress_bar(description, total, enabled=progress, unit=unit)
 
     trainer = None if checkpoints is not None else Trainer(
@@ -432,13 +434,15 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
     any number of ranks synthesises it. ``bar(total)`` makes this rank's progress bar.
     """
     n, seeds, device = shape[0], config.seed_values, next(model.parameters()).device
+    # Rank 0 alone looks at the work directory and tells the others, so that every rank works
+    # through the same lists even where a shared filesystem shows files late on some nodes.
     todo = [block for block in pieces if work is None
             or not all(work.unit(fraction, seed, block.rows).is_file() for seed in block.seeds)]
     needed = {seed for block in todo for seed in block.seeds}
     groups = [group for group in distributed.seed_groups(seeds, n, settings.batch_size)
               if needed.intersection(group) and (work is None or not all(
                   work.prototypes(fraction, seed).is_file() for seed in group))]
-    world.barrier()  # every rank has seen the same finished pieces before anyone adds one
+    todo, groups = world.broadcast((todo, groups) if world.main else None)
     # This rank's bar counts its own images: all of them in one process; under torchrun, the
     # ranks take pieces as they go, so rank 0's share is not known in advance.
     progress = bar(None if world.distributed else
@@ -456,13 +460,24 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
                           for name in ("images", *RECORDS)}
             if work is not None:
                 work.save_prototypes(fraction, seed, made[seed])
-    prototypes = {seed: arrays for part in world.all_gather(made) for seed, arrays in part.items()}
+    if work is None:  # nowhere to share them but the network
+        prototypes = {seed: arrays for part in world.all_gather(made) for seed, arrays in part.items()}
+    else:  # every rank reads what it needs from the work directory, once all are written
+        prototypes = dict(made)
+        world.barrier()
+
+    def prototypes_of(seed: int) -> dict[str, np.ndarray]:
+        if seed not in prototypes:  # from the work directory; a rank's next blocks mostly share it
+            if len(prototypes) > len(made) + 1:
+                del prototypes[next(s for s in prototypes if s not in made)]
+            prototypes[seed] = _finished(work.load_prototypes(fraction, seed),
+                                         work.prototypes(fraction, seed))
+        return prototypes[seed]
 
     done = {}
     for number in distributed.claim(world, [block.images(n) for block in todo]):
         block = todo[number]
-        start = [prototypes[seed] if seed in prototypes else work.load_prototypes(fraction, seed)
-                 for seed in block.seeds]
+        start = [prototypes_of(seed) for seed in block.seeds]
         start = SynthesisResult(**{name: torch.from_numpy(np.concatenate([p[name] for p in start]))
                                    for name in ("images", *RECORDS)})
         diagonal = (torch.arange(len(block.rows)), torch.as_tensor(list(block.rows)))
@@ -500,7 +515,8 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
     units = []
     for seed in seeds:
         parts = [done[seed, block.start] if (seed, block.start) in done
-                 else work.load_unit(fraction, seed, block.rows)
+                 else _finished(work.load_unit(fraction, seed, block.rows),
+                                work.unit(fraction, seed, block.rows))
                  for block in pieces if seed in block.seeds]
         unit = parts[0] if len(parts) == 1 else {
             name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
@@ -509,27 +525,41 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
     return units, image_steps
 
 
+def _finished(arrays: dict[str, np.ndarray] | None, path: Path) -> dict[str, np.ndarray]:
+    """What a finished piece's file holds; one line when it has gone missing during the run."""
+    if arrays is None:
+        raise UsageError(f"{path} was finished but is gone from the work directory (all ranks "
+                         "must see the same work directory); rerun the same command to redo it")
+    return arrays
+
+
 def probe_takes_rows(registration: Registration) -> bool:
-    """Whether a plugin's probe can run on blocks of rows of the grids: it takes the keywords
-    ``rows`` and ``prototypes``, and each of its variables has ``k`` or ``class`` after
-    ``interval, seed`` (the dimension the blocks cut)."""
+    """Whether a plugin's probe can run on blocks of rows of the grids (see :func:`_whole_only`)."""
+    return _whole_only(registration) is None
+
+
+def _whole_only(registration: Registration) -> str | None:
+    """Why a probe takes whole grids only, or None when it can take blocks of rows: it must name
+    the keywords ``rows`` and ``prototypes``, and each of its variables must have ``k`` or
+    ``class`` after ``interval, seed`` (the dimension blocks cut)."""
     parameters = inspect.signature(registration.metadata["probe"]).parameters
-    keywords = any(p.kind is p.VAR_KEYWORD for p in parameters.values()) or \
-        {"rows", "prototypes"} <= set(parameters)
-    return keywords and all(len(dims) > 2 and dims[2] in ("k", "class")
-                            for dims in registration.metadata["probe_dims"].values())
+    if not {"rows", "prototypes"} <= set(parameters):
+        return "no rows and prototypes keywords"
+    for name, dims in registration.metadata["probe_dims"].items():
+        if len(dims) < 3 or dims[2] not in ("k", "class"):
+            return f"its variable {name} has {', '.join(dims)}, not k or class after interval, seed"
+    return None
 
 
 def _block_rows(block_rows: int | str, num_classes: int, probes: list[Registration]) -> int | str:
     """``block_rows`` as the run can use it: whole grids when a probe cannot take blocks of rows."""
-    whole = [r for r in probes if not probe_takes_rows(r)]
+    whole = [(r, reason) for r in probes if (reason := _whole_only(r)) is not None]
     if not whole:
         return block_rows
     if block_rows != "auto" and block_rows < num_classes:
-        r = whole[0]
+        r, reason = whole[0]
         raise UsageError(f"--block_rows {block_rows}: the probe of {r.kind} {r.name!r} (plugin "
-                         f"{r.plugin!r}) takes whole grids only (no rows and prototypes keywords); "
-                         "leave --block_rows at auto")
+                         f"{r.plugin!r}) takes whole grids only ({reason}); leave --block_rows at auto")
     return num_classes
 
 

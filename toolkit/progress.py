@@ -12,6 +12,7 @@ class ProgressBar(Protocol):
     def close(self) -> None: ...
 
 
-def progress_bar(description: str, total: int, enabled: bool = False, unit: str = "step") -> ProgressBar:
-    """A tqdm bar; a silent one unless ``enabled``."""
+def progress_bar(description: str, total: int | None, enabled: bool = False,
+                 unit: str = "step") -> ProgressBar:
+    """A tqdm bar (``total`` None: a count without an end); a silent one unless ``enabled``."""
     return tqdm(total=total, desc=description, unit=unit, disable=not enabled, dynamic_ncols=True)

@@ -87,7 +87,7 @@ IMAGE_ATTRS = {
               units="1"),
 }
 
-# What probes add (optional; a probe runs with the model at hand, per (interval, seed); see
+# What probes add (optional; a probe runs with the model at hand, per piece of each grid; see
 # ``probe`` in docs/writing-plugins.md). The boundary synthesizer's ``B`` grid and its records:
 BOUNDARY = {
     "B": OPTIONAL_IMAGES["B"],
