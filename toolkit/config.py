@@ -145,18 +145,10 @@ class AnalysisConfig:
         _check_int("train_batch_size", self.train_batch_size, 1, optional=True)
         _check_int("max_steps", self.max_steps, 1, optional=True)
         _check_int("fixed_steps", self.fixed_steps, 1, optional=True)
-        if self.batch_size != "auto":
-            try:
-                _check_int("batch_size", self.batch_size, 1)
-            except UsageError:
-                raise UsageError(f"--batch_size must be auto or a whole number >= 1; "
-                                 f"got {self.batch_size!r}") from None
-        if self.block_rows != "auto":
-            try:
-                _check_int("block_rows", self.block_rows, 1)
-            except UsageError:
-                raise UsageError(f"--block_rows must be auto or a whole number >= 1; "
-                                 f"got {self.block_rows!r}") from None
+        for name in ("batch_size", "block_rows"):
+            value = getattr(self, name)
+            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UsageError(f"--{name} must be auto or a whole number >= 1; got {value!r}")
         if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         _check_int("crop_padding", self.crop_padding, 0, optional=True)
