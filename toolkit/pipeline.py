@@ -428,21 +428,25 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
     its whole grid, in seed order) on rank 0, None on the others, and the image-steps this rank ran.
 
     Two phases, each in fixed pieces that are one work queue each (:mod:`toolkit.distributed`):
-    the class prototypes of groups of seeds, which every rank then holds, and the ``pieces`` (blocks
-    of rows) of the grids. Each piece is saved in the work directory when finished and reused
+    the class prototypes of groups of seeds, which the ranks share through the work directory (or
+    the network, without one), and the ``pieces`` (blocks of rows) of the grids. Each piece is saved in the work directory when finished and reused
     there only whole: a piece not on disk is synthesised again exactly as an uninterrupted run of
     any number of ranks synthesises it. ``bar(total)`` makes this rank's progress bar.
     """
     n, seeds, device = shape[0], config.seed_values, next(model.parameters()).device
-    # Rank 0 alone looks at the work directory and tells the others, so that every rank works
-    # through the same lists even where a shared filesystem shows files late on some nodes.
-    todo = [block for block in pieces if work is None
-            or not all(work.unit(fraction, seed, block.rows).is_file() for seed in block.seeds)]
-    needed = {seed for block in todo for seed in block.seeds}
-    groups = [group for group in distributed.seed_groups(seeds, n, settings.batch_size)
-              if needed.intersection(group) and (work is None or not all(
-                  work.prototypes(fraction, seed).is_file() for seed in group))]
-    todo, groups = world.broadcast((todo, groups) if world.main else None)
+
+    def left_to_do() -> tuple[list[distributed.Block], list[list[int]]]:
+        todo = [block for block in pieces if work is None
+                or not all(work.unit(fraction, seed, block.rows).is_file() for seed in block.seeds)]
+        needed = {seed for block in todo for seed in block.seeds}
+        groups = [group for group in distributed.seed_groups(seeds, n, settings.batch_size)
+                  if needed.intersection(group) and (work is None or not all(
+                      work.prototypes(fraction, seed).is_file() for seed in group))]
+        return todo, groups
+
+    # Rank 0 alone looks at the work directory and tells the others (before anyone adds a file),
+    # so every rank works through the same lists even where a shared filesystem shows files late.
+    todo, groups = world.broadcast(left_to_do() if world.main else None)
     # This rank's bar counts its own images: all of them in one process; under torchrun, the
     # ranks take pieces as they go, so rank 0's share is not known in advance.
     progress = bar(None if world.distributed else
