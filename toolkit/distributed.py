@@ -12,8 +12,8 @@ split into fixed pieces that are each one work queue: first the class prototypes
 seeds (:func:`seed_groups`); then the intermediary prototypes, in *blocks* of the grid (:func:`blocks`):
 groups of seeds while a seed's grid is small, rows ``k`` of one seed's grid when it is large. The
 pieces are handed out as the ranks ask for them, longest first (:func:`claim`); every rank
-saves what it finished in the shared work directory, the prototypes reach every rank, and rank 0
-gathers the blocks, writes the one results file and prints. Pieces depend on the configuration
+saves what it finished in the shared work directory (where the others find the prototypes), and
+rank 0 gathers the blocks, writes the one results file and prints. Pieces depend on the configuration
 alone, so given the same weights the file's data are bit-identical whatever the number of ranks,
 and a job restarted with another number resumes the same pieces.
 """
@@ -192,7 +192,7 @@ def claim(world: World, costs: Sequence[float], store: Any = None) -> Iterator[i
     Which rank does an item never changes its numbers: the items are fixed pieces of work.
     Without a store (a PyTorch that hides it) the items are dealt out in advance (:func:`share`).
     """
-    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    order = _longest_first(costs)
     if not world.distributed:
         yield from order
         return
@@ -214,11 +214,16 @@ def share(costs: Sequence[float], size: int) -> list[list[int]]:
     rank, in increasing order; the same answer on every rank."""
     load = [0.0] * size
     shares: list[list[int]] = [[] for _ in range(size)]
-    for item in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+    for item in _longest_first(costs):
         rank = min(range(size), key=lambda r: (load[r], r))
         load[rank] += costs[item]
         shares[rank].append(item)
     return [sorted(items) for items in shares]
+
+
+def _longest_first(costs: Sequence[float]) -> list[int]:
+    """Item indices by decreasing cost, ties in index order."""
+    return sorted(range(len(costs)), key=lambda i: (-costs[i], i))
 
 
 def _default_store() -> Any:

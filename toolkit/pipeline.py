@@ -157,9 +157,6 @@ def blamed_on(registration: Registration, what: str) -> Iterator[None]:
                           f"{registration.plugin!r}) {what}: {type(exc).__name__}: {exc}") from exc
 
 
-RECORDS = ("steps", "loss", "converged", "predicted", "confidence")
-
-
 def synthesize_prototypes(model: NormalizedClassifier, synthesizer: Registration, noise: torch.Tensor,
                           settings: SynthesisSettings, progress=None) -> SynthesisResult:
     """The class prototypes of every seed of ``noise`` ``(seed, n, C, H, W)``, one work queue:
@@ -189,7 +186,7 @@ def synthesize_rows(model: NormalizedClassifier, synthesizer: Registration,
     images = prototypes.images[origin].clone()           # the diagonal is ready: p_k itself
     images[off] = moved.images
     records = {}
-    for field in RECORDS:
+    for field in results.RECORDS:
         grid = getattr(prototypes, field)[origin].clone()
         grid[off] = getattr(moved, field)
         records[field] = grid
@@ -461,7 +458,7 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
         image_steps += int(result.steps.sum())
         for index, seed in enumerate(group):
             made[seed] = {name: getattr(result, name)[index * n:(index + 1) * n].numpy()
-                          for name in ("images", *RECORDS)}
+                          for name in ("images", *results.RECORDS)}
             if work is not None:
                 work.save_prototypes(fraction, seed, made[seed])
     if work is None:  # nowhere to share them but the network
@@ -483,7 +480,7 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
         block = todo[number]
         start = [prototypes_of(seed) for seed in block.seeds]
         start = SynthesisResult(**{name: torch.from_numpy(np.concatenate([p[name] for p in start]))
-                                   for name in ("images", *RECORDS)})
+                                   for name in ("images", *results.RECORDS)})
         diagonal = (torch.arange(len(block.rows)), torch.as_tensor(list(block.rows)))
         clock = time.perf_counter()
         grid, records = synthesize_rows(model, synthesizer, start, len(block.seeds), block.rows,

@@ -121,6 +121,8 @@ PROBE_ATTRS = {
 }
 IMAGE_ENCODING = {"dtype": "uint8", "scale_factor": np.float32(1 / 255), "_FillValue": None}
 
+# The per-image records of every grid image, as a synthesizer returns them (SynthesisResult).
+RECORDS = ("steps", "loss", "converged", "predicted", "confidence")
 RECORD_ATTRS = {
     "features": dict(long_name="penultimate feature vector of P[k, j]", units="1"),
     "steps": dict(long_name="input-gradient steps taken by P[k, j]", units="1"),
@@ -181,7 +183,7 @@ def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_nam
     pixels = {name: (ALL_IMAGES[name], quantize(value), IMAGE_ATTRS[name]) for name, value in images.items()}
     shape = next(iter(pixels.values()))[1].shape[-3:] if pixels else None
     grid = {name: (GRID, np.asarray(records[name]), RECORD_ATTRS[name])
-            for name in ("steps", "loss", "converged", "predicted", "confidence")}
+            for name in RECORDS}
     return xr.Dataset(
         data_vars={
             "features": ((*GRID, "feature"), np.asarray(features, dtype=np.float32),
