@@ -6,7 +6,7 @@ import xarray as xr
 
 import toolkit
 from toolkit.distributed import Block, blocks
-from toolkit.pipeline import probe_takes_rows, run_probes
+from toolkit.probes import probe_takes_rows, run_probes
 from toolkit.plugins import Registration, get_registry
 from toolkit.testing import register_plugin
 from conftest import TINY_RUN

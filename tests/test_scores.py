@@ -93,7 +93,7 @@ def test_deepfool_leaves_misclassified_images_alone():
     ({"adversarial_class": np.zeros((2,))}, "returned adversarial_class with 1 dims; expected 2"),
 ])
 def test_a_probe_that_breaks_its_contract_is_named(returned, message):
-    from toolkit.pipeline import run_probes
+    from toolkit.probes import run_probes
     from toolkit.plugins import Registration
 
     registration = Registration("metric", "m", None, "p", {

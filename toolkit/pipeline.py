@@ -5,7 +5,6 @@ Data flows one way: dataset -> model at each interval -> prototype grid ``P`` pe
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -21,12 +20,12 @@ import torch
 import xarray as xr
 
 import toolkit
-from toolkit import distributed, results
+from toolkit import distributed, probes as probing, results
 from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
 from toolkit.errors import NumericalError, PluginError, ToolkitError, UsageError
 from toolkit.model import NormalizedClassifier, extract_features, frozen
-from toolkit.plugins import Registration, get_registry
+from toolkit.plugins import Registration, blamed_on, get_registry
 from toolkit.progress import progress_bar
 from toolkit.synthesis import SynthesisResult, SynthesisSettings, auto_batch_size
 from toolkit.training import Stage, Trainer, TrainingSettings, accuracy
@@ -111,13 +110,9 @@ def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mappi
     streamed (see ``streamable``)."""
     # 2 intervals, 2 seeds, 3 classes, 4 features
     trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
-    rng = np.random.default_rng(1)
-    for registration in probes:
-        trial = trial.assign({name: (dims, rng.random([trial.sizes.get(d, 2) for d in dims]))
-                              for name, dims in registration.metadata["probe_dims"].items()
-                              if name not in results.ALL_IMAGES})
+    trial = probing.add_trial_variables(trial, probes)
     for registration in metrics:
-        _check_metric_options(registration, options.get(registration.name, {}))
+        check_metric_options(registration, options.get(registration.name, {}))
         with blamed_on(registration, "failed on a trial dataset before training"):
             trial = apply_metric(trial, registration, options.get(registration.name, {}))
     streams = [name for name in streamable(metrics, trial) if name not in pairwise_tensors(trial)]
@@ -143,18 +138,6 @@ def streamable(metrics: tuple[Registration, ...], ds: xr.Dataset) -> dict[str, r
 def pairwise_tensors(ds: xr.Dataset) -> list[str]:
     """The n x n x n variables of ``ds`` (dims interval, seed, k, j, i), which ``save`` selects."""
     return [name for name in ds.data_vars if ds[name].dims == results.PAIRS]
-
-
-@contextlib.contextmanager
-def blamed_on(registration: Registration, what: str) -> Iterator[None]:
-    """Turn a plugin's own failure into one line naming the plugin, not a traceback."""
-    try:
-        yield
-    except ToolkitError:
-        raise
-    except Exception as exc:
-        raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
-                          f"{registration.plugin!r}) {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def synthesize_prototypes(model: NormalizedClassifier, synthesizer: Registration, noise: torch.Tensor,
@@ -278,7 +261,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     world = distributed.world(device)
     device = distributed.device_for(world, device)
     progress = progress and world.main
-    probes = [r for r in (resolved.synthesizer, *resolved.metrics) if "probe" in r.metadata]
+    probes = probing.of((resolved.synthesizer, *resolved.metrics))
     streams = check_metrics(resolved.metrics, config.metric_options, config.save, probes)
     if streams and out is None:
         raise UsageError(f"--save {','.join(streams)} with these metrics streams the tensors into "
@@ -296,7 +279,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
     batch_size = (auto_batch_size(device, shape[1:]) if config.batch_size == "auto"
                   else config.batch_size)
-    block_rows = _block_rows(config.block_rows, data.num_classes, probes)
+    block_rows = probing.block_rows_for(config.block_rows, data.num_classes, probes)
     pieces = distributed.blocks(config.seed_values, data.num_classes, batch_size, block_rows)
     if work is not None:
         identity = run_identity(config.to_json(), data, toolkit.__version__)
@@ -371,22 +354,19 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         seconds[stage] = sum(part[stage] for part in spent)
     image_steps = sum(part["image_steps"] for part in spent)
     images = {name: np.stack([[unit[name] for unit in row] for row in units])
-              for name in results.ALL_IMAGES if name in units[0][0]}
-    probe_dims = {name: dims for r in probes for name, dims in r.metadata["probe_dims"].items()
-                  if name not in results.ALL_IMAGES}
+              for name in units[0][0] if probing.is_image(name)}
+    probe_dims = probing.variables(probes)
     images["noise"] = results.to_uint8(initial_noise(shape, config.seed_values).numpy())
     ds = results.build_dataset(
         intervals=[s.fraction for s in stages], seeds=config.seed_values,
         class_names=data.class_names,
         features=np.stack([[unit["features"] for unit in row] for row in units]),
         records={name: np.stack([[unit[name] for unit in row] for row in units])
-                 for name in units[0][0] if name != "features" and name not in results.ALL_IMAGES
+                 for name in units[0][0] if name != "features" and not probing.is_image(name)
                  and name not in probe_dims},
         test_accuracy=[s.test_accuracy for s in stages], train_size=[s.train_size for s in stages],
         images=images)
-    ds = ds.assign({name: (dims, np.stack([[unit[name] for unit in row] for row in units]),
-                           results.PROBE_ATTRS.get(name, {}))
-                    for name, dims in probe_dims.items()})
+    ds = probing.assign(ds, units, probes)
     clock = time.perf_counter()
     for registration in resolved.metrics:
         ds = apply_metric(ds, registration, config.metric_options.get(registration.name, {}))
@@ -492,7 +472,7 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
         feats = feats.view(*grid.shape[:3], -1).numpy()
         seconds["features"] += time.perf_counter() - clock
         clock = time.perf_counter()
-        probed = run_probes(probes, model, grid, records, settings, rows=block.rows,
+        probed = probing.run_probes(probes, model, grid, records, settings, rows=block.rows,
                             prototypes=start.images.view(len(block.seeds), *shape))
         seconds["probes"] += time.perf_counter() - clock
         for index, seed in enumerate(block.seeds):
@@ -501,7 +481,7 @@ def synthesize_interval(model: NormalizedClassifier, fraction: float, synthesize
                     "prototypes": results.to_uint8(grid[index][diagonal].numpy()),
                     **({"P": results.to_uint8(grid[index].numpy())} if config.save_images else {}),
                     **{name: value[index] for name, value in probed.items()
-                       if config.save_images or name not in results.ALL_IMAGES}}
+                       if config.save_images or not probing.is_image(name)}}
             if work is not None:  # kept even when faulty: --nonfinite record may reuse it
                 work.save_unit(fraction, seed, block.rows, unit)
             done[seed, block.start] = unit
@@ -532,89 +512,6 @@ def _finished(arrays: dict[str, np.ndarray] | None, path: Path) -> dict[str, np.
         raise UsageError(f"{path} was finished but is gone from the work directory (all ranks "
                          "must see the same work directory); rerun the same command to redo it")
     return arrays
-
-
-def probe_takes_rows(registration: Registration) -> bool:
-    """Whether a plugin's probe can run on blocks of rows of the grids (see :func:`_whole_only`)."""
-    return _whole_only(registration) is None
-
-
-def _whole_only(registration: Registration) -> str | None:
-    """Why a probe takes whole grids only, or None when it can take blocks of rows: it must name
-    the keywords ``rows`` and ``prototypes``, and each of its variables must have ``k`` or
-    ``class`` after ``interval, seed`` (the dimension blocks cut)."""
-    parameters = inspect.signature(registration.metadata["probe"]).parameters
-    if not {"rows", "prototypes"} <= set(parameters):
-        return "no rows and prototypes keywords"
-    for name, dims in registration.metadata["probe_dims"].items():
-        if len(dims) < 3 or dims[2] not in ("k", "class"):
-            return f"its variable {name} has {', '.join(dims)}, not k or class after interval, seed"
-    return None
-
-
-def _block_rows(block_rows: int | str, num_classes: int, probes: list[Registration]) -> int | str:
-    """``block_rows`` as the run can use it: whole grids when a probe cannot take blocks of rows."""
-    whole = [(r, reason) for r in probes if (reason := _whole_only(r)) is not None]
-    if not whole:
-        return block_rows
-    if block_rows != "auto" and block_rows < num_classes:
-        r, reason = whole[0]
-        raise UsageError(f"--block_rows {block_rows}: the probe of {r.kind} {r.name!r} (plugin "
-                         f"{r.plugin!r}) takes whole grids only ({reason}); leave --block_rows at auto")
-    return num_classes
-
-
-def run_probes(probes: list[Registration], model: NormalizedClassifier, grid: torch.Tensor,
-               records: Mapping[str, torch.Tensor], settings: SynthesisSettings,
-               rows: range | None = None, prototypes: torch.Tensor | None = None
-               ) -> dict[str, np.ndarray]:
-    """What the plugins with a ``probe`` measure on one interval's grids, model at hand.
-
-    A synthesizer or metric registered with ``probe=f`` and ``probe_dims={name: dims}`` has
-    ``f(model, grid, records, settings)`` called on the grids ``P`` (seed, k, j, C, H, W) of each
-    interval; it returns arrays ``name -> (seed, ...)`` that become the variables ``name`` with
-    ``dims`` (whose first two are ``interval, seed``). On a block of rows (``rows``, the ``k`` of
-    each row of ``grid``; ``prototypes`` ``(seed, n, C, H, W)`` every class prototype of its
-    seeds), a probe that takes those keywords (:func:`probe_takes_rows`) is given them and returns
-    arrays ``(seed, row, ...)``; the others are only ever given whole grids.
-    """
-    out: dict[str, np.ndarray] = {}
-    whole = rows is None or (rows.start == 0 and rows.stop == grid.shape[2])
-    for registration in probes:
-        dims = registration.metadata["probe_dims"]
-        blocked = rows is not None and probe_takes_rows(registration)
-        if not (whole or blocked):
-            raise PluginError(f"{registration.kind} {registration.name!r} probe takes whole grids "
-                              f"only, but was given rows {rows.start} to {rows.stop - 1}")
-        keywords = {"rows": rows, "prototypes": prototypes} if blocked else {}
-        with blamed_on(registration, "failed in its probe"):
-            produced = registration.metadata["probe"](model, grid, records, settings, **keywords)
-        if not isinstance(produced, Mapping):
-            raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
-                              f"{registration.plugin!r}) probe returned {type(produced).__name__}, "
-                              "not a mapping of variable names to arrays")
-        missing, extra = sorted(set(dims) - set(produced)), sorted(set(produced) - set(dims))
-        if missing or extra:
-            raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
-                              f"{registration.plugin!r}) probe must return exactly its probe_dims "
-                              f"{', '.join(dims)}; " + "; ".join(
-                                  f"{what} {', '.join(names)}" for what, names in
-                                  (("missing", missing), ("unexpected", extra)) if names))
-        for name, value in produced.items():
-            with blamed_on(registration, f"returned {name} that is not an array"):
-                value = (value.detach().cpu().numpy() if isinstance(value, torch.Tensor)
-                         else np.asarray(value))
-            if value.ndim != len(dims[name]) - 1:
-                raise PluginError(f"{registration.kind} {registration.name!r} probe returned {name} "
-                                  f"with {value.ndim} dims; expected {len(dims[name]) - 1} "
-                                  f"({', '.join(dims[name][1:])})")
-            if blocked and tuple(value.shape[:2]) != tuple(grid.shape[:2]):
-                raise PluginError(f"{registration.kind} {registration.name!r} probe returned {name} "
-                                  f"of shape {tuple(value.shape)} for a block of "
-                                  f"{grid.shape[0]} seed(s) x {grid.shape[1]} row(s); its leading "
-                                  f"dims must be {tuple(grid.shape[:2])}")
-            out[name] = results.to_uint8(value) if name in results.ALL_IMAGES else value
-    return out
 
 
 def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
@@ -696,7 +593,7 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
     return ds.assign(produced)
 
 
-def _check_metric_options(registration: Registration, options: Mapping[str, Any]) -> None:
+def check_metric_options(registration: Registration, options: Mapping[str, Any]) -> None:
     """Fail before training, not after it, when a metric cannot take the user's options."""
     try:
         inspect.signature(registration.obj).bind(None, **options)

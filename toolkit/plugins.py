@@ -10,6 +10,7 @@ A third-party plugin that fails to import, or whose hook raises, is skipped with
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.metadata
@@ -24,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pluggy
 
 from toolkit import hookspecs
-from toolkit.errors import PluginError, UsageError
+from toolkit.errors import PluginError, ToolkitError, UsageError
 
 DEFAULT_PLUGINS = (
     "toolkit_plugins.models",
@@ -408,3 +409,15 @@ def describe_plugins(pm: pluggy.PluginManager | None = None, *, builtins: bool =
             "errors": errors.get(name, {}),
         })
     return out
+
+
+@contextlib.contextmanager
+def blamed_on(registration: Registration, what: str) -> Iterator[None]:
+    """Turn a plugin's own failure into one line naming the plugin, not a traceback."""
+    try:
+        yield
+    except ToolkitError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{registration.kind} {registration.name!r} (plugin "
+                          f"{registration.plugin!r}) {what}: {type(exc).__name__}: {exc}") from exc

@@ -120,13 +120,13 @@ def run_metrics(ds: xr.Dataset, metrics: str | Iterable[str],
         metrics: metric names, a list or comma-separated, e.g. ``"cosine,zscore,my-metric"``.
         options: keyword options per metric, e.g. ``{"zscore": {"reference": "seed"}}``.
     """
-    from toolkit.pipeline import _check_metric_options, apply_metric
+    from toolkit.pipeline import apply_metric, check_metric_options
 
     names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
     registry = get_registry("metric")
     for name in names:
         registration = registry.get(name)
-        _check_metric_options(registration, (options or {}).get(name, {}))
+        check_metric_options(registration, (options or {}).get(name, {}))
         ds = apply_metric(ds, registration, (options or {}).get(name, {}))
     return ds
 
