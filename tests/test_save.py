@@ -98,7 +98,7 @@ def test_a_study_with_streaming_summaries_matches_the_full_one(tiny_plugin, full
 def test_the_boundary_tensors_may_be_saved_and_summarised_before_any_training():
     """The pre-training check of the metric chain sees the variables the synthesizer's probe
     makes (B_features), so BC and BR are known names for --save and zscore."""
-    from toolkit.pipeline import check_metrics
+    from toolkit.metrics import check_metrics
     from toolkit.plugins import get_registry
 
     synthesizer = get_registry("synthesizer").get("boundary")

@@ -4,13 +4,13 @@ A classifier synthesises one prototype image per class, then intermediary protot
 each class into every other; the cosine dissimilarities of their penultimate features (``C``: same
 origin, ``R``: same target) are tracked over training. See ``toolkit.analyze``.
 """
-__version__ = "0.2.0"
 
 from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
 from toolkit.errors import PluginError, ToolkitError, UsageError
 from toolkit.hookspecs import hookimpl
 from toolkit.synthesis import SynthesisResult, SynthesisSettings
+from toolkit.version import __version__
 
 
 def analyze(config=None, **options):

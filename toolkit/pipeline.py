@@ -7,28 +7,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import xarray as xr
 
-import toolkit
 from toolkit import distributed, probes as probing, results
+from toolkit.metrics import apply_metric, check_metrics, pairwise_tensors, streamable
 from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
-from toolkit.errors import NumericalError, PluginError, ToolkitError, UsageError
+from toolkit.errors import NumericalError, PluginError, UsageError
 from toolkit.model import NormalizedClassifier, extract_features, frozen
 from toolkit.plugins import Registration, blamed_on, get_registry
 from toolkit.progress import progress_bar
 from toolkit.synthesis import SynthesisResult, SynthesisSettings, auto_batch_size
 from toolkit.training import Stage, Trainer, TrainingSettings, accuracy
+from toolkit.version import __version__
 from toolkit.workdir import (NOT_IN_IDENTITY, WorkDir, checkpoint_name, load_checkpoint,
                              model_weights, run_identity)
 
@@ -98,46 +98,6 @@ def build_model(registration: Registration, data: ImageDataset) -> NormalizedCla
     with blamed_on(registration, f"cannot be built for {data.num_classes} classes of {shape} images"):
         net = registration.obj(data.num_classes, data.in_chans, data.image_size)
         return NormalizedClassifier(net, data.mean, data.std)
-
-
-def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]],
-                  save: tuple[str, ...] | None = None, probes: Sequence[Registration] = ()
-                  ) -> list[str]:
-    """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
-    (a wrong order, a bad option), or a ``save`` naming a tensor no metric makes, fails before
-    hours of training, not after. ``probes`` (the synthesizer's and metrics' probes) add their
-    variables to it first, as they do in a run. Returns the names in ``save`` that will be
-    streamed (see ``streamable``)."""
-    # 2 intervals, 2 seeds, 3 classes, 4 features
-    trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
-    trial = probing.add_trial_variables(trial, probes)
-    for registration in metrics:
-        check_metric_options(registration, options.get(registration.name, {}))
-        with blamed_on(registration, "failed on a trial dataset before training"):
-            trial = apply_metric(trial, registration, options.get(registration.name, {}))
-    streams = [name for name in streamable(metrics, trial) if name not in pairwise_tensors(trial)]
-    made = pairwise_tensors(trial) + streams
-    unknown = [name for name in save or () if name not in made]
-    if unknown:
-        raise UsageError(f"--save names {', '.join(unknown)}, which the metrics do not make; they "
-                         f"make: {', '.join(made) or 'none'} (or pass --save none)")
-    return [name for name in streams if name in (save or ())]
-
-
-def streamable(metrics: tuple[Registration, ...], ds: xr.Dataset) -> dict[str, results.Streamed]:
-    """The n x n x n variables the metrics can stream into the file without holding them (a
-    metric registered with ``streams=f``, ``f(ds) -> {name: results.Streamed}``); ``save``
-    naming one has it written block by block."""
-    found: dict[str, results.Streamed] = {}
-    for registration in metrics:
-        if "streams" in registration.metadata:
-            found.update(registration.metadata["streams"](ds))
-    return found
-
-
-def pairwise_tensors(ds: xr.Dataset) -> list[str]:
-    """The n x n x n variables of ``ds`` (dims interval, seed, k, j, i), which ``save`` selects."""
-    return [name for name in ds.data_vars if ds[name].dims == results.PAIRS]
 
 
 def synthesize_prototypes(model: NormalizedClassifier, synthesizer: Registration, noise: torch.Tensor,
@@ -282,7 +242,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
     block_rows = probing.block_rows_for(config.block_rows, data.num_classes, probes)
     pieces = distributed.blocks(config.seed_values, data.num_classes, batch_size, block_rows)
     if work is not None:
-        identity = run_identity(config.to_json(), data, toolkit.__version__)
+        identity = run_identity(config.to_json(), data, __version__)
         # What "auto" resolved to on this device fixes the pieces, so it must match on resume.
         identity["pieces"] = {"batch_size": batch_size, "block_rows": block_rows}
         if checkpoints is not None:
@@ -580,29 +540,6 @@ def _file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[str, Any]) -> xr.Dataset:
-    """Merge what one metric returns into ``ds``."""
-    produced = registration.obj(ds, **options)
-    if isinstance(produced, xr.Dataset):
-        produced = dict(produced.data_vars)
-    if not isinstance(produced, Mapping) or not all(isinstance(v, xr.DataArray) for v in produced.values()):
-        raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) must return "
-                          "a dict of xarray.DataArray or an xarray.Dataset")
-    return ds.assign(produced)
-
-
-def check_metric_options(registration: Registration, options: Mapping[str, Any]) -> None:
-    """Fail before training, not after it, when a metric cannot take the user's options."""
-    try:
-        inspect.signature(registration.obj).bind(None, **options)
-    except TypeError as exc:
-        raise UsageError(f"metric {registration.name!r} does not take options {json.dumps(options)} "
-                         f"({exc})") from None
-    check = registration.metadata.get("check_options")
-    if check is not None:
-        check(**options)
 
 
 def _known_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -369,7 +369,7 @@ def describe_plugins(pm: pluggy.PluginManager | None = None, *, builtins: bool =
     pm = pm or get_plugin_manager()
     if hook is not None and hook not in hookspecs.hook_names():
         raise UsageError(f"unknown hook {hook!r}; hooks: {', '.join(hookspecs.hook_names())}")
-    from toolkit import __version__
+    from toolkit.version import __version__
 
     versions = {pm.get_name(plugin): dist.version for plugin, dist in pm.list_plugin_distinfo()}
     versions.update(getattr(pm, "versions", {}))

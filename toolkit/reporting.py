@@ -91,7 +91,7 @@ def report(results: xr.Dataset | str | os.PathLike | Sequence[xr.Dataset | str |
 def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: int | None = None,
                 interval: float | None = None) -> str:
     """The page's HTML for ``runs``: (label, Dataset) pairs, one column each."""
-    from toolkit import __version__
+    from toolkit.version import __version__
 
     columns = f' style="--runs: {len(runs)}"'
     labels = [label for label, _ in runs]

@@ -243,7 +243,7 @@ def dataset_from_features(features: np.ndarray) -> xr.Dataset:
 
 def provenance(config_json: str, **extra: Any) -> dict[str, Any]:
     """The attributes that say where a results file came from."""
-    from toolkit import __version__
+    from toolkit.version import __version__
 
     versions = {"python": platform.python_version()}
     for module in ("torch", "torchvision", "timm", "numpy", "xarray", "netCDF4", "pluggy"):

@@ -120,7 +120,7 @@ def run_metrics(ds: xr.Dataset, metrics: str | Iterable[str],
         metrics: metric names, a list or comma-separated, e.g. ``"cosine,zscore,my-metric"``.
         options: keyword options per metric, e.g. ``{"zscore": {"reference": "seed"}}``.
     """
-    from toolkit.pipeline import apply_metric, check_metric_options
+    from toolkit.metrics import apply_metric, check_metric_options
 
     names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
     registry = get_registry("metric")

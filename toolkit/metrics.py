@@ -1,0 +1,82 @@
+"""The metrics stage: the metric plugins' chain, checked before training and run on the results.
+
+A metric maps the results Dataset built so far to new variables (``register_metrics`` in
+:mod:`toolkit.hookspecs`). This module runs the chain (:func:`apply_metric`), checks it on a small
+made-up dataset before any training (:func:`check_metrics`), and knows which of its n x n x n
+tensors a run keeps or streams into the file (:func:`pairwise_tensors`, :func:`streamable`).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+
+from toolkit import probes as probing, results
+from toolkit.errors import PluginError, UsageError
+from toolkit.plugins import Registration, blamed_on
+
+
+def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mapping[str, Any]],
+                  save: tuple[str, ...] | None = None, probes: Sequence[Registration] = ()
+                  ) -> list[str]:
+    """Run the metric chain on a small made-up results dataset, so that a metric that cannot run
+    (a wrong order, a bad option), or a ``save`` naming a tensor no metric makes, fails before
+    hours of training, not after. ``probes`` (the synthesizer's and metrics' probes) add their
+    variables to it first, as they do in a run. Returns the names in ``save`` that will be
+    streamed (see ``streamable``)."""
+    # 2 intervals, 2 seeds, 3 classes, 4 features
+    trial = results.dataset_from_features(np.random.default_rng(0).random((2, 2, 3, 3, 4)))
+    trial = probing.add_trial_variables(trial, probes)
+    for registration in metrics:
+        check_metric_options(registration, options.get(registration.name, {}))
+        with blamed_on(registration, "failed on a trial dataset before training"):
+            trial = apply_metric(trial, registration, options.get(registration.name, {}))
+    streams = [name for name in streamable(metrics, trial) if name not in pairwise_tensors(trial)]
+    made = pairwise_tensors(trial) + streams
+    unknown = [name for name in save or () if name not in made]
+    if unknown:
+        raise UsageError(f"--save names {', '.join(unknown)}, which the metrics do not make; they "
+                         f"make: {', '.join(made) or 'none'} (or pass --save none)")
+    return [name for name in streams if name in (save or ())]
+
+
+def check_metric_options(registration: Registration, options: Mapping[str, Any]) -> None:
+    """Fail before training, not after it, when a metric cannot take the user's options."""
+    try:
+        inspect.signature(registration.obj).bind(None, **options)
+    except TypeError as exc:
+        raise UsageError(f"metric {registration.name!r} does not take options {json.dumps(options)} "
+                         f"({exc})") from None
+    check = registration.metadata.get("check_options")
+    if check is not None:
+        check(**options)
+
+
+def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[str, Any]) -> xr.Dataset:
+    """Merge what one metric returns into ``ds``."""
+    produced = registration.obj(ds, **options)
+    if isinstance(produced, xr.Dataset):
+        produced = dict(produced.data_vars)
+    if not isinstance(produced, Mapping) or not all(isinstance(v, xr.DataArray) for v in produced.values()):
+        raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) must return "
+                          "a dict of xarray.DataArray or an xarray.Dataset")
+    return ds.assign(produced)
+
+
+def pairwise_tensors(ds: xr.Dataset) -> list[str]:
+    """The n x n x n variables of ``ds`` (dims interval, seed, k, j, i), which ``save`` selects."""
+    return [name for name in ds.data_vars if ds[name].dims == results.PAIRS]
+
+
+def streamable(metrics: tuple[Registration, ...], ds: xr.Dataset) -> dict[str, results.Streamed]:
+    """The n x n x n variables the metrics can stream into the file without holding them (a
+    metric registered with ``streams=f``, ``f(ds) -> {name: results.Streamed}``); ``save``
+    naming one has it written block by block."""
+    found: dict[str, results.Streamed] = {}
+    for registration in metrics:
+        if "streams" in registration.metadata:
+            found.update(registration.metadata["streams"](ds))
+    return found
