@@ -17,6 +17,12 @@ image has colour, all are RGB. Every image is decoded once, in threads, into the
 :class:`toolkit.ImageDataset`; the mean and std come from the training split. Images keep their
 size, which must be one square size for all (checked from the files' headers before anything is
 decoded); ``--dataset imagefolder:N`` resizes every image to N x N (bilinear, antialiased) instead.
+
+Untrusted archives cannot exhaust memory: before anything is decompressed or decoded, each file's
+size (a zip member's uncompressed size, which ``zipfile`` also enforces while reading), each
+image's pixel count (from its header) and the whole dataset's decoded size are checked against
+``LIMITS``. A user with bigger data raises a limit through the environment variable that the
+error names, e.g. ``TOOLKIT_MAX_IMAGE_PIXELS=100000000``.
 """
 from __future__ import annotations
 
@@ -39,6 +45,30 @@ SPLITS = ("train", "test")
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
 MAX_SIZE = 2048  # imagefolder:N; 60,000 RGB images of 2048 x 2048 would already need 755 GB
 GREY_MODES = ("1", "L", "LA", "I;16", "I;16L", "I;16B", "I;16N")
+
+# Environment variable -> (default, what it bounds). A 10000 x 10000 PNG is 3 KB on disk and 300 MB
+# decoded; a zip member of 4 GiB of zeros is 4 MB: both are refused by default.
+LIMITS = {
+    "TOOLKIT_MAX_FILE_BYTES": (256 * 2**20, "bytes of one image file (a zip member uncompressed)"),
+    "TOOLKIT_MAX_IMAGE_PIXELS": (4096 * 4096, "pixels of one image (width x height)"),
+    "TOOLKIT_MAX_DATASET_BYTES": (8 * 2**30, "bytes of the decoded dataset (uint8 tensors)"),
+}
+
+
+def limit(name: str) -> int:
+    """The limit ``name`` of ``LIMITS``: the environment's value, else the default."""
+    default, what = LIMITS[name]
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not re.fullmatch(r"[0-9]+", value.strip()) or int(value) < 1:
+        raise toolkit.UsageError(f"{name}={value!r} must be a whole number >= 1 ({what})")
+    return int(value)
+
+
+def _over(what: str, amount: int, name: str) -> toolkit.UsageError:
+    return toolkit.UsageError(f"{what} {amount:,} is over the limit of {limit(name):,} "
+                              f"{LIMITS[name][1]}; raise it with {name}=N if you trust the data")
 
 
 def _extensions() -> tuple[str, ...]:
@@ -70,7 +100,10 @@ class _Folder:
         return (self.path / prefix).is_dir()
 
     def read(self, name: str) -> bytes:
-        return (self.path / name).read_bytes()
+        path = self.path / name
+        if path.stat().st_size > limit("TOOLKIT_MAX_FILE_BYTES"):
+            raise _over(f"{self.where}: {name} holds", path.stat().st_size, "TOOLKIT_MAX_FILE_BYTES")
+        return path.read_bytes()
 
 
 class _Zip:
@@ -109,6 +142,9 @@ class _Zip:
         return prefix in self._folders
 
     def read(self, name: str) -> bytes:
+        size = self.archive.getinfo(name).file_size  # zipfile reads no more than this
+        if size > limit("TOOLKIT_MAX_FILE_BYTES"):
+            raise _over(f"{self.where}: member {name} unpacks to", size, "TOOLKIT_MAX_FILE_BYTES")
         with self._lock:
             return self.archive.read(name)
 
@@ -188,6 +224,8 @@ class _Reader:
         from PIL import Image
         try:
             return Image.open(io.BytesIO(self.source.read(name)))
+        except toolkit.UsageError:
+            raise
         except Exception as exc:  # noqa: BLE001 (a zip member or an image: many ways to be broken)
             raise self._unreadable(name, exc) from None
 
@@ -200,6 +238,13 @@ class _Reader:
     def header(self, name: str) -> tuple[tuple[int, int], bool]:
         """(width, height) and whether the image is grey, from the file's header alone."""
         with self.open(name) as image:
+            width, height = image.size
+            if width * height > limit("TOOLKIT_MAX_IMAGE_PIXELS"):
+                raise toolkit.UsageError(
+                    f"{self.source.where}: image {name} is {width}x{height}, "
+                    f"{width * height:,} pixels, over the limit of "
+                    f"{limit('TOOLKIT_MAX_IMAGE_PIXELS'):,} per image; raise it with "
+                    "TOOLKIT_MAX_IMAGE_PIXELS=N if you trust the data")
             return image.size, self._grey(image)
 
     @staticmethod
@@ -258,6 +303,10 @@ def load_imagefolder(root: Path, download: bool = False, size: int | None = None
         headers = list(pool.map(reader.header, files))
         side = size or _check_sizes([s for s, _ in headers], files, source.where)
         channels = 1 if all(grey for _, grey in headers) else 3
+        total = len(files) * channels * side * side
+        if total > limit("TOOLKIT_MAX_DATASET_BYTES"):
+            raise _over(f"{source.where}: {len(files):,} images of {channels}x{side}x{side} decode to",
+                        total, "TOOLKIT_MAX_DATASET_BYTES")
         images = torch.empty((len(files), channels, side, side), dtype=torch.uint8)
 
         def decode(index: int) -> None:

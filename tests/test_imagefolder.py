@@ -241,3 +241,66 @@ def test_many_images_decoded_by_many_threads_equal_one_thread(tmp_path):
     one, many = (load_imagefolder(root, threads=t) for t in (1, 6))
     assert torch.equal(one.train_images, many.train_images) and len(one.train_labels) == 180
     assert torch.equal(one.test_images, expected(images(size=5, per_class=(60, 20)), "test")[0])
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width x height`` (8-bit grey), with a few bytes of data: what an
+    attacker ships to make a reader allocate width x height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, at 89 MP
+@pytest.mark.parametrize("form", ["folder", "zip"])
+def test_huge_images_are_refused_from_their_header_before_any_decoding(tmp_path, form, monkeypatch):
+    files = images() | {"train/cat/huge.png": _png_claiming(10000, 10000)}  # 3 KB, 100 MP
+    root = (write_folder(tmp_path / "data", files) if form == "folder"
+            else write_zip(tmp_path / "d.zip", files))
+    allocated = []
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
+    with pytest.raises(toolkit.UsageError, match=r"huge.png is 10000x10000, 100,000,000 pixels, over "
+                       r"the limit of 16,777,216 per image; raise it with TOOLKIT_MAX_IMAGE_PIXELS"):
+        load(root)
+    assert not allocated
+    monkeypatch.setenv("TOOLKIT_MAX_IMAGE_PIXELS", "35")  # the user's own limit: 6x6 images pass...
+    with pytest.raises(toolkit.UsageError, match=r"6x6, 36 pixels, over the limit of 35"):
+        load(write_folder(tmp_path / "small", images()))
+    monkeypatch.setenv("TOOLKIT_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(toolkit.UsageError, match=r"TOOLKIT_MAX_IMAGE_PIXELS='lots' must be a whole"):
+        load(write_folder(tmp_path / "small2", images()))
+
+
+def test_a_deflate_bomb_is_refused_by_its_uncompressed_size_before_it_is_read(tmp_path, monkeypatch):
+    files = images()
+    bomb = tmp_path / "bomb.zip"
+    write_zip(bomb, files)
+    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("train/cat/bomb.png", b"\x00" * (300 * 2**20))  # 300 MiB in ~300 KB
+    assert bomb.stat().st_size < 2**20
+    read, real_read = [], zipfile.ZipFile.read
+    monkeypatch.setattr(zipfile.ZipFile, "read",
+                        lambda self, name, pwd=None: read.append(name) or real_read(self, name, pwd))
+    with pytest.raises(toolkit.UsageError, match=r"member train/cat/bomb.png unpacks to 314,572,800 "
+                       r"is over the limit of 268,435,456 bytes .* TOOLKIT_MAX_FILE_BYTES=N"):
+        load(bomb)
+    assert "train/cat/bomb.png" not in read
+
+
+def test_the_decoded_dataset_has_a_memory_budget(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "data", images())  # 15 RGB images of 6 x 6: 1,620 bytes
+    monkeypatch.setenv("TOOLKIT_MAX_DATASET_BYTES", "1619")
+    with pytest.raises(toolkit.UsageError, match=r"15 images of 3x6x6 decode to 1,620 is over the "
+                       r"limit of 1,619 bytes of the decoded dataset.*TOOLKIT_MAX_DATASET_BYTES"):
+        load(root)
+    monkeypatch.setenv("TOOLKIT_MAX_DATASET_BYTES", "1620")
+    assert load(root).train_images.shape == (9, 3, 6, 6)
+    monkeypatch.setenv("TOOLKIT_MAX_FILE_BYTES", "10")
+    with pytest.raises(toolkit.UsageError, match=r"train/cat/000.png holds \d+ is over the limit of "
+                       r"10 bytes of one image file"):
+        load(root)
