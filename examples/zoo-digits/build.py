@@ -1,0 +1,125 @@
+"""Build the digits zoo: 48 classifiers, trained deterministically (design: PREREGISTRATION.md).
+
+    python examples/zoo-digits/build.py                      # all 48, into examples/zoo-digits/weights/
+    python examples/zoo-digits/build.py --only cnn8-base-s0,mlp32-ep1 --out /tmp/zoo
+
+Each model is written as ``OUT/<name>.pt``: the ``state_dict`` of the toolkit's normalising
+wrapper (the network under ``model.``, and the ``mean`` and ``std`` of the images it trained on),
+which ``--checkpoints`` and ``rank`` load with ``torch.load(weights_only=True)``. ``OUT/zoo.json``
+lists every model: its name, the toolkit model name, the recipe, its test accuracy and how long it
+trained. A model whose file exists is not trained again, so an interrupted build resumes; the
+weights stay out of git (``.gitignore``) and this script makes them again, bit for bit on the same
+CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+os.environ["TOOLKIT_PLUGINS"] = ",".join(filter(None, [os.environ.get("TOOLKIT_PLUGINS"),
+                                                       str(HERE / "zoo_models.py")]))
+
+from toolkit import ImageDataset  # noqa: E402
+from toolkit.model import NormalizedClassifier  # noqa: E402
+from toolkit.plugins import get_registry  # noqa: E402
+from toolkit.training import TrainingSettings, nested_stratified_subsets, train_through_intervals  # noqa: E402
+
+# zoo name prefix -> toolkit model name (zoo_models.py registers cnn:N and mlp:N)
+ARCHITECTURES = {"resnet18": "resnet18", "mobilenet": "timm:mobilenetv3_small_050",
+                 "cnn8": "cnn:8", "cnn32": "cnn:32", "mlp32": "mlp:32", "mlp256": "mlp:256"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    epochs: int = 10
+    noise: float = 0.0      # fraction of training labels replaced by another class
+    fraction: float = 1.0   # stratified share of the training set used
+    seed: int = 0           # initialisation, batch order, augmentation, noise and subset draws
+
+
+VARIANTS = {"base-s0": Recipe(), "base-s1": Recipe(seed=1), "base-s2": Recipe(seed=2),
+            "ep1": Recipe(epochs=1), "ep3": Recipe(epochs=3),
+            "noise20": Recipe(noise=0.2), "noise50": Recipe(noise=0.5), "data25": Recipe(fraction=0.25)}
+# The toolkit's digits training defaults (plugins/datasets.py, DIGITS_DEFAULTS).
+TRAINING = dict(lr=0.1, batch_size=32, crop_padding=1, flip=False)
+
+
+def zoo() -> dict[str, tuple[str, Recipe]]:
+    """Every model of the zoo: name -> (toolkit model name, recipe)."""
+    return {f"{arch}-{variant}": (model, recipe) for arch, model in ARCHITECTURES.items()
+            for variant, recipe in VARIANTS.items()}
+
+
+def training_data(data: ImageDataset, recipe: Recipe) -> ImageDataset:
+    """``data`` with the recipe's share of the training set and its label noise."""
+    generator = torch.Generator().manual_seed(10_000 + recipe.seed)
+    images, labels = data.train_images, data.train_labels.clone()
+    if recipe.fraction < 1:
+        keep = nested_stratified_subsets(labels, [recipe.fraction], generator)[0]
+        images, labels = images[keep], labels[keep]
+    if recipe.noise > 0:
+        n = len(data.class_names)
+        flip = torch.randperm(len(labels), generator=generator)[:round(recipe.noise * len(labels))]
+        labels[flip] = (labels[flip] + torch.randint(1, n, (len(flip),), generator=generator)) % n
+    return ImageDataset(data.name, images, labels, data.test_images, data.test_labels,
+                        data.class_names)
+
+
+def train(model_name: str, recipe: Recipe, data: ImageDataset) -> tuple[NormalizedClassifier, float]:
+    """The trained classifier and its test accuracy."""
+    data = training_data(data, recipe)
+    torch.manual_seed(recipe.seed)
+    net = get_registry("model").get(model_name).obj(len(data.class_names), data.in_chans, data.image_size)
+    model = NormalizedClassifier(net, data.mean, data.std)
+    settings = TrainingSettings(epochs=recipe.epochs, **TRAINING)
+    *_, stage = train_through_intervals(model, data, [1.0], "data", settings, recipe.seed, "cpu")
+    return model.eval(), stage.test_accuracy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE / "weights")
+    parser.add_argument("--only", default=None, help="comma-separated model names (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    models = zoo()
+    chosen = list(models) if args.only is None else [n.strip() for n in args.only.split(",")]
+    unknown = [name for name in chosen if name not in models]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join(models)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest_path = args.out / "zoo.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    data = get_registry("dataset").get("digits").obj(None, False)
+    for number, name in enumerate(chosen, 1):
+        path = args.out / f"{name}.pt"
+        if path.is_file() and name in manifest:
+            continue
+        model_name, recipe = models[name]
+        clock = time.perf_counter()
+        model, test_accuracy = train(model_name, recipe, data)
+        seconds = time.perf_counter() - clock
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+        manifest[name] = {"model": model_name, **dataclasses.asdict(recipe), "file": path.name,
+                          "test_accuracy": round(test_accuracy, 6), "train_seconds": round(seconds, 1),
+                          "threads": torch.get_num_threads()}
+        manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+        print(f"[{number}/{len(chosen)}] {name}: test accuracy {test_accuracy:.3f} ({seconds:.1f} s)",
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
