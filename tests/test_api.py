@@ -10,7 +10,7 @@ import pytest
 import toolkit
 from toolkit.cli import Toolkit
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text(encoding="utf-8")
 
 # command -> the function of `toolkit` it forwards to. A new command adds its line here.
 COUNTERPARTS = {
@@ -52,7 +52,7 @@ def test_the_counterpart_is_public_and_documented(command):
     name = COUNTERPARTS[command]
     function = getattr(toolkit, name)
     assert name in toolkit.__all__ and inspect.getdoc(function)
-    assert f"| `{command}` | `toolkit.{name}(" in README, "list it in README's Python API table"
+    assert f"| `{command}` | `toolkit.{name}(" in README, "list it in the Python API table of docs/usage.md"
 
 
 @pytest.mark.parametrize("command", commands())
