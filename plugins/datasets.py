@@ -127,7 +127,7 @@ def load_digits(root: Path, download: bool) -> toolkit.ImageDataset:
 CIFAR_TRAINING = {"crop_padding": 4, "flip": True}
 
 # Chosen by measurement on a 2-core CPU so the full 7-interval, 5-seed study runs in minutes
-# (README, "Choices worth knowing"). Training: batch 32 and SGD at 0.1 reach 59 % test accuracy at
+# (docs/choices.md, "Digits defaults"). Training: batch 32 and SGD at 0.1 reach 59 % test accuracy at
 # the 25 % stage after 3 epochs, 84 % after 5 (at SGD 0.02: 38 %). Synthesis: a step of 0.1 lets
 # the median prototype of a trained model converge in 13 steps (0.05: 37 steps); images of an
 # early, weak model often never reach 99 % confidence, so at most 100 steps bounds their cost and
