@@ -288,9 +288,12 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
                                  + (f"is ambiguous ({', '.join('--' + n for n in starting)}); spell it out"
                                     if starting else "is unknown"))
             key = starting[0]
+        if key.startswith("no_") and key[3:] in flags:  # --no-plots, --no_plots: Fire's --noplots
+            key = "no" + key[3:]
         if key not in known and not (key.startswith("no") and key[2:] in flags):
             if not wants_help and "-h" not in args and "--help" not in args:
-                raise UsageError(_unknown(token.partition("=")[0], command, known))
+                raise UsageError(_unknown(token.partition("=")[0], command,
+                                          known | {"no" + name for name in flags}))
         out.append(f"--{key}{eq}{value}")
         if key in GLOBAL_OPTIONS and not eq and i < len(args):
             out.append(args[i])  # the value of a global option, never the command
