@@ -176,8 +176,9 @@ def test_every_command_has_help(capsys, command):
 def test_plugins_without_all_says_the_builtins_are_hidden(capsys):
     assert main(["plugins"]) == 0
     captured = capsys.readouterr()
-    json.loads(captured.out)  # stdout stays JSON
-    assert "built-in plugins are hidden; pass --all" in captured.err
+    assert json.loads(captured.out) == []  # stdout stays JSON
+    assert captured.err == ("toolkit: note: no plugins besides the built-in ones, which are hidden; "
+                            "pass --all to list them too\n")
     assert main(["plugins", "--all", "yes"]) == 0
     captured = capsys.readouterr()
     assert json.loads(captured.out) and captured.err == ""
@@ -232,3 +233,10 @@ def test_the_json_record_is_unchanged():
         '"precision": "fp32", "save": null, "save_images": null, "schedule": "data", "seed": 0, '
         '"seeds": 5, "synthesizer": "prototype", "train_batch_size": null, "train_lr": null, '
         '"weight_decay": 0.0005}')
+
+
+def test_the_python_api_names_the_closest_option_too(tmp_path):
+    with pytest.raises(toolkit.UsageError, match="unknown option 'sedes' for toolkit.analyze; did you "
+                                                  "mean 'seeds'?"):
+        toolkit.analyze(sedes=3, out=tmp_path / "r.nc")
+    assert list(tmp_path.iterdir()) == []

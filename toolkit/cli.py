@@ -144,6 +144,9 @@ class Toolkit:
         """Print the installed plugins as JSON: name, version, hooks, what each registers, and why
         a plugin that failed to load or raised in a hook was skipped.
 
+        Without --all only the plugins installed besides the built-in ones are listed (when there
+        are none, a note on stderr says so).
+
         Args:
             all: include the built-in plugins.
             hook: only the plugins that implement this hook, e.g. register_metrics.
@@ -153,10 +156,11 @@ class Toolkit:
         from toolkit import get_plugins
 
         all = parse_bool("all", all)
-        print(json.dumps(get_plugins(all=all, hook=hook), indent=2))
-        if not all:
-            print("toolkit: note: the built-in plugins are hidden; pass --all to list them too",
-                  file=sys.stderr)
+        listed = get_plugins(all=all, hook=hook)
+        print(json.dumps(listed, indent=2))
+        if not all and not listed:  # not a bare [] that looks like nothing is installed
+            print("toolkit: note: no plugins besides the built-in ones, which are hidden; pass --all "
+                  "to list them too", file=sys.stderr)
 
 
 # ---- the analyze command's options, from the table ----------------------------------------------
