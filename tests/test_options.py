@@ -240,3 +240,23 @@ def test_the_python_api_names_the_closest_option_too(tmp_path):
                                                   "mean 'seeds'?"):
         toolkit.analyze(sedes=3, out=tmp_path / "r.nc")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, fire_gets", [
+    (["plugins", "-a"], ["plugins", "--all"]),  # Fire's one-letter form, when unambiguous
+    (["analyze", "-seeds", "3", "--no-compile"], ["analyze", "--seeds", "3", "--nocompile"]),
+    (["analyze", "--lr", "-0.5", "--max-steps=4"], ["analyze", "--lr", "-0.5", "--max_steps=4"]),
+    (["--plugins_dir", "d", "plot", "x.nc", "--", "--trace"],
+     ["--plugins_dir", "d", "plot", "x.nc", "--", "--trace"]),  # after --: Fire's own flags
+])
+def test_what_fire_receives(argv, fire_gets):
+    from toolkit.cli import prepare
+
+    assert prepare(argv) == (fire_gets, None)
+
+
+def test_an_ambiguous_one_letter_option_is_refused():
+    from toolkit.cli import prepare
+
+    with pytest.raises(toolkit.UsageError, match=r"option -s for analyze is ambiguous \(--save, "):
+        prepare(["analyze", "-s", "3"])
