@@ -110,9 +110,13 @@ def test_existing_output_is_refused(tmp_path, capsys):
     assert out.read_text() == "keep me"
 
 
-def test_output_in_a_missing_folder_is_refused(tmp_path, capsys):
-    assert main(["analyze", "--out", str(tmp_path / "nope" / "r.nc"), "--noprogress"]) == 2
-    assert "does not exist" in capsys.readouterr().err
+def test_output_in_a_missing_folder_creates_it(tmp_path, capsys, tiny_plugin):
+    from tests.conftest import TINY_RUN
+
+    args = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY_RUN.items()]
+    out = tmp_path / "results" / "new" / "r.nc"
+    assert main(["analyze", *args, "--out", str(out), "--noprogress", "--noplots"]) == 0
+    assert out.is_file() and f"results: {out}" in capsys.readouterr().out
 
 
 def test_summary_of_a_missing_file(tmp_path, capsys):

@@ -14,9 +14,21 @@ from toolkit.version import __version__
 
 
 def analyze(config=None, **options):
-    """Run the whole study; see :func:`toolkit.pipeline.analyze`."""
+    """Run the whole study; see :func:`toolkit.pipeline.analyze`. The options are
+    :class:`AnalysisConfig`'s fields and the run options of :func:`toolkit.pipeline.analyze`; a
+    misspelt one is a ``UsageError`` naming the closest."""
+    import inspect
+
+    from toolkit.config import OPTIONS
+    from toolkit.options import closest
     from toolkit.pipeline import analyze as _analyze
 
+    known = {opt.name for opt in OPTIONS} | set(inspect.signature(_analyze).parameters) - {"options"}
+    for name in options:
+        if name not in known:
+            near = closest(name, known)
+            raise UsageError(f"unknown option {name!r} for toolkit.analyze"
+                             + (f"; did you mean {near!r}?" if near else ""))
     return _analyze(config, **options)
 
 

@@ -1,5 +1,6 @@
 """``python -m toolkit``: the Fire command line, with one-line errors and exit status 2 (1 for a
-run that failed on the way, 130 for Ctrl-C)."""
+run that failed on the way, 130 for Ctrl-C). The arguments are checked, and ``--help`` answered,
+before Fire runs anything (:func:`toolkit.cli.prepare`)."""
 from __future__ import annotations
 
 import sys
@@ -9,10 +10,14 @@ import warnings
 def main(argv: list[str] | None = None) -> int:
     import fire
 
-    from toolkit.cli import Toolkit
+    from toolkit.cli import Toolkit, prepare
     from toolkit.errors import ToolkitError
 
     try:
+        argv, help_text = prepare(list(sys.argv[1:] if argv is None else argv))
+        if help_text is not None:
+            print(help_text)
+            return 0
         with warnings.catch_warnings():
             warnings.showwarning = _one_line  # a skipped plugin, an odd dataset file: one line each
             fire.Fire(Toolkit, command=argv, name="toolkit")

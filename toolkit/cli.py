@@ -1,20 +1,29 @@
-"""The command line: a thin class for Fire. Each command parses, calls the library and prints."""
+"""The command line: a thin class for Fire. Each command parses, calls the library and prints.
+
+Before Fire runs anything, :func:`prepare` checks the arguments against the chosen command's
+options (an unknown or misspelt one is refused, naming the closest) and answers ``--help`` with
+text written here, from the option table (:mod:`toolkit.options`) and the commands' docstrings."""
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import re
+import textwrap
 from pathlib import Path
 
-from toolkit.config import AnalysisConfig
+from toolkit.config import OPTIONS, RUN_OPTIONS, AnalysisConfig, RunOptions
+from toolkit.errors import UsageError
+from toolkit.options import Option, closest, parse_bool
 
-_D = AnalysisConfig  # field defaults, so the defaults have one home
+GLOBAL_OPTIONS = ("plugins_dir", "disable_plugins")
+METAVARS = {"plugins_dir": "FOLDER", "disable_plugins": "NAMES", "out": "PATH", "format": "FORMATS",
+            "figures": "NAMES", "seed": "N", "interval": "T", "hook": "NAME"}
+WIDTH = 96
 
 
 class Toolkit:
     """Probe image classifiers without data: prototypes, their dissimilarities, over training.
-
-    Commands: analyze (run the study), summary (table of a results file), plot (its figures),
-    report (an HTML page of one or more results files), plugins (what is installed). Add --help
-    after a command for its options.
 
     Args:
         plugins_dir: also load every .py file in this folder as a plugin, without packaging it
@@ -29,102 +38,28 @@ class Toolkit:
 
             configure(plugins_dir=plugins_dir, disable=disable_plugins)
 
-    def analyze(self, model: str = _D.model, dataset: str = _D.dataset,
-                intervals=",".join(f"{t:g}" for t in _D.intervals), schedule: str = _D.schedule,
-                seeds: int = _D.seeds, seed: int = _D.seed, epochs: int | None = _D.epochs,
-                synthesizer: str = _D.synthesizer, metrics=",".join(_D.metrics),
-                metric_options=None, lr: float | None = _D.lr,
-                loss_threshold: float = _D.loss_threshold, max_steps: int | None = _D.max_steps,
-                fixed_steps: int | None = _D.fixed_steps, batch_size=_D.batch_size,
-                block_rows=_D.block_rows,
-                save_images: bool | None = _D.save_images, save=_D.save,
-                train_lr: float | None = _D.train_lr, train_batch_size: int | None = _D.train_batch_size,
-                data_root: str | None = _D.data_root, download: bool = _D.download,
-                device: str = _D.device, precision: str = _D.precision, compile: bool = _D.compile,
-                nonfinite: str = _D.nonfinite, out: str | None = None, overwrite: bool = False,
-                fresh: bool = False, checkpoints: str | None = None, progress: bool = True,
-                plots: bool = True) -> None:
+    def analyze(self, **options) -> None:
         """Run the whole study and write one results file (netCDF), and its figures.
 
         Trains the model through the training intervals; at each one synthesises, for every seed,
         the class prototypes and the n x n grid of intermediary prototypes; computes C and R from
         their penultimate features; summarises them; prints the summary and the output path.
-
-        Args:
-            model: registered model (see `toolkit plugins`), e.g. resnet18, resnet18-tv, timm:NAME.
-            dataset: registered dataset: digits (offline, bundled), cifar10, cifar100, imagefolder
-                (your images: --data_root a folder or .zip with train/<class>/ and test/<class>/).
-            intervals: training fractions to probe at, comma-separated, increasing, in (0, 1].
-            schedule: data (nested data subsets, the authors') or epochs (one run, checkpointed).
-            seeds: independent prototype initialisations per interval (the poster: 5).
-            seed: first seed; the seeds are seed, seed+1, ...; also seeds training.
-            epochs: training epochs per interval (schedule data) or in all (schedule epochs);
-                default from the dataset.
-            synthesizer: registered synthesis strategy; prototype is the paper's.
-            metrics: registered metrics to run, in order, comma-separated.
-            metric_options: JSON of options per metric, e.g. '{"zscore": {"reference": "seed"}}'.
-            lr: synthesis step length in pixel space; default from the dataset
-                (cifar100 0.1, cifar10 0.01, digits 0.1).
-            loss_threshold: an image is done once its cross-entropy is below this.
-            max_steps: most steps one image may take; default from the dataset (digits 100, else 1000).
-            fixed_steps: every image takes exactly this many steps (authors' code: 250).
-            batch_size: images optimised at once during synthesis; auto (default) chooses it
-                from the device and image size (CPU: 128 at 32x32; GPU: 1024 at 32x32).
-            block_rows: rows of one seed's grid per piece of synthesis work (what one rank does
-                at a time, and what the work directory saves); auto (default): about 4
-                micro-batches of images, so small grids stay whole.
-            save_images: store the whole grid P of images in the file (--nosave_images to leave
-                it out); default: on for up to 20 classes. Class prototypes are stored always.
-            save: which n x n x n tensors the file keeps, comma-separated (C,R; default all), or
-                none for their summaries only (for large n: C and R take 8 n^3 bytes per
-                interval and seed). The features stay, so C and R can be computed again. With
-                --metrics cosine_summaries they are streamed into the file block by block.
-            train_lr: SGD learning rate for training, cosine-annealed per stage; default from the
-                dataset (digits 0.1, else 0.05).
-            train_batch_size: training batch size; default from the dataset (digits 32, else 128).
-            data_root: folder holding the dataset files (default $TOOLKIT_DATA or ~/.cache/toolkit/data).
-            download: allow downloading a missing dataset (--nodownload to forbid).
-            device: auto, cpu, cuda or cuda:N.
-            precision: fp32 (default) or bf16: the model under bfloat16 autocast for synthesis and
-                training (loss, stopping test and images stay fp32); fast on CPUs with AMX and on GPUs.
-            compile: run the model through torch.compile during synthesis (--compile).
-            nonfinite: stop (NaN or Inf in losses or features stops the run, naming where) or
-                record (they are recorded and the run goes on).
-            out: results file (.nc); default results/MODEL-DATASET-HASH.nc, HASH of the options, so
-                the same command writes the same file. Work in progress goes beside it, in
-                OUT-without-.nc + ".work/": the training checkpoints (interval-<t>.pt, kept), and
-                each finished seed's class prototypes and block of grid rows (dropped once the
-                results file is written).
-                Rerunning an interrupted command resumes from there.
-            overwrite: replace an existing results file (and its figures).
-            fresh: discard the work an earlier run of this --out left, and start over.
-            checkpoints: folder of model weights to analyse instead of training, one file per
-                interval named interval-<t>.pt (e.g. interval-0.25.pt): a state_dict, or a
-                finished run's OUT.work folder. Loaded as weights only; files carrying pickled
-                objects are refused.
-            progress: show progress bars (--noprogress to hide).
-            plots: draw the figures into OUT-without-.nc + ".figures/" (--noplots to skip).
         """
         from toolkit import plotting
         from toolkit.pipeline import analyze, default_output
         from toolkit.table import summary_table
 
-        config = AnalysisConfig(
-            model=model, dataset=dataset, intervals=intervals, schedule=schedule, seeds=seeds,
-            seed=seed, epochs=epochs, synthesizer=synthesizer, metrics=metrics,
-            metric_options=metric_options, lr=lr, loss_threshold=loss_threshold,
-            max_steps=max_steps, fixed_steps=fixed_steps, batch_size=batch_size,
-            block_rows=block_rows, save_images=save_images, save=save, train_lr=train_lr,
-            train_batch_size=train_batch_size, data_root=data_root, download=download, device=device,
-            precision=precision, compile=compile, nonfinite=nonfinite)
-        path = Path(out) if out is not None else default_output(config)
-        ds = analyze(config, out=path, checkpoints=checkpoints, fresh=fresh, overwrite=overwrite,
-                     progress=progress, make_folder=out is None, plots=plots)
+        config, run = analyze_options(options)
+        path = Path(run.out) if run.out is not None else default_output(config)
+        _check_new_folder(path.parent)
+        ds = analyze(config, out=path, checkpoints=run.checkpoints, fresh=run.fresh,
+                     overwrite=run.overwrite, progress=run.progress, make_folder=True,
+                     plots=run.plots)
         if ds is None:  # a torchrun rank other than 0: rank 0 writes and prints
             return
         print(summary_table(ds))
         print(f"results: {path}")
-        if plots:
+        if run.plots:
             folder = plotting.default_folder(path)
             print(f"figures: {folder}/ ({sum(1 for _ in folder.iterdir())} files)")
 
@@ -155,7 +90,7 @@ class Toolkit:
         from toolkit import quality
         from toolkit.quality_report import quality_table
 
-        report = quality(list(results), out, overwrite=overwrite)
+        report = quality(list(results), out, overwrite=parse_bool("overwrite", overwrite))
         print(quality_table(report))
         if out is not None:
             print(f"figure: {out}")
@@ -180,7 +115,7 @@ class Toolkit:
         from toolkit.plotting import plot
 
         for path in plot(results, out, format, figures, seed=seed, interval=interval,
-                         overwrite=overwrite):
+                         overwrite=parse_bool("overwrite", overwrite)):
             print(path)
 
     def report(self, *results: str, out: str = "report.html", seed: int | None = None,
@@ -196,23 +131,256 @@ class Toolkit:
             interval: the interval the grid figure shows (default the last).
             overwrite: replace an existing page.
         """
-        from toolkit.errors import UsageError
         from toolkit.reporting import report
 
         if not results:
             raise UsageError("report needs at least one results file: "
                              "toolkit report RESULTS.nc [MORE.nc ...]")
-        page = report(list(results), out, seed=seed, interval=interval, overwrite=overwrite)
+        page = report(list(results), out, seed=seed, interval=interval,
+                      overwrite=parse_bool("overwrite", overwrite))
         print(f"report: {page}")
 
     def plugins(self, all: bool = False, hook: str | None = None) -> None:
         """Print the installed plugins as JSON: name, version, hooks, what each registers, and why
         a plugin that failed to load or raised in a hook was skipped.
 
+        Without --all only the plugins installed besides the built-in ones are listed (when there
+        are none, a note on stderr says so).
+
         Args:
             all: include the built-in plugins.
             hook: only the plugins that implement this hook, e.g. register_metrics.
         """
+        import sys
+
         from toolkit import get_plugins
 
-        print(json.dumps(get_plugins(all=all, hook=hook), indent=2))
+        all = parse_bool("all", all)
+        listed = get_plugins(all=all, hook=hook)
+        print(json.dumps(listed, indent=2))
+        if not all and not listed:  # not a bare [] that looks like nothing is installed
+            print("toolkit: note: no plugins besides the built-in ones, which are hidden; pass --all "
+                  "to list them too", file=sys.stderr)
+
+
+# ---- the analyze command's options, from the table ----------------------------------------------
+
+def analyze_options(options: dict) -> tuple[AnalysisConfig, RunOptions]:
+    """Split ``analyze``'s keyword options into the configuration and the run options; an unknown
+    one is a ``UsageError`` naming the closest known option."""
+    config_names = {opt.name for opt in OPTIONS}
+    run_names = {opt.name for opt in RUN_OPTIONS}
+    for name in options:
+        if name not in config_names | run_names:
+            raise UsageError(_unknown(f"--{name}", "analyze", config_names | run_names))
+    config = AnalysisConfig(**{k: v for k, v in options.items() if k in config_names})
+    run = RunOptions(**{k: v for k, v in options.items() if k in run_names})
+    return config, run
+
+
+def _signature() -> inspect.Signature:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature(
+        [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+        + [inspect.Parameter(opt.name, keyword, default=opt.default) for opt in OPTIONS + RUN_OPTIONS])
+
+
+def _option_help(opt: Option) -> str:
+    """One option of ``analyze --help``: ``--name VALUE``, its help, default and limits."""
+    head = f"  --{opt.name}" + (f" {opt.metavar}" if opt.metavar else f" / --no{opt.name}")
+    facts = []
+    if opt.default is None or opt.default == {}:
+        pass
+    elif isinstance(opt.default, bool):
+        facts.append(f"default: {str(opt.default).lower()}")
+    elif isinstance(opt.default, tuple):
+        facts.append("default: " + ",".join(f"{v:g}" if isinstance(v, float) else str(v)
+                                            for v in opt.default))
+    else:
+        facts.append(f"default: {opt.default}")
+    if opt.limits():
+        facts.append(f"whole number {opt.limits()}" + (" or auto" if "auto" in opt.metavar else ""))
+    text = opt.help + (f" [{'; '.join(facts)}]" if facts else "")
+    return head + "\n" + _fill(text, 6)
+
+
+def _fill(text: str, indent: int) -> str:
+    return textwrap.fill(text, WIDTH, initial_indent=" " * indent, subsequent_indent=" " * indent,
+                         break_on_hyphens=False)
+
+
+def _check_new_folder(folder: Path) -> None:
+    """A folder ``--out`` will create must lie below an existing, writable folder."""
+    if folder.exists():
+        return
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out folder {str(folder)!r} cannot be created: {str(parent)!r} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out folder {str(folder)!r} cannot be created: {str(parent)!r} is not writable")
+
+
+Toolkit.analyze.__signature__ = _signature()
+Toolkit.analyze.__doc__ = (inspect.getdoc(Toolkit.analyze) + "\n\nArgs:\n" + "\n".join(
+    textwrap.fill(f"{opt.name}: {opt.help}", WIDTH, initial_indent="    ", subsequent_indent="        ")
+    for opt in OPTIONS + RUN_OPTIONS))
+
+
+# ---- checking the arguments and answering --help, before Fire ------------------------------------
+
+def commands() -> dict[str, object]:
+    """The commands, in the order the help lists them."""
+    names = ("analyze", "summary", "quality", "plot", "report", "plugins")
+    return {name: getattr(Toolkit, name) for name in names}
+
+
+def _accepted(command: str | None) -> tuple[set[str], set[str]]:
+    """The options ``command`` takes (with the global ones), and those of them that are flags."""
+    if command is None:
+        return set(GLOBAL_OPTIONS), set()
+    if command == "analyze":
+        return ({opt.name for opt in OPTIONS + RUN_OPTIONS} | set(GLOBAL_OPTIONS),
+                {opt.name for opt in OPTIONS + RUN_OPTIONS if opt.is_flag})
+    parameters = [p for p in inspect.signature(commands()[command]).parameters.values()
+                  if p.name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    return ({p.name for p in parameters} | set(GLOBAL_OPTIONS),
+            {p.name for p in parameters if isinstance(p.default, bool)})
+
+
+def _unknown(option: str, command: str | None, known: set[str]) -> str:
+    where = f"for {command}" if command else "before the command"
+    near = closest(option.lstrip("-").replace("-", "_"), known)
+    hint = f"; did you mean --{near}?" if near else f"; see toolkit {command or ''} --help".replace("  ", " ")
+    return f"unknown option {option} {where}{hint}"
+
+
+_FLAG = re.compile(r"^--?[A-Za-z_]")
+
+
+def prepare(argv: list[str]) -> tuple[list[str], str | None]:
+    """Check ``argv`` before Fire sees it. Returns the arguments for Fire (dashes in option names
+    turned into underscores) and, when help was asked for (``-h``, ``--help``, or no command),
+    the help text to print instead of running anything. Raises ``UsageError`` for an unknown
+    command or option."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, tail = argv[:cut], argv[cut:]
+    command, out, wants_help, i = None, [], False, 0
+    while i < len(args):
+        token = args[i]
+        i += 1
+        if token in ("-h", "--help"):
+            wants_help = True
+            continue
+        if not _FLAG.match(token):
+            if command is None:
+                if token not in commands():
+                    near = closest(token, commands())
+                    raise UsageError(f"unknown command {token!r}" + (f"; did you mean {near}?" if near else "")
+                                     + f" (commands: {', '.join(commands())})")
+                command = token
+            out.append(token)
+            continue
+        key, eq, value = token.lstrip("-").partition("=")
+        key = key.replace("-", "_")
+        known, flags = _accepted(command)
+        if len(key) == 1 and token.startswith("-") and not token.startswith("--"):
+            starting = sorted(name for name in known if name.startswith(key))
+            if len(starting) != 1:
+                raise UsageError(f"option {token} {'for ' + command if command else 'before the command'} "
+                                 + (f"is ambiguous ({', '.join('--' + n for n in starting)}); spell it out"
+                                    if starting else "is unknown"))
+            key = starting[0]
+        if key.startswith("no_") and key[3:] in flags:  # --no-plots, --no_plots: Fire's --noplots
+            key = "no" + key[3:]
+        if key not in known and not (key.startswith("no") and key[2:] in flags):
+            if not wants_help and "-h" not in args and "--help" not in args:
+                raise UsageError(_unknown(token.partition("=")[0], command,
+                                          known | {"no" + name for name in flags}))
+        out.append(f"--{key}{eq}{value}")
+        if key in GLOBAL_OPTIONS and not eq and i < len(args):
+            out.append(args[i])  # the value of a global option, never the command
+            i += 1
+    if wants_help or command is None:
+        return out + tail, help_text(command)
+    return out + tail, None
+
+
+def help_text(command: str | None = None) -> str:
+    """``toolkit --help`` (the commands) or ``toolkit COMMAND --help`` (its options), complete."""
+    if command is None:
+        lines = ["Usage: toolkit [--plugins_dir FOLDER] [--disable_plugins NAMES] COMMAND [OPTIONS]",
+                 "", inspect.getdoc(Toolkit).split("\n\n")[0], "", "Commands:"]
+        for name, function in commands().items():
+            summary = re.split(r"(?<=[a-z)])[.:] ", " ".join(inspect.getdoc(function).split()))[0]
+            summary = summary.rstrip(".") + "."
+            lines.append(textwrap.fill(summary, WIDTH, initial_indent=f"  {name:<9} ",
+                                       subsequent_indent=" " * 12))
+        lines += ["", "Global options (before or after the command):"]
+        lines += _args_help(inspect.getdoc(Toolkit))
+        lines += [""] + textwrap.wrap(
+            "Run toolkit COMMAND --help for a command's options. Options may be spelt with "
+            "underscores or dashes (--max_steps, --max-steps); true/false options take --X, --noX "
+            "or --X true|false|yes|no|1|0.", WIDTH)
+        return "\n".join(lines)
+    function = commands()[command]
+    doc = inspect.getdoc(function)
+    body = doc.split("\nArgs:\n")[0].strip()
+    lines = [f"Usage: {_usage(command)}", ""]
+    lines += ["\n\n".join(_fill(" ".join(par.split()), 0) for par in body.split("\n\n"))]
+    lines += ["", _fill("Options may be spelt with underscores or dashes (--max_steps, --max-steps); "
+                        "a true/false option takes --X, --noX or --X true|false|yes|no|1|0.", 0),
+              "", "Options:"]
+    if command == "analyze":
+        lines += [_option_help(opt) for opt in OPTIONS]
+        lines += ["", "Run options (not part of the configuration the results file records):"]
+        lines += [_option_help(opt) for opt in RUN_OPTIONS]
+    else:
+        lines += _args_help(doc, function)
+    lines += ["", "Global options: --plugins_dir FOLDER, --disable_plugins NAMES (see toolkit --help)."]
+    return "\n".join(lines)
+
+
+def _usage(command: str) -> str:
+    if command == "analyze":
+        return "toolkit analyze [--OPTION VALUE ...]"
+    parts = [f"toolkit {command}"]
+    for p in list(inspect.signature(commands()[command]).parameters.values())[1:]:
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            parts.append(f"{p.name.upper()} [{p.name.upper()} ...]")
+        elif p.default is inspect.Parameter.empty:
+            parts.append(p.name.upper())
+        elif isinstance(p.default, bool):
+            parts.append(f"[--{p.name}]")
+        else:
+            parts.append(f"[--{p.name} {p.name.upper()}]")
+    return " ".join(parts)
+
+
+def _args_help(doc: str, function=None) -> list[str]:
+    """The ``Args:`` entries of a docstring as ``--name`` lines (positional ones in capitals)."""
+    section = doc.split("\nArgs:\n", 1)[1] if "\nArgs:\n" in doc else ""
+    entries: list[list[str]] = []
+    for line in section.splitlines():
+        if re.match(r"^    \w+:", line):
+            entries.append([line.strip()])
+        elif line.startswith("        ") and entries:
+            entries[-1].append(line.strip())
+        elif line.strip():
+            break
+    parameters = inspect.signature(function).parameters if function is not None else {}
+    lines = []
+    for entry in entries:
+        name, _, text = " ".join(entry).partition(":")
+        p = parameters.get(name)
+        if p is not None and (p.kind is inspect.Parameter.VAR_POSITIONAL or p.default is inspect.Parameter.empty):
+            head = f"  {name.upper()}"
+        elif p is not None and isinstance(p.default, bool):
+            head = f"  --{name} / --no{name}"
+        else:
+            head = f"  --{name} {METAVARS.get(name, name.upper())}"
+        if p is not None and p.default not in (inspect.Parameter.empty, None) and not isinstance(p.default, bool):
+            text += f" [default: {p.default}]"
+        lines.append(head + "\n" + _fill(text.strip(), 6))
+    return lines

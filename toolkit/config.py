@@ -4,10 +4,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from toolkit.errors import PluginError, UsageError
+from toolkit.options import NO_FALLBACK, Option, check_int, option, parse_bool, table
 
 POSTER_INTERVALS = (0.25, 0.40, 0.60, 0.70, 0.80, 0.90, 1.00)
 SCHEDULES = {
@@ -24,91 +27,102 @@ PRECISIONS = {
     "bf16": "the model under bfloat16 autocast (CPU and CUDA); loss, stopping test and images float32",
 }
 
-# Options a dataset plugin may give defaults for (its ``defaults`` metadata). Left at None by the
-# user, they take the dataset's default, else the fallback here.
-FALLBACKS = {"lr": 0.1, "epochs": 10, "crop_padding": 0, "flip": False, "train_lr": 0.05,
-             "train_batch_size": 128, "max_steps": 1000}
-DATASET_DEFAULTABLE = tuple(FALLBACKS)
 # save_images left at None saves the whole grid P for at most this many classes (n^2 images).
 SAVE_IMAGES_UP_TO = 20
+# The largest first seed: every seed, seed .. seed + seeds - 1, fits a signed 32-bit integer.
+MAX_SEED = 2**31 - 1
+MAX_BATCH = 2**20  # images (or training examples) in one batch
 
 
 @dataclasses.dataclass(frozen=True)
 class AnalysisConfig:
     """Everything that decides the numbers of one study. Defaults reproduce the poster.
 
-    Attributes:
-        model: registered model name (``toolkit plugins`` lists them).
-        dataset: registered dataset name.
-        intervals: training fractions at which the model is probed, increasing, in (0, 1].
-        schedule: ``data`` (growing data subsets, the authors' protocol) or ``epochs``.
-        seeds: how many independent prototype initialisations per interval.
-        seed: the first seed; seeds are ``seed, seed + 1, ...``. It also seeds training.
-        epochs: training epochs per interval (schedule ``data``) or in all (schedule ``epochs``);
-            default from the dataset.
-        train_lr, train_batch_size, momentum, weight_decay: SGD (Nesterov) with a cosine learning
-            rate per stage; learning rate and batch size default from the dataset.
-        crop_padding, flip: training augmentation (random crop after zero padding, horizontal
-            flip); defaults from the dataset.
-        synthesizer: registered synthesizer name.
-        lr: synthesis step length; default from the dataset (CIFAR-100 0.1, CIFAR-10 0.01).
-        loss_threshold: an image is done once its cross-entropy is below this.
-        max_steps: most steps one image may take; default from the dataset.
-        fixed_steps: every image takes exactly this many steps (the authors' code: 250).
-        batch_size: images optimised at once during synthesis: a whole number, or ``auto``
-            (or None) to choose it from the device (``toolkit.synthesis.auto_batch_size``).
-        block_rows: rows ``k`` of one seed's grid per piece of synthesis work (a block, one work
-            queue, the unit of work of a rank and of the work directory): a whole number (at
-            most that many rows), or ``auto``: about four micro-batches of images, so grids of
-            up to ``4 * batch_size`` images stay whole (``toolkit.distributed.blocks``).
-        precision: ``fp32`` or ``bf16`` (autocast) for synthesis and training; see ``PRECISIONS``.
-        compile: run the model through ``torch.compile`` during synthesis.
-        save_images: store the whole grid ``P`` of images in the results file (uint8); None saves
-            it when the dataset has at most ``SAVE_IMAGES_UP_TO`` classes. The class prototypes
-            and their starting noise are stored always.
-        metrics: registered metric names, run in this order.
-        save: which of the metrics' n x n x n tensors (dims interval, seed, k, j, i: ``C``, ``R``)
-            the results file keeps; None keeps them all, an empty tuple (``none``) only their
-            summaries. The features stay in the file, so the tensors can be computed again.
-            With ``cosine_summaries`` (no ``cosine``), the named tensors are streamed into the
-            file block by block, never whole in memory (:class:`toolkit.results.Streamed`).
-        metric_options: keyword options per metric, e.g. ``{"zscore": {"reference": "seed"}}``.
-        data_root: folder holding (or to receive) the dataset files.
-        download: whether a missing dataset may be downloaded.
-        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
-        nonfinite: ``stop`` (default) or ``record``: what NaN or Inf in a run does.
+    Each option is declared once, below, with its default, help text and limits
+    (:func:`toolkit.options.option`); the command line, ``--help``, this docstring's attributes and
+    the JSON record in the results file (:meth:`to_json`) all come from these declarations.
     """
 
-    model: str = "resnet18"
-    dataset: str = "digits"
-    intervals: tuple[float, ...] = POSTER_INTERVALS
-    schedule: str = "data"
-    seeds: int = 5
-    seed: int = 0
-    epochs: int | None = None
-    train_lr: float | None = None
-    train_batch_size: int | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    crop_padding: int | None = None
-    flip: bool | None = None
-    synthesizer: str = "prototype"
-    lr: float | None = None
-    loss_threshold: float = 0.01
-    max_steps: int | None = None
-    fixed_steps: int | None = None
-    batch_size: int | str | None = "auto"
-    block_rows: int | str = "auto"
-    save_images: bool | None = None
-    metrics: tuple[str, ...] = ("cosine", "zscore")
-    metric_options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
-    save: tuple[str, ...] | None = None
-    data_root: str | None = None
-    download: bool = True
-    device: str = "auto"
-    nonfinite: str = "stop"
-    precision: str = "fp32"
-    compile: bool = False
+    model: str = option("resnet18", "registered model (`toolkit plugins --all` lists them), e.g. "
+                        "resnet18, resnet18-tv, timm:NAME.", metavar="NAME")
+    dataset: str = option("digits", "registered dataset: digits (offline, bundled), cifar10, cifar100, "
+                          "imagefolder (your images: --data_root a folder or .zip with train/<class>/ "
+                          "and test/<class>/).", metavar="NAME")
+    intervals: tuple[float, ...] = option(
+        POSTER_INTERVALS, "training fractions to probe the model at, comma-separated, strictly "
+        "increasing, in (0, 1].", metavar="T,T,...")
+    schedule: str = option("data", "data (the model trains on nested stratified data subsets holding "
+                           "fraction t of the training set, the authors' protocol) or epochs (one run "
+                           "on the whole training set, checkpointed at fraction t of its steps).",
+                           metavar="NAME")
+    seeds: int = option(5, "independent prototype initialisations per interval (the poster: 5).",
+                        low=1, high=10_000)
+    seed: int = option(0, "the first seed; the seeds are seed, seed+1, ..., and the last must be at "
+                       f"most {MAX_SEED}. It also seeds training.", low=0, high=MAX_SEED)
+    epochs: int | None = option(None, "training epochs per interval (schedule data) or in all (schedule "
+                                "epochs); default from the dataset, else 10.", low=1, high=10_000,
+                                fallback=10)
+    train_lr: float | None = option(None, "SGD (Nesterov) learning rate for training, cosine-annealed "
+                                    "per stage; default from the dataset (digits 0.1), else 0.05.",
+                                    fallback=0.05)
+    train_batch_size: int | None = option(None, "training batch size; default from the dataset "
+                                          "(digits 32), else 128.", low=1, high=MAX_BATCH,
+                                          fallback=128)
+    momentum: float = option(0.9, "SGD momentum for training, in [0, 1).")
+    weight_decay: float = option(5e-4, "SGD weight decay for training, >= 0.")
+    crop_padding: int | None = option(None, "training augmentation: random crop after this much zero "
+                                      "padding; default from the dataset, else 0 (none).",
+                                      low=0, high=1024, fallback=0)
+    flip: bool | None = option(None, "training augmentation: random horizontal flips; default from "
+                               "the dataset, else false.", fallback=False, metavar="")
+    synthesizer: str = option("prototype", "registered synthesis strategy; prototype is the paper's.",
+                              metavar="NAME")
+    lr: float | None = option(None, "synthesis step length in pixel space (the L2 norm of one update "
+                              "of one image); default from the dataset (cifar100 0.1, cifar10 0.01, "
+                              "digits 0.1), else 0.1.", fallback=0.1)
+    loss_threshold: float = option(0.01, "an image is done once its cross-entropy toward its target "
+                                   "is below this.")
+    max_steps: int | None = option(None, "most steps one image may take; default from the dataset "
+                                   "(digits 100), else 1000.", low=1, high=1_000_000, fallback=1000)
+    fixed_steps: int | None = option(None, "every image takes exactly this many steps and the "
+                                     "threshold only decides whether it converged (the authors' "
+                                     "code: 250).", low=1, high=1_000_000)
+    batch_size: int | str | None = option(
+        "auto", "images optimised at once during synthesis: a whole number, or auto to choose it "
+        "from the device and image size (CPU: 128 at 32x32; GPU: 1024 at 32x32; "
+        "toolkit.synthesis.auto_batch_size).", low=1, high=MAX_BATCH, metavar="N|auto")
+    block_rows: int | str = option(
+        "auto", "rows k of one seed's grid per piece of synthesis work (what one rank does at a "
+        "time, and what the work directory saves): a whole number (at most that many rows), or "
+        "auto: about four micro-batches of images, so grids of up to 4 x batch_size images stay "
+        "whole.", low=1, high=1_000_000, metavar="N|auto")
+    save_images: bool | None = option(
+        None, "store the whole grid P of images in the results file (uint8); default: true for "
+        f"datasets of up to {SAVE_IMAGES_UP_TO} classes. The class prototypes and their starting "
+        "noise are stored always.", metavar="")
+    metrics: tuple[str, ...] = option(("cosine", "zscore"), "registered metrics to run, in this "
+                                      "order, comma-separated.", metavar="NAME,NAME,...")
+    metric_options: Mapping[str, Mapping[str, Any]] = option(
+        help="JSON of keyword options per metric, e.g. '{\"zscore\": {\"reference\": \"seed\"}}'.",
+        default_factory=dict, metavar="JSON")
+    save: tuple[str, ...] | None = option(
+        None, "which of the metrics' n x n x n tensors (C, R) the results file keeps, "
+        "comma-separated; default all; none keeps only their summaries (for large n: C and R take "
+        "8 n^3 bytes per interval and seed). The features stay in the file, so the tensors can be "
+        "computed again. With --metrics cosine_summaries the named tensors are streamed into the "
+        "file block by block, never whole in memory.", metavar="NAME,NAME,...|none")
+    data_root: str | None = option(None, "folder holding (or to receive) the dataset files; default "
+                                   "$TOOLKIT_DATA, else ~/.cache/toolkit/data.", metavar="FOLDER")
+    download: bool = option(True, "allow downloading a missing dataset (--nodownload to forbid).",
+                            metavar="")
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", metavar="NAME")
+    nonfinite: str = option("stop", "stop (NaN or Inf in training losses, synthesis losses or "
+                            "features stops the run, naming where) or record (they are recorded in "
+                            "the results file and the run goes on).", metavar="NAME")
+    precision: str = option("fp32", "fp32, or bf16: the model under bfloat16 autocast for synthesis "
+                            "and training (loss, stopping test and images stay float32); fast on CPUs "
+                            "with AMX and on GPUs.", metavar="NAME")
+    compile: bool = option(False, "run the model through torch.compile during synthesis.", metavar="")
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 (frozen)
@@ -119,6 +133,10 @@ class AnalysisConfig:
             set_("save", () if self.save in ("", "none") else _names("save", self.save))
         if self.batch_size is None:
             set_("batch_size", "auto")
+        for name in ("download", "compile"):
+            set_(name, parse_bool(name, getattr(self, name)))
+        for name in ("flip", "save_images"):
+            set_(name, parse_bool(name, getattr(self, name), optional=True))
         for name in ("model", "dataset", "synthesizer", "schedule", "device", "nonfinite"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise UsageError(f"--{name} must be a name; got {getattr(self, name)!r}")
@@ -139,19 +157,20 @@ class AnalysisConfig:
             raise UsageError(f"unknown --nonfinite {self.nonfinite!r}; allowed: {', '.join(NONFINITE)}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown --schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        _check_int("seeds", self.seeds, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("epochs", self.epochs, 1, optional=True)
-        _check_int("train_batch_size", self.train_batch_size, 1, optional=True)
-        _check_int("max_steps", self.max_steps, 1, optional=True)
-        _check_int("fixed_steps", self.fixed_steps, 1, optional=True)
+        for name in ("seeds", "seed", "epochs", "train_batch_size", "max_steps", "fixed_steps",
+                     "crop_padding"):
+            check_int(OPTION[name], getattr(self, name), optional=name not in ("seeds", "seed"))
+        if self.seed + self.seeds - 1 > MAX_SEED:
+            raise UsageError(f"--seed {self.seed} with --seeds {self.seeds}: the last seed "
+                             f"{self.seed + self.seeds - 1} must be at most {MAX_SEED}")
         for name in ("batch_size", "block_rows"):
             value = getattr(self, name)
             if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise UsageError(f"--{name} must be auto or a whole number >= 1; got {value!r}")
+            if value != "auto":
+                check_int(OPTION[name], value)
         if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
             raise UsageError(f"unknown --precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
-        _check_int("crop_padding", self.crop_padding, 0, optional=True)
         for name in ("train_lr", "lr", "loss_threshold"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
@@ -162,11 +181,6 @@ class AnalysisConfig:
                 raise UsageError(f"--{name} must be a number >= 0; got {value!r}")
         if self.momentum >= 1:
             raise UsageError(f"--momentum must be below 1; got {self.momentum!r}")
-        for name in ("download", "compile") + (("flip",) if self.flip is not None else ()):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"--{name} must be true or false; got {getattr(self, name)!r}")
-        if self.save_images is not None and not isinstance(self.save_images, bool):
-            raise UsageError(f"--save_images must be true or false; got {self.save_images!r}")
         if not (self.device in ("auto", "cpu", "cuda") or
                 (self.device.startswith("cuda:") and self.device[5:].isdigit())):
             raise UsageError(f"unknown --device {self.device!r}; allowed: {', '.join(DEVICES)}")
@@ -205,15 +219,71 @@ class AnalysisConfig:
         return cls(**json.loads(text))
 
 
+OPTIONS = table(AnalysisConfig)
+OPTION = {opt.name: opt for opt in OPTIONS}
+# Options a dataset plugin may give defaults for (its ``defaults`` metadata). Left at None by the
+# user, they take the dataset's default, else their declared fallback, collected here.
+FALLBACKS = {opt.name: opt.fallback for opt in OPTIONS if opt.fallback is not NO_FALLBACK}
+DATASET_DEFAULTABLE = tuple(FALLBACKS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How one run of ``analyze`` is carried out, not what it computes: not part of the
+    configuration, so not recorded in the results file nor hashed into its default name. Declared
+    like :class:`AnalysisConfig` (the command line takes both); the Python API takes them as the
+    keyword arguments of :func:`toolkit.analyze`."""
+
+    out: str | None = option(
+        None, "results file (.nc); its folder is created if missing. Default "
+        "results/MODEL-DATASET-HASH.nc, HASH of the options, so the same command writes the same "
+        "file. Work in progress goes beside it, in OUT-without-.nc + \".work/\": the training "
+        "checkpoints (interval-<t>.pt, kept), and each finished seed's class prototypes and block "
+        "of grid rows (dropped once the results file is written). Rerunning an interrupted "
+        "command resumes from there.", config=False, metavar="FILE.nc")
+    overwrite: bool = option(False, "replace an existing results file (and its figures).",
+                             config=False, metavar="")
+    fresh: bool = option(False, "discard the work an earlier run of this --out left, and start over.",
+                         config=False, metavar="")
+    checkpoints: str | None = option(
+        None, "folder of model weights to analyse instead of training, one file per interval named "
+        "interval-<t>.pt (e.g. interval-0.25.pt): a state_dict, or a finished run's OUT.work "
+        "folder. Loaded as weights only; files carrying pickled objects are refused.",
+        config=False, metavar="FOLDER")
+    progress: bool = option(True, "show progress bars on stderr (--noprogress to hide).",
+                            config=False, metavar="")
+    plots: bool = option(True, "draw the figures into OUT-without-.nc + \".figures/\" (--noplots to "
+                         "skip).", config=False, metavar="")
+
+    def __post_init__(self) -> None:
+        for name in ("overwrite", "fresh", "progress", "plots"):
+            object.__setattr__(self, name, parse_bool(name, getattr(self, name)))
+        for name in ("out", "checkpoints"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise UsageError(f"--{name} must be a path; got {value!r}")
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+
+
+RUN_OPTIONS = table(RunOptions)
+
+
+def _attributes(options: Iterable[Option]) -> str:
+    lines = []
+    for opt in options:
+        limits = opt.limits()
+        text = f"{opt.name}: {opt.help}" + (f" Whole number, {limits}." if limits else "")
+        lines += textwrap.wrap(text, 96, initial_indent="    ", subsequent_indent="        ")
+    return "\n".join(lines)
+
+
+AnalysisConfig.__doc__ += "\n    Attributes:\n" + _attributes(OPTIONS) + "\n"
+RunOptions.__doc__ += "\n\n    Attributes:\n" + _attributes(RUN_OPTIONS) + "\n"
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, minimum: int, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise UsageError(f"--{name} must be a whole number >= {minimum}; got {value!r}")
 
 
 def _split(value: Any) -> list:

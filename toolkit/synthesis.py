@@ -5,6 +5,7 @@ import dataclasses
 
 import torch
 
+from toolkit.config import FALLBACKS, OPTION
 from toolkit.errors import PluginError
 
 
@@ -24,13 +25,14 @@ class SynthesisSettings:
         compile: run the model through ``torch.compile``.
     """
 
-    lr: float = 0.1
-    loss_threshold: float = 0.01
-    max_steps: int = 1000
-    fixed_steps: int | None = None
-    batch_size: int = 128
-    precision: str = "fp32"
-    compile: bool = False
+    # The defaults are the analysis options' (toolkit.config), declared there once.
+    lr: float = FALLBACKS["lr"]
+    loss_threshold: float = OPTION["loss_threshold"].default
+    max_steps: int = FALLBACKS["max_steps"]
+    fixed_steps: int | None = OPTION["fixed_steps"].default
+    batch_size: int = 128  # what batch_size="auto" chooses for 32x32 images on a CPU
+    precision: str = OPTION["precision"].default
+    compile: bool = OPTION["compile"].default
 
 
 @dataclasses.dataclass(frozen=True)

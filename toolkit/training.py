@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toolkit.config import FALLBACKS, OPTION
 from toolkit.data import ImageDataset
 from toolkit.distributed import World
 from toolkit.errors import UsageError
@@ -18,14 +19,15 @@ from toolkit.progress import ProgressBar, progress_bar
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSettings:
+    # The defaults are the analysis options' (toolkit.config: train_lr, train_batch_size, ...).
     epochs: int
-    lr: float = 0.05
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    crop_padding: int = 0
-    flip: bool = False
-    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast
+    lr: float = FALLBACKS["train_lr"]
+    batch_size: int = FALLBACKS["train_batch_size"]
+    momentum: float = OPTION["momentum"].default
+    weight_decay: float = OPTION["weight_decay"].default
+    crop_padding: int = FALLBACKS["crop_padding"]
+    flip: bool = FALLBACKS["flip"]
+    precision: str = OPTION["precision"].default  # "bf16": forward and loss under bfloat16 autocast
 
 
 @dataclasses.dataclass(frozen=True)
