@@ -12,7 +12,7 @@ import re
 import textwrap
 from pathlib import Path
 
-from toolkit.config import OPTIONS, RUN_OPTIONS, AnalysisConfig, RunOptions
+from toolkit.config import OPTION, OPTIONS, RUN_OPTIONS, AnalysisConfig, RunOptions
 from toolkit.errors import UsageError
 from toolkit.options import Option, closest, parse_bool
 
@@ -140,6 +140,42 @@ class Toolkit:
                       overwrite=parse_bool("overwrite", overwrite))
         print(f"report: {page}")
 
+    def rank(self, *weights: str, dataset: str = "digits", model: str | None = None,
+             by: str = "C_minus_R", seeds: int = 3, out: str | None = None,
+             overwrite: bool = False, fresh: bool = False, progress: bool = True,
+             **options) -> None:
+        """Rank classifiers by data-free scores: probe each one's weights (interval 1.0), score it
+        with every registered score, print the models best first and, where the dataset has a test
+        split, how each score tracks test accuracy (Kendall tau, Spearman rho, 95 % bootstrap
+        intervals over models). A killed ranking resumes with the same command.
+
+        Args:
+            weights: weight files, MODEL=PATH (e.g. resnet18=a.pt) or PATH with --model: .pt
+                state dicts (loaded as weights only) or .safetensors.
+            dataset: registered dataset; gives the image shape and class names (and test accuracy
+                where its test split is present).
+            model: the architecture of every bare PATH.
+            by: the score to rank by (see toolkit plugins --all, scores).
+            seeds: prototype seeds per model.
+            out: ranking file (.nc) with a model dimension; work in progress beside it.
+            overwrite: replace an existing ranking file.
+            fresh: discard the work an earlier ranking of this --out left, and start over.
+            progress: show progress bars (--noprogress to hide).
+        """
+        from toolkit.rank import rank, rank_table
+
+        unknown = sorted(set(options) - set(RANK_PASSED))
+        if unknown:
+            raise UsageError(_unknown(f"--{unknown[0]}", "rank", set(RANK_PASSED)))
+        config = {k: v for k, v in vars(AnalysisConfig(**options)).items() if k in options}
+        report = rank(list(weights), dataset=dataset, model=model, by=by,
+                      seeds=int(seeds), out=out, overwrite=parse_bool("overwrite", overwrite),
+                      fresh=parse_bool("fresh", fresh), progress=parse_bool("progress", progress),
+                      **config)
+        print(rank_table(report))
+        if out is not None:
+            print(f"ranking: {out}")
+
     def plugins(self, all: bool = False, hook: str | None = None) -> None:
         """Print the installed plugins as JSON: name, version, hooks, what each registers, and why
         a plugin that failed to load or raised in a hook was skipped.
@@ -230,9 +266,16 @@ Toolkit.analyze.__doc__ = (inspect.getdoc(Toolkit.analyze) + "\n\nArgs:\n" + "\n
 
 # ---- checking the arguments and answering --help, before Fire ------------------------------------
 
+# The analysis options ``rank`` passes on to each model's probe (not those of training, which it
+# does not do, nor those it sets itself).
+RANK_PASSED = tuple(opt.name for opt in OPTIONS if opt.name not in (
+    "model", "dataset", "intervals", "schedule", "seeds", "epochs", "train_lr", "train_batch_size",
+    "momentum", "weight_decay", "crop_padding", "flip"))
+
+
 def commands() -> dict[str, object]:
     """The commands, in the order the help lists them."""
-    names = ("analyze", "summary", "quality", "plot", "report", "plugins")
+    names = ("analyze", "summary", "quality", "rank", "plot", "report", "plugins")
     return {name: getattr(Toolkit, name) for name in names}
 
 
@@ -244,9 +287,12 @@ def _accepted(command: str | None) -> tuple[set[str], set[str]]:
         return ({opt.name for opt in OPTIONS + RUN_OPTIONS} | set(GLOBAL_OPTIONS),
                 {opt.name for opt in OPTIONS + RUN_OPTIONS if opt.is_flag})
     parameters = [p for p in inspect.signature(commands()[command]).parameters.values()
-                  if p.name != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL]
-    return ({p.name for p in parameters} | set(GLOBAL_OPTIONS),
-            {p.name for p in parameters if isinstance(p.default, bool)})
+                  if p.name != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL,
+                                                         inspect.Parameter.VAR_KEYWORD)]
+    passed = [OPTION[name] for name in RANK_PASSED] if command == "rank" else []
+    return ({p.name for p in parameters} | {opt.name for opt in passed} | set(GLOBAL_OPTIONS),
+            {p.name for p in parameters if isinstance(p.default, bool)}
+            | {opt.name for opt in passed if opt.is_flag})
 
 
 def _unknown(option: str, command: str | None, known: set[str]) -> str:
@@ -338,6 +384,9 @@ def help_text(command: str | None = None) -> str:
         lines += [_option_help(opt) for opt in RUN_OPTIONS]
     else:
         lines += _args_help(doc, function)
+    if command == "rank":
+        lines += ["", "Probe options (as analyze's, passed on to each model's probe):"]
+        lines += [_option_help(OPTION[name]) for name in RANK_PASSED]
     lines += ["", "Global options: --plugins_dir FOLDER, --disable_plugins NAMES (see toolkit --help)."]
     return "\n".join(lines)
 
@@ -349,6 +398,8 @@ def _usage(command: str) -> str:
     for p in list(inspect.signature(commands()[command]).parameters.values())[1:]:
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
             parts.append(f"{p.name.upper()} [{p.name.upper()} ...]")
+        elif p.kind is inspect.Parameter.VAR_KEYWORD:
+            parts.append("[--OPTION VALUE ...]")
         elif p.default is inspect.Parameter.empty:
             parts.append(p.name.upper())
         elif isinstance(p.default, bool):
