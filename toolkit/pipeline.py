@@ -34,7 +34,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
 
     Args:
         config: an :class:`AnalysisConfig`; or leave it out and pass its fields as keywords.
-        out: path of the ``.nc`` file to write; nothing is written when None.
+        out: path of the ``.nc`` file to write; no results file when None.
         work_dir: the run's work directory; default ``<out without .nc>.work`` when ``out`` is
             given, else a temporary folder removed at the end (under torchrun: made by rank 0 for
             the ranks of its node; a job on several nodes needs ``out`` or ``work_dir`` on a
