@@ -189,7 +189,8 @@ def make_blocks(run: Run, model: NormalizedClassifier, fraction: float, todo: li
         run.image_steps += int(records["steps"].sum() - diagonal.sum())
         units = measure_block(run, model, block, grid, records, start)
         for seed, unit in zip(block.seeds, units):
-            work.save_unit(fraction, seed, block.rows, unit)  # kept even when faulty: --nonfinite record may reuse it
+            # kept even when faulty: --nonfinite record may reuse it
+            work.save_unit(fraction, seed, block.rows, unit)
             done[seed, block.start] = unit
             check_finite(unit, fraction, seed, run.config.nonfinite, block.rows)
     return done
