@@ -33,7 +33,7 @@ def test_a_run_without_out_works_in_a_temporary_directory_then_removes_it(temp_r
     monkeypatch.setattr(WorkDir, "save_unit", watched)
     ds = toolkit.analyze(**RUN)
     assert saved and all(path.parent == temp_root for path in saved)
-    assert list(temp_root.iterdir()) == []
+    assert list(temp_root.glob("toolkit-work-*")) == []
     assert ds["features"].sizes["seed"] == 1
 
 
@@ -41,16 +41,16 @@ def test_the_temporary_directory_goes_on_error_too(temp_root, tiny_plugin, monke
     from toolkit.stages import features
 
     def broken(*args, **kwargs):
-        assert any(temp_root.glob("*/protos-*.npz"))  # the prototypes were saved there
+        assert any(temp_root.glob("toolkit-work-*/protos-*.npz"))  # the prototypes were saved there
         raise RuntimeError("broken")
 
     monkeypatch.setattr(features, "extract_features", broken)
     with pytest.raises(RuntimeError, match="broken"):
         toolkit.analyze(**RUN)
-    assert list(temp_root.iterdir()) == []
+    assert list(temp_root.glob("toolkit-work-*")) == []
 
 
 def test_bad_input_makes_no_temporary_directory(temp_root, tiny_plugin):
     with pytest.raises(toolkit.UsageError):
         toolkit.analyze(**{**RUN, "metrics": "zscore,cosine"})
-    assert list(temp_root.iterdir()) == []
+    assert list(temp_root.glob("toolkit-work-*")) == []
