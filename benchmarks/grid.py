@@ -52,7 +52,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import toolkit
 from toolkit.model import NormalizedClassifier, extract_features, frozen
-from toolkit.pipeline import synthesize_grid
+from toolkit.stages.synthesize import synthesize_grid
 from toolkit.plugins import get_registry
 from toolkit.results import build_dataset
 from toolkit.synthesis import auto_batch_size
@@ -304,7 +304,7 @@ torch.set_num_threads({torch.get_num_threads()})
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from grid import resnet18
 from toolkit.model import extract_features, frozen
-from toolkit.pipeline import synthesize_grid
+from toolkit.stages.synthesize import synthesize_grid
 from toolkit.plugins import get_registry
 from toolkit.results import build_dataset
 from toolkit_plugins.metrics import cosine, zscore

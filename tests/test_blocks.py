@@ -160,9 +160,9 @@ def test_a_probe_returning_the_wrong_rows_for_a_block_is_named():
 
 def test_nan_in_a_block_names_its_rows_and_keeps_the_blocks_before_it(tmp_path, tiny_plugin,
                                                                        monkeypatch):
-    import toolkit.pipeline as pipeline
+    from toolkit.stages import features as stage
 
-    real, calls = pipeline.extract_features, []
+    real, calls = stage.extract_features, []
 
     def poisoned(model, images, **kwargs):
         features = real(model, images, **kwargs)
@@ -171,7 +171,7 @@ def test_nan_in_a_block_names_its_rows_and_keeps_the_blocks_before_it(tmp_path, 
             features[0, 0] = float("nan")
         return features
 
-    monkeypatch.setattr(pipeline, "extract_features", poisoned)
+    monkeypatch.setattr(stage, "extract_features", poisoned)
     from toolkit.errors import NumericalError
 
     with pytest.raises(NumericalError, match="interval 50%, seed 0, row k = 1: 1 of 3 images"):

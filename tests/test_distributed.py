@@ -155,3 +155,18 @@ def test_an_error_on_the_ranks_ends_the_job_with_one_line(tmp_path):
     assert result.returncode != 0
     assert "toolkit: error: --checkpoints" in stderr
     assert not (tmp_path / "x.nc").exists()
+
+
+def test_two_ranks_without_out_share_a_temporary_work_directory(single, tmp_path):
+    # analyze() without out: rank 0 makes the temporary work directory and tells the other rank,
+    # which finds rank 0's prototypes there; the folder is gone at the end.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOOLKIT_LOAD_ENTRYPOINTS": "0", "TMPDIR": str(temp)}
+    features = tmp_path / "features.npy"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+               str(TINY_CLI.with_name("tiny_api.py")), str(features), str(single.with_suffix(".work"))]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(np.load(features), data_of(single)["features"].values)
+    assert list(temp.glob("toolkit-work-*")) == []

@@ -94,12 +94,12 @@ def test_epochs_schedule_probes_one_run_on_all_the_data(tiny_plugin):
 
 
 def test_metric_chain_that_cannot_run_fails_before_training(tiny_plugin, monkeypatch):
-    import toolkit.pipeline as pipeline
+    from toolkit.stages import train
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(pipeline, "Trainer", no_training)
+    monkeypatch.setattr(train, "Trainer", no_training)
     with pytest.raises(toolkit.UsageError, match="zscore needs variable 'C'; list a metric that makes it"):
         toolkit.analyze(**{**TINY_RUN, "metrics": "zscore,cosine"})
     with pytest.raises(toolkit.UsageError, match="zscore needs variable 'X'"):

@@ -77,7 +77,7 @@ def test_killed_run_resumes_to_the_uninterrupted_results(tmp_path, uninterrupted
 
 
 def test_rerun_skips_finished_units_and_gives_the_same_numbers(tmp_path, tiny_plugin, monkeypatch):
-    import toolkit.pipeline as pipeline
+    from toolkit.stages import synthesize, train
 
     work = tmp_path / "work"
     first = toolkit.analyze(work_dir=work, **RUN)  # no out: the units stay
@@ -86,9 +86,9 @@ def test_rerun_skips_finished_units_and_gives_the_same_numbers(tmp_path, tiny_pl
     def nothing_to_do(*args, **kwargs):
         raise AssertionError("finished work was done again")
 
-    monkeypatch.setattr(pipeline, "synthesize_prototypes", nothing_to_do)
-    monkeypatch.setattr(pipeline, "synthesize_rows", nothing_to_do)
-    monkeypatch.setattr(pipeline.Trainer, "next_stage", nothing_to_do)
+    monkeypatch.setattr(synthesize, "synthesize_prototypes", nothing_to_do)
+    monkeypatch.setattr(synthesize, "synthesize_rows", nothing_to_do)
+    monkeypatch.setattr(train.Trainer, "next_stage", nothing_to_do)
     again = toolkit.analyze(work_dir=work, **RUN)
     xr.testing.assert_identical(first.drop_attrs(), again.drop_attrs())
 
@@ -113,9 +113,9 @@ def test_leftover_files_without_identity_are_not_adopted(tmp_path, tiny_plugin):
 
 
 def test_failed_run_before_any_unit_leaves_no_work_directory(tmp_path, tiny_plugin, monkeypatch):
-    import toolkit.pipeline as pipeline
+    from toolkit.stages import train
 
-    monkeypatch.setattr(pipeline.Trainer, "next_stage", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(train.Trainer, "next_stage", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     assert list(tmp_path.iterdir()) == []
@@ -124,10 +124,10 @@ def test_failed_run_before_any_unit_leaves_no_work_directory(tmp_path, tiny_plug
 # --- analysing given weights -------------------------------------------------------------------
 
 def test_checkpoints_of_a_finished_run_give_its_results_without_training(tmp_path, tiny_plugin, monkeypatch):
-    import toolkit.pipeline as pipeline
+    from toolkit.stages import train
 
     trained = toolkit.analyze(out=tmp_path / "a.nc", **RUN)
-    monkeypatch.setattr(pipeline, "Trainer", None)  # no training may happen
+    monkeypatch.setattr(train, "Trainer", None)  # no training may happen
     again = toolkit.analyze(out=tmp_path / "b.nc", checkpoints=tmp_path / "a.work", **RUN)
     xr.testing.assert_identical(trained.drop_attrs(), again.drop_attrs())
     assert not (tmp_path / "b.work").exists()  # nothing of that run is left to keep
@@ -207,9 +207,9 @@ def test_diverging_training_stops_naming_the_interval(tmp_path, tiny_plugin, cap
 
 
 def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugin, monkeypatch):
-    import toolkit.pipeline as pipeline
+    from toolkit.stages import features as stage
 
-    real = pipeline.extract_features
+    real = stage.extract_features
     calls = []
 
     def poisoned(model, images, **kwargs):
@@ -219,7 +219,7 @@ def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugi
             features[-1, 0] = float("nan")
         return features
 
-    monkeypatch.setattr(pipeline, "extract_features", poisoned)
+    monkeypatch.setattr(stage, "extract_features", poisoned)
     with pytest.raises(NumericalError, match="interval 50%, seed 1: 1 of 9 images have NaN or Inf"):
         toolkit.analyze(out=tmp_path / "r.nc", **RUN)
     assert not (tmp_path / "r.nc").exists()
@@ -264,11 +264,11 @@ def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, tiny_plugin, m
 def test_auto_sizes_resolved_on_another_device_are_refused(tmp_path, tiny_plugin, monkeypatch):
     # "auto" fixes the pieces of synthesis on the device it runs on; a work directory made with
     # other pieces (a CPU's batch, resumed on a GPU) cannot be mixed in.
-    import toolkit.pipeline as pipeline
+    from toolkit.stages import preflight
 
     work = tmp_path / "work"
     run = {**RUN, "batch_size": "auto", "intervals": (1.0,), "seeds": 1}
     toolkit.analyze(work_dir=work, **run)
-    monkeypatch.setattr(pipeline, "auto_batch_size", lambda device, shape: 1024)
+    monkeypatch.setattr(preflight, "auto_batch_size", lambda device, shape: 1024)
     with pytest.raises(toolkit.UsageError, match="pieces.batch_size: [0-9]+ there, 1024 here"):
         toolkit.analyze(work_dir=work, **run)

@@ -8,7 +8,7 @@ from torch import nn
 
 import toolkit
 from toolkit.model import frozen
-from toolkit.pipeline import synthesize_grid
+from toolkit.stages.synthesize import synthesize_grid
 from toolkit.plugins import get_registry
 from toolkit_plugins.synthesis import prototype
 

@@ -20,11 +20,12 @@ and a job restarted with another number resumes the same pieces.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import datetime
 import itertools
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -57,6 +58,21 @@ class World:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first, then the other ranks (which then see what it did: a
+        dataset it fetched, a work directory it cleared)."""
+        if not self.main:
+            self.barrier()
+        yield
+        if self.main:
+            self.barrier()
+
+    def from_main(self, make: Callable[[], Any]) -> Any:
+        """``make()`` run on rank 0 alone, its value on every rank: one answer for all the ranks
+        (what is left to do, where the temporary work directory is)."""
+        return self.broadcast(make() if self.main else None)
 
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value`` on rank 0 (in rank order); None on the others."""

@@ -4,6 +4,9 @@ A study takes hours; a crash, a full disk or Ctrl-C must not cost what was alrea
 Rerunning the same command finds the work directory (``<results>.work/`` beside the results file),
 checks that it belongs to the same run, skips what is finished and writes a results file whose data
 equal an uninterrupted run's.
+Every run has one: a run without a results file or a named work directory gets a temporary one,
+removed at its end (:func:`toolkit.stages.preflight.work_directory`), so every stage saves and finds
+its work the same way.
 
 Layout::
 

@@ -1,0 +1,226 @@
+"""Each interval's grids ``P``: the class prototypes, then every row, in fixed pieces.
+
+Two phases, each in fixed pieces that are one work queue each (:mod:`toolkit.distributed`): the
+class prototypes of groups of seeds, then the blocks of rows of the grids. The ranks of a torchrun
+job take the pieces as they go; each piece is saved in the work directory as soon as it is done
+(where the ranks also find each other's prototypes) and reused from there only whole, so a piece
+not on disk is synthesised again exactly as an uninterrupted run of any number of ranks makes it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from toolkit import distributed, results
+from toolkit.errors import PluginError, UsageError
+from toolkit.model import NormalizedClassifier, frozen
+from toolkit.plugins import Registration
+from toolkit.progress import ProgressBar
+from toolkit.stages.context import Run
+from toolkit.stages.features import check_finite, measure_block
+from toolkit.synthesis import SynthesisResult, SynthesisSettings
+from toolkit.training import Stage
+from toolkit.workdir import WorkDir
+
+Arrays = dict[str, np.ndarray]
+FIELDS = ("images", *results.RECORDS)  # what a SynthesisResult holds, and a prototypes file
+
+
+def synthesize_prototypes(model: NormalizedClassifier, synthesizer: Registration, noise: torch.Tensor,
+                          settings: SynthesisSettings, progress=None) -> SynthesisResult:
+    """The class prototypes of every seed of ``noise`` ``(seed, n, C, H, W)``, one work queue:
+    ``p_c`` of seed ``s`` starts from ``noise[s, c]`` toward ``c``, at index ``s * n + c``."""
+    seeds, n = noise.shape[:2]
+    return synthesize_images(model, synthesizer, noise.flatten(0, 1), torch.arange(n).repeat(seeds),
+                             settings, progress)
+
+
+def synthesize_rows(model: NormalizedClassifier, synthesizer: Registration,
+                    prototypes: SynthesisResult, seeds: int, rows: range, settings: SynthesisSettings,
+                    progress=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Rows ``k`` in ``rows`` of the grids ``P`` of ``seeds`` seeds, one work queue.
+
+    ``prototypes`` holds the class prototypes of those seeds (index ``s * n + c``, as
+    :func:`synthesize_prototypes` returns them). Every ``P[s, k, j]`` with ``k != j`` starts from
+    ``p_j`` of seed ``s`` toward ``k``; ``P[s, k, k]`` is ``p_k`` with the records of its synthesis
+    from noise. Returns the images ``(seed, row, j, C, H, W)`` and records ``(seed, row, j)``.
+    """
+    n = len(prototypes.images) // seeds
+    s, r, j = torch.meshgrid(torch.arange(seeds), torch.arange(len(rows)), torch.arange(n),
+                             indexing="ij")
+    k = torch.as_tensor(list(rows), dtype=torch.int64)[r]
+    off = k != j
+    origin = s * n + j                                  # the prototype each P[s, k, j] starts from
+    moved = synthesize_images(model, synthesizer, prototypes.images[origin[off]], k[off], settings,
+                              progress)
+    images = prototypes.images[origin].clone()           # the diagonal is ready: p_k itself
+    images[off] = moved.images
+    records = {}
+    for field in results.RECORDS:
+        grid = getattr(prototypes, field)[origin].clone()
+        grid[off] = getattr(moved, field)
+        records[field] = grid
+    return images, records
+
+
+def synthesize_grid(model: NormalizedClassifier, synthesizer: Registration, num_classes: int,
+                    noise: torch.Tensor, settings: SynthesisSettings,
+                    progress=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The whole grids ``P`` (seed, k, j, C, H, W) and their records (seed, k, j) of the seeds of
+    ``noise`` ``(seed, n, C, H, W)``: their prototypes as one work queue, then every row as another.
+
+    :func:`synthesize_interval` runs the same two phases in fixed pieces
+    (:func:`toolkit.distributed.blocks`), since the last bits of a step can depend on the
+    micro-batch's make-up (measured: ResNet18 on the CPU at batch size 1); with one block per
+    phase its grids are these.
+    """
+    prototypes = synthesize_prototypes(model, synthesizer, noise, settings, progress)
+    return synthesize_rows(model, synthesizer, prototypes, noise.shape[0], range(num_classes),
+                           settings, progress)
+
+
+def synthesize_images(model: NormalizedClassifier, synthesizer: Registration, start: torch.Tensor,
+                      targets: torch.Tensor, settings: SynthesisSettings, progress) -> SynthesisResult:
+    """One work queue of the synthesizer plugin: each image of ``start`` toward its target class."""
+    device = next(model.parameters()).device
+    result = synthesizer.obj(model, start.to(device), targets.to(device), settings, progress=progress)
+    if not isinstance(result, SynthesisResult):
+        raise PluginError(f"synthesizer {synthesizer.name!r} returned {type(result).__name__}, "
+                          "not a toolkit.SynthesisResult")
+    return result.check(start, synthesizer.name)
+
+
+def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
+    """The uniform noise the class prototypes of each seed start from, ``(seed, *shape)``: the
+    same at every interval, and drawn again for the results file rather than kept."""
+    return torch.stack([torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+                        for seed in seeds])
+
+
+def synthesize_interval(run: Run, model: NormalizedClassifier, stage: Stage,
+                        work: WorkDir) -> list[Arrays] | None:
+    """One interval's grids, each rank doing its share: one unit per seed (the arrays of its whole
+    grid, in seed order) on rank 0, None on the others."""
+    fraction, n = stage.fraction, run.shape[0]
+    with frozen(model):
+        # Rank 0 alone looks at the work directory and tells the others (before anyone adds a
+        # file), so every rank works through the same lists even where a shared filesystem shows
+        # files late.
+        todo, groups = run.world.from_main(lambda: left_to_do(run, work, fraction))
+        # This rank's bar counts its own images: all of them in one process; under torchrun, the
+        # ranks take pieces as they go, so rank 0's share is not known in advance.
+        progress = run.bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
+                           None if run.world.distributed else
+                           sum(len(group) * n for group in groups) + sum(b.images(n) for b in todo),
+                           unit="img")
+        made = make_prototypes(run, model, fraction, groups, work, progress)
+        run.world.barrier()  # every rank reads what it needs from the work directory, once all are written
+        done = make_blocks(run, model, fraction, todo, Prototypes(work, fraction, made), work, progress)
+        progress.close()
+    return collect(run, work, fraction, done)
+
+
+def left_to_do(run: Run, work: WorkDir, fraction: float) -> tuple[list[distributed.Block], list[list[int]]]:
+    """The blocks of the interval not all in the work directory, and the groups of seeds whose
+    prototypes those blocks need and the work directory lacks."""
+    todo = [block for block in run.pieces
+            if not all(work.unit(fraction, seed, block.rows).is_file() for seed in block.seeds)]
+    needed = {seed for block in todo for seed in block.seeds}
+    groups = [group for group in distributed.seed_groups(run.config.seed_values, run.shape[0],
+                                                         run.synthesis.batch_size)
+              if needed.intersection(group)
+              and not all(work.prototypes(fraction, seed).is_file() for seed in group)]
+    return todo, groups
+
+
+def make_prototypes(run: Run, model: NormalizedClassifier, fraction: float, groups: list[list[int]],
+                    work: WorkDir, progress: ProgressBar) -> dict[int, Arrays]:
+    """The class prototypes of the ``groups`` this rank claims, each seed's saved at once."""
+    n, made = run.shape[0], {}
+    for number in distributed.claim(run.world, [len(group) for group in groups]):
+        group = groups[number]
+        clock = time.perf_counter()
+        result = synthesize_prototypes(model, run.plan.synthesizer, initial_noise(run.shape, group),
+                                       run.synthesis, progress.update)
+        run.seconds["synthesis"] += time.perf_counter() - clock
+        run.image_steps += int(result.steps.sum())
+        for index, seed in enumerate(group):
+            made[seed] = {name: getattr(result, name)[index * n:(index + 1) * n].numpy()
+                          for name in FIELDS}
+            work.save_prototypes(fraction, seed, made[seed])
+    return made
+
+
+class Prototypes:
+    """The class prototypes of one interval, by seed: this rank's own, and the others' read from
+    the work directory when a block needs them (the last two kept: a rank's next blocks mostly
+    share them)."""
+
+    def __init__(self, work: WorkDir, fraction: float, made: dict[int, Arrays]):
+        self.work, self.fraction, self.made, self.held = work, fraction, made, dict(made)
+
+    def __getitem__(self, seed: int) -> Arrays:
+        if seed not in self.held:
+            if len(self.held) > len(self.made) + 1:
+                del self.held[next(s for s in self.held if s not in self.made)]
+            self.held[seed] = finished(self.work.load_prototypes(self.fraction, seed),
+                                       self.work.prototypes(self.fraction, seed))
+        return self.held[seed]
+
+
+def make_blocks(run: Run, model: NormalizedClassifier, fraction: float, todo: list[distributed.Block],
+                prototypes: Prototypes, work: WorkDir,
+                progress: ProgressBar) -> dict[tuple[int, int], Arrays]:
+    """The units of the blocks this rank claims, by (seed, first row), each saved at once."""
+    n, done = run.shape[0], {}
+    for number in distributed.claim(run.world, [block.images(n) for block in todo]):
+        block = todo[number]
+        start = [prototypes[seed] for seed in block.seeds]
+        start = SynthesisResult(**{name: torch.from_numpy(np.concatenate([p[name] for p in start]))
+                                   for name in FIELDS})
+        clock = time.perf_counter()
+        grid, records = synthesize_rows(model, run.plan.synthesizer, start, len(block.seeds),
+                                        block.rows, run.synthesis, progress.update)
+        run.seconds["synthesis"] += time.perf_counter() - clock
+        diagonal = records["steps"][:, torch.arange(len(block.rows)), torch.as_tensor(list(block.rows))]
+        run.image_steps += int(records["steps"].sum() - diagonal.sum())
+        units = measure_block(run, model, block, grid, records, start)
+        for seed, unit in zip(block.seeds, units):
+            # kept even when faulty: --nonfinite record may reuse it
+            work.save_unit(fraction, seed, block.rows, unit)
+            done[seed, block.start] = unit
+            check_finite(unit, fraction, seed, run.config.nonfinite, block.rows)
+    return done
+
+
+def collect(run: Run, work: WorkDir, fraction: float,
+            done: dict[tuple[int, int], Arrays]) -> list[Arrays] | None:
+    """Every rank's blocks on rank 0, with the ones finished before from the work directory, joined
+    into one unit per seed (in seed order); None on the other ranks."""
+    gathered = run.world.gather(done)
+    if not run.world.main:
+        return None
+    for part in gathered:
+        done.update(part)
+    units = []
+    for seed in run.config.seed_values:
+        parts = [done[seed, block.start] if (seed, block.start) in done
+                 else finished(work.load_unit(fraction, seed, block.rows),
+                               work.unit(fraction, seed, block.rows))
+                 for block in run.pieces if seed in block.seeds]
+        unit = parts[0] if len(parts) == 1 else {
+            name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        check_finite(unit, fraction, seed, run.config.nonfinite)
+        units.append(unit)
+    return units
+
+
+def finished(arrays: Arrays | None, path: Path) -> Arrays:
+    """What a finished piece's file holds; one line when it has gone missing during the run."""
+    if arrays is None:
+        raise UsageError(f"{path} was finished but is gone from the work directory (all ranks "
+                         "must see the same work directory); rerun the same command to redo it")
+    return arrays
