@@ -20,6 +20,7 @@ COUNTERPARTS = {
     "plot": "plot",
     "report": "report",
     "quality": "quality",
+    "rank": "rank",
 }
 
 

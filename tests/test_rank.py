@@ -12,7 +12,7 @@ import xarray as xr
 import toolkit
 from conftest import TinyCNN, make_tiny_dataset
 from toolkit.model import NormalizedClassifier
-from toolkit.rank import bootstrap_interval, rank, rank_table
+from toolkit.ranking import bootstrap_interval, rank, rank_table
 from toolkit.training import TrainingSettings, train_through_intervals
 
 FAST = dict(dataset="tiny", seeds=1, max_steps=30, batch_size=16)

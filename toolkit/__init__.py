@@ -32,6 +32,18 @@ def analyze(config=None, **options):
     return _analyze(config, **options)
 
 
+def rank(weights, *, dataset, model=None, by="C_minus_R", out=None, work_dir=None, seeds=3,
+         overwrite=False, fresh=False, progress=False, resamples=2000, **options):
+    """Rank classifiers by data-free scores, no test set needed, and return the
+    :class:`toolkit.ranking.RankReport` (``toolkit.ranking.rank_table`` prints it); see
+    :func:`toolkit.ranking.rank`, which this imports on first use."""
+    from toolkit.ranking import rank as _rank
+
+    return _rank(weights, dataset=dataset, model=model, by=by, out=out, work_dir=work_dir,
+                 seeds=seeds, overwrite=overwrite, fresh=fresh, progress=progress,
+                 resamples=resamples, **options)
+
+
 def open_results(path):
     """Open and validate a results file; see :func:`toolkit.results.open_results`."""
     from toolkit.results import open_results as _open
@@ -102,5 +114,5 @@ def quality(results, out=None, *, overwrite=False, labels=None):
 __all__ = [
     "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
     "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
-    "get_plugins", "plot", "report", "quality",
+    "get_plugins", "plot", "report", "quality", "rank",
 ]

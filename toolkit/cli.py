@@ -162,7 +162,7 @@ class Toolkit:
             fresh: discard the work an earlier ranking of this --out left, and start over.
             progress: show progress bars (--noprogress to hide).
         """
-        from toolkit.rank import rank, rank_table
+        from toolkit.ranking import rank, rank_table
 
         unknown = sorted(set(options) - set(RANK_PASSED))
         if unknown:

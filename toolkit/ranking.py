@@ -229,12 +229,12 @@ def combine(entries: Sequence[Entry], results: Sequence[xr.Dataset], dataset: st
     return combined
 
 
-def rank(specs: Sequence[str | os.PathLike], *, dataset: str, model: str | None = None,
+def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | None = None,
          by: str = DEFAULT_SCORE, out: str | os.PathLike | None = None,
          work_dir: str | os.PathLike | None = None, seeds: int = 3, overwrite: bool = False,
          fresh: bool = False, progress: bool = False, resamples: int = BOOTSTRAP,
          **options: Any) -> RankReport:
-    """Probe, score and rank the classifiers of ``specs`` (``MODEL=PATH`` or ``PATH``).
+    """Probe, score and rank the classifiers of ``weights`` (``MODEL=PATH`` or ``PATH``).
 
     ``options`` are ``analyze``'s (``max_steps``, ``synthesizer``, ``metrics``, ...); the interval
     is 1.0 and ``seeds`` prototype seeds are drawn per model. With ``out``, the ranking is written
@@ -242,7 +242,7 @@ def rank(specs: Sequence[str | os.PathLike], *, dataset: str, model: str | None 
     """
     from toolkit.pipeline import analyze
 
-    entries = parse_entries(specs, model)
+    entries = parse_entries(weights, model)
     get_registry("dataset").get(dataset)
     if by not in get_registry("score"):
         get_registry("score").get(by)  # the one-line error listing the scores
