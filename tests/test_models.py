@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from toolkit.model import BatchNormFolded, NormalizedClassifier, extract_features
+from toolkit.model import NormalizedClassifier, extract_features
+from toolkit_plugins.synthesis import BatchNormFolded
 from toolkit.plugins import get_registry
 
 

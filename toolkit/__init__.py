@@ -6,6 +6,7 @@ origin, ``R``: same target) are tracked over training. See ``toolkit.analyze``.
 """
 
 from toolkit.config import AnalysisConfig
+from toolkit.contracts import FeatureGrid, FigureSpec, Probe, Score, Variable
 from toolkit.data import ImageDataset
 from toolkit.errors import PluginError, ToolkitError, UsageError
 from toolkit.hookspecs import hookimpl
@@ -91,4 +92,5 @@ __all__ = [
     "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
     "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
     "get_plugins", "plot", "report", "quality",
+    "FeatureGrid", "FigureSpec", "Probe", "Score", "Variable",
 ]

@@ -20,11 +20,11 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
-from toolkit import hookspecs
+from toolkit import contracts, hookspecs
 from toolkit.errors import PluginError, ToolkitError, UsageError
 
 DEFAULT_PLUGINS = (
@@ -33,8 +33,10 @@ DEFAULT_PLUGINS = (
     "toolkit_plugins.imagefolder",
     "toolkit_plugins.synthesis",
     "toolkit_plugins.metrics",
+    "toolkit_plugins.figures",
     "toolkit_plugins.boundary",
     "toolkit_plugins.scores",
+    "toolkit_plugins.grids",
 )
 
 ENTRY_POINT_GROUP = "toolkit"
@@ -45,7 +47,12 @@ KINDS = {
     "dataset": "register_datasets",
     "synthesizer": "register_synthesizers",
     "metric": "register_metrics",
+    "probe": "register_probes",
+    "figure": "register_figures",
+    "score": "register_scores",
 }
+# The kinds whose registered object is one of the typed contracts, not a callable.
+TYPED = {"probe": contracts.Probe, "figure": contracts.FigureSpec, "score": contracts.Score}
 
 _pm: PluginManager | None = None
 # Set by configure() (the command line's --plugins_dir and --disable_plugins); added to the
@@ -282,6 +289,10 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def in_order(self) -> list[Registration]:
+        """The registrations in the order the plugins made them (built-in plugins first)."""
+        return list(self._items.values())
+
     def get(self, name: str) -> Registration:
         """The registration called ``name``, or a ``UsageError`` listing the known names.
 
@@ -343,8 +354,16 @@ def _registrar(kind: str, plugin: str, found: dict[str, Registration]) -> Callab
     def register(name: str, obj: Any, **metadata: Any) -> None:
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin {plugin!r} registered a {kind} without a name")
-        if not callable(obj):
+        if kind in TYPED and not isinstance(obj, TYPED[kind]):
+            raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} that is not a "
+                              f"toolkit.{TYPED[kind].__name__}")
+        if kind not in TYPED and not callable(obj):
             raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} that is not callable")
+        variables = metadata.get("variables", {})
+        if not isinstance(variables, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, contracts.Variable) for k, v in variables.items()):
+            raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} with variables that "
+                              "are not a dict of names to toolkit.Variable")
         if name in found:
             raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} twice")
         found[name] = Registration(kind, name, obj, plugin, dict(metadata))

@@ -95,7 +95,7 @@ def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: in
 
     columns = f' style="--runs: {len(runs)}"'
     labels = [label for label, _ in runs]
-    figures = {name: spec for name, spec in plotting.FIGURES.items()
+    figures = {name: spec for name, spec in plotting.registered_figures().items()
                if not spec.optional or any(_has_figure(ds, name) for _, ds in runs)}
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -184,7 +184,7 @@ def _figure_html(ds: xr.Dataset, name: str, label: str, dpi: int, seed: int | No
     except plotting.MissingData as missing:
         return f'<p class="missing">{_e(label)}: not drawn, {_e(str(missing))}</p>'
     data = base64.b64encode(plotting.figure_png(fig, dpi)).decode("ascii")
-    alt = f"{plotting.FIGURES[name].heading}, {plotting.run_title(ds)}"
+    alt = f"{plotting.registered_figures()[name].heading}, {plotting.run_title(ds)}"
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
             f"<figcaption>{_e(label)}</figcaption></figure>")
 
