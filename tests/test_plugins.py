@@ -55,7 +55,8 @@ def test_every_hook_has_a_docstring():
     for name in hookspecs.hook_names():
         assert getattr(hookspecs, name).__doc__.strip(), name
     assert hookspecs.hook_names() == ["register_models", "register_datasets",
-                                      "register_synthesizers", "register_metrics"]
+                                      "register_synthesizers", "register_metrics",
+                                      "register_probes", "register_figures", "register_scores"]
 
 
 def test_a_plugin_installed_through_the_entry_point_group_is_loaded(tmp_path, monkeypatch):
