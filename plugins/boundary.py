@@ -211,15 +211,12 @@ def register_synthesizers(register):
                          "p_j and P[k, j] refined by gradient steps")
 
 
-def _var(name: str):
-    return lambda ds: ds[name].values.astype(np.float64)
-
-
 @toolkit.hookimpl
 def register_scores(register):
-    register("BC_mean", toolkit.Score(_var("BC_mean"), ("BC_mean",), +1, "toolkit's expectation, "
-                                      "by analogy with C: boundary images of distinct pairs separate"))
-    register("BR_mean", toolkit.Score(_var("BR_mean"), ("BR_mean",), 0, "no sign claimed"))
+    register("BC_mean", toolkit.Score.of_variable(
+        "BC_mean", +1, "toolkit's expectation, by analogy with C: boundary images of distinct "
+                       "pairs separate"))
+    register("BR_mean", toolkit.Score.of_variable("BR_mean", 0, "no sign claimed"))
 
 
 def boundary_figure(ds: xr.Dataset, interval: float | None = None, seed: int | None = None,

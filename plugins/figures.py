@@ -233,3 +233,18 @@ _FIGURES = (
 def register_figures(register):
     for name, spec in _FIGURES:
         register(name, spec)
+
+
+@toolkit.hookimpl
+def register_scores(register):
+    # The cosine metrics' summaries as data-free scores (here, beside their figures, so that the
+    # metrics module keeps to its one hook).
+    register("C_mean", toolkit.Score.of_variable(
+        "C_mean", +1, "poster: inter-class dissimilarity rises as the classifier trains"))
+    register("R_mean", toolkit.Score.of_variable(
+        "R_mean", 0, "poster: intra-class dissimilarity stays stable (no sign claimed)"))
+    register("C_minus_R", toolkit.Score(
+        lambda ds: (ds["C_mean"] - ds["R_mean"]).values.astype(np.float64), ("C_mean", "R_mean"),
+        +1, "poster: C rises while R stays low and flat"))
+    for name in ("C_outlier_fraction", "R_outlier_fraction"):
+        register(name, toolkit.Score.of_variable(name, 0, "no sign claimed"))

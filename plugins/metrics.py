@@ -331,22 +331,3 @@ def register_metrics(register):
              streams=stream_cosine, variables=summary_variables(),
              description="zscore's summaries of C and R, computed block by block from the "
                          "features without the n x n x n tensors (for large n)")
-
-
-def _var(name: str):
-    return lambda ds: ds[name].values.astype(np.float64)
-
-
-@toolkit.hookimpl
-def register_scores(register):
-    register("C_mean", toolkit.Score(_var("C_mean"), ("C_mean",), +1,
-                                     "poster: inter-class dissimilarity rises as the classifier trains"))
-    register("R_mean", toolkit.Score(_var("R_mean"), ("R_mean",), 0,
-                                     "poster: intra-class dissimilarity stays stable (no sign claimed)"))
-    register("C_minus_R", toolkit.Score(
-        lambda ds: (ds["C_mean"] - ds["R_mean"]).values.astype(np.float64), ("C_mean", "R_mean"),
-        +1, "poster: C rises while R stays low and flat"))
-    register("C_outlier_fraction", toolkit.Score(_var("C_outlier_fraction"), ("C_outlier_fraction",),
-                                                 0, "no sign claimed"))
-    register("R_outlier_fraction", toolkit.Score(_var("R_outlier_fraction"), ("R_outlier_fraction",),
-                                                 0, "no sign claimed"))

@@ -195,13 +195,10 @@ def register_metrics(register):
                          "L2 DeepFool adversarial example (overshoot 0.02)")
 
 
-def _var(name: str):
-    return lambda ds: ds[name].values.astype(np.float64)
-
-
 @toolkit.hookimpl
 def register_scores(register):
-    register("Mg", toolkit.Score(_var("Mg"), ("Mg",), +1, "Dean & Sarkar 2023: prototypes of a "
-                                 "better classifier are more dissimilar"))
-    register("Madv", toolkit.Score(_var("Madv"), ("Madv",), +1, "Dean & Sarkar 2023: a better "
-                                   "classifier's prototypes need a larger feature change to flip"))
+    register("Mg", toolkit.Score.of_variable(
+        "Mg", +1, "Dean & Sarkar 2023: prototypes of a better classifier are more dissimilar"))
+    register("Madv", toolkit.Score.of_variable(
+        "Madv", +1, "Dean & Sarkar 2023: a better classifier's prototypes need a larger feature "
+                    "change to flip"))

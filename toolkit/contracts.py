@@ -112,6 +112,21 @@ class Score:
     expected: int
     why: str
 
+    @classmethod
+    def of_variable(cls, name: str, expected: int, why: str) -> "Score":
+        """The score that is the ``(interval,)`` variable ``name`` of the results file itself."""
+        return cls(_VariableValues(name), (name,), expected, why)
+
     def __post_init__(self) -> None:
         if self.expected not in (-1, 0, 1):
             raise ValueError(f"Score expected must be +1, -1 or 0; got {self.expected!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _VariableValues:
+    """``ds[name]`` as float64 values (a picklable, comparable ``compute``)."""
+
+    name: str
+
+    def __call__(self, ds: Any) -> Any:
+        return ds[self.name].values.astype("float64")

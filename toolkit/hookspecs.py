@@ -223,7 +223,8 @@ def register_scores(register: Register) -> None:
       ``-1``, or ``0`` where no sign is claimed;
     - ``why``: one line saying where that expectation comes from.
 
-    Metadata: ``description``.
+    ``toolkit.Score.of_variable(name, expected, why)`` is the score that is an ``(interval,)``
+    variable of the file itself. Metadata: ``description``.
     """
 
 
