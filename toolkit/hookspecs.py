@@ -21,18 +21,33 @@ lists them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import pluggy
+
+from toolkit.contracts import FigureSpec, Probe, Score
 
 hookspec = pluggy.HookspecMarker("toolkit")
 hookimpl = pluggy.HookimplMarker("toolkit")
 
-Register = Callable[..., None]
+T = TypeVar("T", contravariant=True)
+
+
+class Register(Protocol, Generic[T]):
+    """The ``register`` callback a hook receives: ``register(name, obj, **metadata)``, once per
+    thing it adds; ``obj`` is of the type the hook documents."""
+
+    def __call__(self, name: str, obj: T, /, **metadata: Any) -> None: ...
+
+
+ModelFactory = Callable[[int, int, int], Any]       # (num_classes, in_chans, image_size) -> Module
+DatasetLoader = Callable[..., Any]                  # (root, download) -> toolkit.ImageDataset
+Synthesizer = Callable[..., Any]                    # (model, start, targets, settings, progress)
+Metric = Callable[..., Any]                         # (ds, **options) -> {name: DataArray}
 
 
 @hookspec
-def register_models(register: Register) -> None:
+def register_models(register: Register[ModelFactory]) -> None:
     """Register model architectures.
 
     Call ``register(name, factory)`` with ``factory(num_classes, in_chans, image_size)`` returning a
@@ -60,7 +75,7 @@ def register_models(register: Register) -> None:
 
 
 @hookspec
-def register_datasets(register: Register) -> None:
+def register_datasets(register: Register[DatasetLoader]) -> None:
     """Register datasets.
 
     Call ``register(name, loader)`` with ``loader(root, download)`` returning a
@@ -86,7 +101,7 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
-def register_synthesizers(register: Register) -> None:
+def register_synthesizers(register: Register[Synthesizer]) -> None:
     """Register image synthesis strategies.
 
     Call ``register(name, synthesizer)`` with ``synthesizer(model, start, targets, settings,
@@ -122,7 +137,7 @@ def register_synthesizers(register: Register) -> None:
 
 
 @hookspec
-def register_metrics(register: Register) -> None:
+def register_metrics(register: Register[Metric]) -> None:
     """Register metrics computed from a results dataset.
 
     Call ``register(name, metric)`` with ``metric(ds, **options)`` taking the ``xarray.Dataset``
@@ -163,7 +178,7 @@ def register_metrics(register: Register) -> None:
 
 
 @hookspec
-def register_probes(register: Register) -> None:
+def register_probes(register: Register[Probe]) -> None:
     """Register probes: measurements of the model itself on each interval's grids.
 
     Call ``register(name, toolkit.Probe(run, variables, blocks=False))``. A synthesizer or metric
@@ -190,7 +205,7 @@ def register_probes(register: Register) -> None:
 
 
 @hookspec
-def register_figures(register: Register) -> None:
+def register_figures(register: Register[FigureSpec]) -> None:
     """Register figures of a results file, drawn by ``toolkit plot`` and shown by ``toolkit report``.
 
     Call ``register(name, toolkit.FigureSpec(draw, heading, how_to_read, needs=(), optional=False))``:
@@ -211,7 +226,7 @@ def register_figures(register: Register) -> None:
 
 
 @hookspec
-def register_scores(register: Register) -> None:
+def register_scores(register: Register[Score]) -> None:
     """Register data-free scores, which ``toolkit quality`` correlates with test accuracy.
 
     Call ``register(name, toolkit.Score(compute, needs, expected, why))``:
