@@ -35,8 +35,8 @@ plugin adds to the results file is declared as a `toolkit.Variable`
 
 A third-party plugin that fails to import, implements a hook that does not exist, or raises in a
 hook (or calls `register` with no name, or an object that is neither callable nor of the typed
-kind the hook takes) is skipped with a
-warning, and `toolkit plugins` shows why; everything else keeps working.
+kind the hook takes) is skipped with a warning, and `toolkit plugins` shows why; everything else
+keeps working.
 """
 
 
