@@ -133,11 +133,15 @@ def _registrar(kind: str, plugin: str, found: dict[str, Registration]) -> Callab
                               f"toolkit.{TYPED[kind].__name__}")
         if kind not in TYPED and not callable(obj):
             raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} that is not callable")
-        variables = metadata.get("variables", {})
-        if not isinstance(variables, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, contracts.Variable) for k, v in variables.items()):
-            raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} with variables that "
-                              "are not a dict of names to toolkit.Variable")
+        for variables in (metadata.get("variables", {}), getattr(obj, "variables", {})):
+            if not isinstance(variables, Mapping) or not all(
+                    isinstance(k, str) and isinstance(v, contracts.Variable)
+                    for k, v in variables.items()):
+                raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} with variables "
+                                  "that are not a dict of names to toolkit.Variable")
+        if "probe" in metadata and not isinstance(metadata["probe"], str):
+            raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} with probe= that is "
+                              "not the name of a probe (register it with register_probes)")
         if name in found:
             raise PluginError(f"plugin {plugin!r} registered {kind} {name!r} twice")
         found[name] = Registration(kind, name, obj, plugin, dict(metadata))
