@@ -1,11 +1,12 @@
 """Figures of a results file: the machinery that draws the figures plugins register.
 
 Figures are registered by plugins (``register_figures``, a :class:`toolkit.FigureSpec`); the
-built-in ones live in ``toolkit_plugins.figures``. Every figure is drawn from the file alone (``toolkit.open_results`` or ``xarray.open_dataset``),
-on its own ``matplotlib.figure.Figure`` (no pyplot state, no window), in the Okabe-Ito
-colour-blind-safe palette, with a title naming model, dataset and seeds. A figure whose variables
-a file lacks (a run without the ``zscore`` metric, a file without the grid ``P``) raises
-:class:`MissingData`, a :class:`UsageError` that says what is missing and how to get it.
+built-in ones live in ``toolkit_plugins.figures``. Every figure is drawn from the file alone
+(``toolkit.open_results`` or ``xarray.open_dataset``), on its own ``matplotlib.figure.Figure`` (no
+pyplot state, no window), in the Okabe-Ito colour-blind-safe palette, with a title naming model,
+dataset and seeds; the helpers here (``new_figure``, ``need``, ``pick_seed``, ``mosaic``, ...) are
+for the figures' use. A figure whose variables a file lacks raises :class:`MissingData`, a
+:class:`UsageError` that says what is missing and how to get it.
 
 ``plot`` draws them all into a folder; ``toolkit.report`` embeds them in one HTML page.
 """

@@ -1,10 +1,10 @@
 """Does a data-free score track test accuracy? Correlations of every score with accuracy.
 
-For each score (registered by plugins with ``register_scores``) that a results file holds, its Spearman and Pearson correlation with
-``test_accuracy`` across the intervals of each file and, when several files are given, across every
-(file, interval) point of them all (models and runs pooled). Each score has the sign it is expected
-to have (or none, where neither the poster nor the paper claims one) and whether its correlation
-has that sign. Scores are ranked by how well they track accuracy in their expected direction.
+For each score (registered by plugins with ``register_scores``) that a results file holds, its
+Spearman and Pearson correlation with ``test_accuracy`` across the intervals of each file and,
+when several files are given, across every (file, interval) point of them all (models and runs
+pooled). Each score has the sign it is expected to have (or none, where no sign is claimed) and
+whether its correlation has that sign. Scores are ranked by how well they track accuracy in their expected direction.
 
 Few points make these correlations fragile: 7 intervals give a Spearman coefficient in steps of
 1/56, and a p-value (``p``, scipy's two-sided test) is given with each for that reason.

@@ -1,10 +1,11 @@
 """The results file: one ``xarray.Dataset`` per study, written as compressed netCDF4.
 
-This module is the one home of the schema (DESIGN.md section 2). Dimensions: ``interval``
-(coordinate: the training fraction), ``seed``, ``k`` (target class), ``j`` (origin class), ``i``
-(the class compared with), ``feature`` and ``class`` (with ``class_name``). ``P[k, j]`` is the image
-started at class ``j``'s prototype and pushed into class ``k``; ``P[k, k]`` is class ``k``'s
-prototype.
+This module builds, writes, reads and checks it; what it holds is :mod:`toolkit.schema` (the
+core's variables, and those the plugins declare; DESIGN.md section 2, docs/results-file.md).
+Dimensions: ``interval`` (coordinate: the training fraction), ``seed``, ``k`` (target class),
+``j`` (origin class), ``i`` (the class compared with), ``feature`` and ``class`` (with
+``class_name``). ``P[k, j]`` is the image started at class ``j``'s prototype and pushed into class
+``k``; ``P[k, k]`` is class ``k``'s prototype.
 
 Images (optional variables, so files without them are still schema version 1): ``noise``
 ``(seed, class, channel, y, x)``, the uniform noise each seed's prototypes start from (the same at
@@ -69,7 +70,7 @@ SPEED_ATTRS = {
                         "summed over the ranks, like image_steps)",
     "time_features_s": "wall time spent extracting penultimate features, in seconds",
     "time_metrics_s": "wall time spent in the metric plugins, in seconds",
-    "time_probes_s": "wall time spent in plugin probes (boundary search, adversarial attacks), in seconds",
+    "time_probes_s": "wall time spent in plugin probes (register_probes), in seconds",
     "image_steps": "input-gradient steps taken, summed over every image of every grid",
     "precision": "fp32 or bf16 (autocast) for synthesis and training",
     "compile": "1 if the model ran through torch.compile during synthesis, else 0",
