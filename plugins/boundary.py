@@ -27,14 +27,20 @@ probe, ``B``; the ``cosine`` metric then gives ``BC`` and ``BR`` for ``B`` as it
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+import xarray as xr
+from matplotlib.figure import Figure
 
 import toolkit
-from toolkit import results
 from toolkit.model import extract_features
+from toolkit.plotting import (cells, interval_axis, need, new_figure, percent, pick_classes,
+                              pick_interval, pick_seed, run_title, show_mosaic, tile_centres)
+from toolkit.schema import GRID, PIXELS
+from toolkit_plugins.figures import COLOURS, DISSIMILARITY
+from toolkit_plugins.metrics import pair_variables, summary_variables
 from toolkit_plugins.synthesis import optimise, prototype
 
 TOLERANCE = 0.01
@@ -132,7 +138,7 @@ def boundary_probe(model: torch.nn.Module, grid: torch.Tensor, records, settings
                    tolerance: float = TOLERANCE, *, rows: Optional[range] = None,
                    prototypes: Optional[torch.Tensor] = None) -> dict[str, np.ndarray]:
     """``B`` for a grid ``P`` of shape ``(seed, k, j, C, H, W)``: images, features and records,
-    each with the leading dims ``(seed, k, j)`` (the variables of ``results.BOUNDARY``).
+    each with the leading dims ``(seed, k, j)`` (the variables of ``BOUNDARY``).
 
     On a block of rows, ``grid`` holds the rows ``k`` in ``rows`` and ``prototypes`` ``(seed, n,
     C, H, W)`` every ``p_j`` of its seeds; the arrays then have the leading dims ``(seed, row, j)``.
@@ -169,9 +175,105 @@ def boundary(model: torch.nn.Module, start: torch.Tensor, targets: torch.Tensor,
     return prototype(model, start, targets, settings, progress)
 
 
+# What the probe ``boundary`` adds: the boundary grid B, its features and its records.
+BOUNDARY = {
+    "B": toolkit.Variable((*GRID, *PIXELS), dict(
+        long_name="boundary prototype B[k, j] between classes j and k (B[k, k] = p_k)", units="1"),
+        image=True),
+    "B_features": toolkit.Variable((*GRID, "feature"), dict(
+        long_name="penultimate feature vector of B[k, j]", units="1"),
+        grid=toolkit.FeatureGrid(prefix="B", images="B", kind="boundary prototype")),
+    "boundary_success": toolkit.Variable(GRID, dict(
+        long_name="B[k, j] is on the boundary: top two classes j and k, softmax gap below the "
+                  "tolerance (False on the diagonal)")),
+    "boundary_steps": toolkit.Variable(GRID, dict(
+        long_name="gradient steps taken by B[k, j] after bisection", units="1")),
+    "boundary_gap": toolkit.Variable(GRID, dict(
+        long_name="|softmax_k - softmax_j| of B[k, j] (NaN on the diagonal)", units="1")),
+    "boundary_third_class": toolkit.Variable(GRID, dict(
+        long_name="the segment p_j -> P[k, j] crossed a third class")),
+}
+
+
+@toolkit.hookimpl
+def register_probes(register):
+    register("boundary", toolkit.Probe(boundary_probe, BOUNDARY, blocks=True),
+             description="B[k, j] between p_j and P[k, j], its features and records")
+
+
 @toolkit.hookimpl
 def register_synthesizers(register):
-    register("boundary", boundary, probe=boundary_probe, probe_dims=results.BOUNDARY,
+    # BC, BR and their summaries: what the cosine metrics compute from the feature grid B_features.
+    register("boundary", boundary, probe="boundary",
+             variables={**pair_variables("B", "B", "boundary prototype"), **summary_variables("B")},
              description="P as prototype does, then B[k, j]: images on the decision boundary of j "
                          "and k (top two classes j and k, softmax gap < 0.01), by bisection between "
                          "p_j and P[k, j] refined by gradient steps")
+
+
+@toolkit.hookimpl
+def register_scores(register):
+    register("BC_mean", toolkit.Score.of_variable(
+        "BC_mean", +1, "toolkit's expectation, by analogy with C: boundary images of distinct "
+                       "pairs separate"))
+    register("BR_mean", toolkit.Score.of_variable("BR_mean", 0, "no sign claimed"))
+
+
+def boundary_figure(ds: xr.Dataset, interval: float | None = None, seed: int | None = None,
+                    classes: Sequence[int | str] | None = None) -> Figure:
+    """The boundary grid ``B`` (synthesizer ``boundary``) at one interval and seed, beside the
+    mean dissimilarity of boundary images (``BC``, ``BR``) and of ``C``, ``R`` against interval."""
+    need(ds, ("B", "boundary_success"), "run analyze with --synthesizer boundary (and --save_images)")
+    interval = pick_interval(ds, interval)
+    seed = pick_seed(ds, seed)
+    shown = pick_classes(ds, classes)
+    at = dict(interval=interval, seed=seed)
+    tiles = cells(ds, "B", at, shown)
+    n = len(shown)
+    fig = new_figure(6.4 + n * 0.5, 1.9 + max(n * 0.5, 3.0))
+    left, right = fig.subplots(1, 2, width_ratios=[max(n * 0.5, 2.5), 4.0])
+    pad = show_mosaic(left, tiles)
+    h, w = tiles.shape[-2:]
+    names = [str(c) for c in ds["class_name"].values[shown]]
+    left.set_yticks(tile_centres(n, h, pad), names, fontsize=7)
+    left.set_xticks(tile_centres(n, w, pad), names, fontsize=7)
+    left.set_ylabel("class k")
+    left.set_xlabel("origin class j (from p_j towards P[k, j])")
+    success = cells(ds, "boundary_success", at, shown)
+    off = ~np.eye(n, dtype=bool)
+    rows, cols = np.nonzero(off & ~success.astype(bool))
+    limits = left.get_xlim(), left.get_ylim()
+    left.scatter(tile_centres(n, w, pad)[cols], tile_centres(n, h, pad)[rows], marker="x", s=30,
+                 color=COLOURS["unconverged"], linewidths=1.2)
+    left.set(xlim=limits[0], ylim=limits[1])
+    left.set_title(f"B[k, j], {interval:.0%}, seed {seed}\nx: off the boundary "
+                   f"({len(rows)} of {int(off.sum())})", fontsize=8)
+    x = percent(ds)
+    styles = {"C": ("C", "-"), "R": ("R", "-"), "BC": ("C", "--"), "BR": ("R", "--")}
+    for v, (colour, line) in styles.items():
+        if f"{v}_mean" in ds:
+            right.plot(x, ds[f"{v}_mean"].values, color=COLOURS[colour], linestyle=line, marker="o",
+                       markersize=3, label=f"{v} mean")
+    # success rate over the off-diagonal cells of every seed
+    rate = ds["boundary_success"].where(ds["k"] != ds["j"]).mean(("seed", "k", "j")).values
+    interval_axis(right, ds)
+    right.set_ylabel(f"mean {DISSIMILARITY}")
+    right.set_title("on the boundary: " + ", ".join(f"{t:g}%: {r:.0%}" for t, r in zip(x, rate)),
+                    fontsize=7, wrap=True)
+    right.legend(fontsize=7, frameon=False)
+    fig.suptitle(f"Boundary prototypes B and their dissimilarity (dashed) beside C and R\n"
+                 f"{run_title(ds)}", fontsize=10)
+    return fig
+
+
+@toolkit.hookimpl
+def register_figures(register):
+    register("boundary", toolkit.FigureSpec(
+        boundary_figure, "Boundary prototypes B",
+        "Left: cell (k, j) holds B[k, j], an image on the decision boundary of classes j "
+        "and k (the model's top two classes, their probabilities within the tolerance), "
+        "found between p_j and P[k, j]; crosses mark pairs where none was found. Right: "
+        "the mean dissimilarity of boundary images, BC (same origin) and BR (same target), "
+        "dashed, beside C and R, against training; the rate of pairs on the boundary is "
+        "in the title.",
+        needs=("B", "boundary_success"), optional=True))

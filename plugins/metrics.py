@@ -15,31 +15,36 @@ import numpy as np
 import xarray as xr
 
 import toolkit
+from toolkit.schema import feature_grids
 
 GRID = ("interval", "seed", "k", "j")
+PAIRS = (*GRID, "i")
 
 
-def _unit(features: np.ndarray) -> np.ndarray:
+def unit(features: np.ndarray) -> np.ndarray:
+    """``features`` (..., F) scaled to unit length along the last axis (float64 in, float64 out)."""
     norm = np.linalg.norm(features, axis=-1, keepdims=True)
     # A zero feature vector has no direction: its cosine with anything is taken as 0 (d = 1).
     return features / np.where(norm > 0, norm, 1.0)
 
 
 def cosine(ds: xr.Dataset) -> dict[str, xr.DataArray]:
-    """``C`` and ``R`` from ``features``, by batched Gram matrices in float64; and ``BC`` and ``BR``
-    the same way from ``B_features`` when the file has the boundary grid ``B``."""
-    out = _dissimilarities(ds, "features", "P", "")
-    if "B_features" in ds:
-        out.update(_dissimilarities(ds, "B_features", "B", "B"))
+    """``C`` and ``R`` from ``features``, by batched Gram matrices in float64; and ``{prefix}C``
+    and ``{prefix}R`` the same way from every other feature grid the file holds
+    (``toolkit.schema.feature_grids``: ``BC`` and ``BR`` from the boundary grid's ``B_features``)."""
+    out: dict[str, xr.DataArray] = {}
+    for variable, grid in feature_grids(ds):
+        out.update(_dissimilarities(ds, variable, grid))
     return out
 
 
-def _dissimilarities(ds: xr.Dataset, variable: str, grid: str, prefix: str) -> dict[str, xr.DataArray]:
-    f = _unit(ds[variable].transpose(*GRID, "feature").values.astype(np.float64))
+def _dissimilarities(ds: xr.Dataset, variable: str, grid) -> dict[str, xr.DataArray]:
+    f = unit(ds[variable].transpose(*GRID, "feature").values.astype(np.float64))
     coords = {name: ds[name] for name in GRID}
     coords["i"] = ("i", ds["k"].values)
     dims = (*GRID, "i")
-    attrs = cosine_attrs(prefix, grid)
+    prefix = grid.prefix
+    attrs = cosine_attrs(prefix, grid.images, grid.kind)
     return {
         f"{prefix}C": xr.DataArray(_c_values(f), coords=coords, dims=dims, attrs=attrs["C"]),
         f"{prefix}R": xr.DataArray(_r_values(f), coords=coords, dims=dims, attrs=attrs["R"]),
@@ -66,34 +71,35 @@ def _r_values(f: np.ndarray) -> np.ndarray:
 
 
 def stream_cosine(ds: xr.Dataset) -> dict[str, "toolkit.results.Streamed"]:
-    """``C`` and ``R`` as ``cosine`` computes them (and ``BC`` and ``BR`` when the file has the
-    boundary grid), handed to the results writer block by block (a slab of origins j for C, of
+    """``C`` and ``R`` as ``cosine`` computes them (and those of every other feature grid),
+    handed to the results writer block by block (a slab of origins j for C, of
     targets k for R) so that none is ever whole in memory. Each block normalises only the
     features it needs; its values equal ``cosine``'s exactly."""
     from toolkit.results import Streamed
 
-    def streams(variable: str, prefix: str, grid: str) -> dict[str, Streamed]:
+    def streams(variable: str, grid) -> dict[str, Streamed]:
         features = ds[variable].transpose(*GRID, "feature")
-        attrs = cosine_attrs(prefix, grid)
+        prefix = grid.prefix
+        attrs = cosine_attrs(prefix, grid.images, grid.kind)
 
         def c_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
-            return _c_values(_unit(features[t, s, :, start:stop].values.astype(np.float64)))
+            return _c_values(unit(features[t, s, :, start:stop].values.astype(np.float64)))
 
         def r_block(t: int, s: int, start: int, stop: int) -> np.ndarray:
-            return _r_values(_unit(features[t, s, start:stop].values.astype(np.float64)))
+            return _r_values(unit(features[t, s, start:stop].values.astype(np.float64)))
 
         return {f"{prefix}C": Streamed(along="j", block=c_block, attrs=attrs["C"]),
                 f"{prefix}R": Streamed(along="k", block=r_block, attrs=attrs["R"])}
 
-    out = streams("features", "", "P")
-    if "B_features" in ds:
-        out.update(streams("B_features", "B", "B"))
+    out: dict[str, Streamed] = {}
+    for variable, grid in feature_grids(ds):
+        out.update(streams(variable, grid))
     return out
 
 
-def cosine_attrs(prefix: str = "", grid: str = "P") -> dict[str, dict]:
-    """The attributes of ``{prefix}C`` and ``{prefix}R`` computed from the grid ``grid``."""
-    kind = "boundary prototype" if prefix else "prototype"
+def cosine_attrs(prefix: str = "", grid: str = "P", kind: str = "prototype") -> dict[str, dict]:
+    """The attributes of ``{prefix}C`` and ``{prefix}R`` computed from the grid ``grid`` of images
+    of the kind ``kind``."""
     common = {"units": "1", "valid_range": [0.0, 2.0]}
     return {
         "C": {**common, "long_name": f"inter-class {kind} dissimilarity (same origin j)",
@@ -127,8 +133,8 @@ def zscore(ds: xr.Dataset, *, variables=None, self_pairs: str = "exclude",
     ``threshold``, with respect to ``reference`` (one of ``REFERENCES``).
 
     Args:
-        variables: which variables to summarise; default ``C`` and ``R``, and ``BC`` and ``BR``
-            when the dataset has them (the boundary grid).
+        variables: which variables to summarise; default ``C`` and ``R`` and those of every
+            other feature grid the dataset holds (``toolkit.schema.feature_grids``).
         self_pairs: ``"exclude"`` (default) leaves out the self-pairs named by each variable's
             ``self_pair`` attribute, which are 0 by construction; ``"include"`` keeps them (the
             authors' published mean).
@@ -137,7 +143,8 @@ def zscore(ds: xr.Dataset, *, variables=None, self_pairs: str = "exclude",
     """
     check_zscore_options(self_pairs=self_pairs, reference=reference, threshold=threshold)
     if variables is None:
-        variables = ("C", "R", *(v for v in ("BC", "BR") if v in ds))
+        variables = tuple(f"{grid.prefix}{v}" for _, grid in feature_grids(ds) for v in "CR"
+                          if f"{grid.prefix}{v}" in ds or not grid.prefix)
     out: dict[str, xr.DataArray] = {}
     pairs = ("k", "j", "i")
     for name in variables:
@@ -192,8 +199,8 @@ BLOCK_VALUES = 1 << 22
 def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: str = "pooled",
                      threshold: float = 3.0, block_values: int = BLOCK_VALUES
                      ) -> dict[str, xr.DataArray]:
-    """What ``cosine`` then ``zscore`` give for C and R (and BC and BR when the file has the
-    boundary grid), less the tensors themselves, computed block by block from the features: memory for about ``block_values`` values at a time instead
+    """What ``cosine`` then ``zscore`` give for C and R (and for every other feature grid the file
+    holds), less the tensors themselves, computed block by block from the features: memory for about ``block_values`` values at a time instead
     of the ``2 n^3`` per (interval, seed) of the tensors (8 GB at n = 1000).
 
     Each block (a slab of origins j for C, of targets k for R) is computed as ``cosine`` computes
@@ -219,10 +226,10 @@ def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: 
 
     coords = {"interval": ds["interval"], "seed": ds["seed"]}
     out: dict[str, xr.DataArray] = {}
-    # C and R from the grid P, and BC and BR from the boundary grid B when the file has it.
-    sources = [("", "features", "P")] + ([("B", "B_features", "B")] if "B_features" in ds else [])
-    for (prefix, variable, grid), name in itertools.product(sources, ("C", "R")):
-        f = _unit(ds[variable].transpose(*GRID, "feature").values.astype(np.float64))
+    # C and R from the grid P, and those of every other feature grid the file holds.
+    for (variable, grid), name in itertools.product(list(feature_grids(ds)), ("C", "R")):
+        prefix = grid.prefix
+        f = unit(ds[variable].transpose(*GRID, "feature").values.astype(np.float64))
         count = np.zeros((t_count, s_count))
         mean = np.zeros((t_count, s_count))
         m2 = np.zeros((t_count, s_count))
@@ -250,7 +257,7 @@ def cosine_summaries(ds: xr.Dataset, *, self_pairs: str = "exclude", reference: 
                 for v in blocks(f, name, t, s):
                     counted[t] += v.size
                     outliers[t] += int((np.abs((v - mu[t, s]) / sd[t, s]) > threshold).sum())
-        attrs = cosine_attrs(prefix, grid)[name]  # as xarray's reductions of the tensor keep them
+        attrs = cosine_attrs(prefix, grid.images, grid.kind)[name]  # as xarray's reductions of the tensor keep them
         out.update(_summaries(
             prefix + name, xr.DataArray(seed_mean, coords=coords, dims=("interval", "seed"), attrs=attrs),
             xr.DataArray(seed_std, coords=coords, dims=("interval", "seed"), attrs=attrs),
@@ -289,13 +296,38 @@ def _self_pair_dim(values: xr.DataArray, name: str) -> str:
     return dim
 
 
+def pair_variables(prefix: str = "", grid: str = "P", kind: str = "prototype"
+                   ) -> dict[str, toolkit.Variable]:
+    """The declarations of ``{prefix}C`` and ``{prefix}R``, which ``cosine`` computes from the
+    feature grid of the images ``grid``."""
+    attrs = cosine_attrs(prefix, grid, kind)
+    return {f"{prefix}{v}": toolkit.Variable(PAIRS, attrs[v]) for v in ("C", "R")}
+
+
+def summary_variables(prefix: str = "") -> dict[str, toolkit.Variable]:
+    """The declarations of the summaries ``zscore`` and ``cosine_summaries`` give of ``{prefix}C``
+    and ``{prefix}R``."""
+    out = {}
+    for name in (f"{prefix}C", f"{prefix}R"):
+        for stat, dims, what in (
+                ("seed_mean", ("interval", "seed"), f"mean of {name} over ordered pairs, per seed"),
+                ("seed_std", ("interval", "seed"),
+                 f"standard deviation of {name} over ordered pairs, per seed"),
+                ("mean", ("interval",), f"mean of {name}, averaged over seeds"),
+                ("std", ("interval",), f"standard deviation of {name}, averaged over seeds"),
+                ("outlier_fraction", ("interval",), f"fraction of {name} values with |z| > threshold")):
+            out[f"{name}_{stat}"] = toolkit.Variable(dims, {"long_name": what, "units": "1"})
+    return out
+
+
 @toolkit.hookimpl
 def register_metrics(register):
-    register("cosine", cosine, description="C and R: 1 - cosine of penultimate features (n x n x n); "
-                                           "BC and BR of the boundary grid B when present")
-    register("zscore", zscore, check_options=check_zscore_options,
+    register("cosine", cosine, variables=pair_variables(),
+             description="C and R: 1 - cosine of penultimate features (n x n x n); the same for "
+                         "every other feature grid (BC and BR of the boundary grid B)")
+    register("zscore", zscore, check_options=check_zscore_options, variables=summary_variables(),
              description="per-interval mean, std and |z| > 3 outlier fraction of C and R")
     register("cosine_summaries", cosine_summaries, check_options=check_zscore_options,
-             streams=stream_cosine,
+             streams=stream_cosine, variables=summary_variables(),
              description="zscore's summaries of C and R, computed block by block from the "
                          "features without the n x n x n tensors (for large n)")

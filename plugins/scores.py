@@ -17,9 +17,8 @@ import torch
 import xarray as xr
 
 import toolkit
-from toolkit import results
 from toolkit.model import extract_features
-from toolkit_plugins.metrics import SELF_PAIRS, _unit
+from toolkit_plugins.metrics import SELF_PAIRS, unit
 
 OVERSHOOT = 0.02
 DEEPFOOL_STEPS = 50
@@ -122,7 +121,7 @@ def mg(ds: xr.Dataset, *, self_pairs: str = "exclude") -> dict[str, xr.DataArray
     """``Mg`` (interval) and ``Mg_seed`` (interval, seed): 1 - mean cosine between the features of
     distinct class prototypes (``self_pairs="include"``: the authors' mean over all n^2 pairs)."""
     check_mg_options(self_pairs=self_pairs)
-    f = _unit(_prototype_features(ds))
+    f = unit(_prototype_features(ds))
     cos = f @ np.swapaxes(f, -1, -2)                                        # (interval, seed, n, n)
     n = cos.shape[-1]
     dissimilarity = 1.0 - cos
@@ -140,9 +139,9 @@ def madv(ds: xr.Dataset) -> dict[str, xr.DataArray]:
     if "adversarial_features" not in ds:
         raise toolkit.UsageError("madv needs adversarial_features, which its probe writes during "
                                  "analyze; this dataset has none (was madv listed in --metrics?)")
-    a = _unit(ds["adversarial_features"].transpose("interval", "seed", "class", "feature")
+    a = unit(ds["adversarial_features"].transpose("interval", "seed", "class", "feature")
               .values.astype(np.float64))
-    f = _unit(_prototype_features(ds))
+    f = unit(_prototype_features(ds))
     value = 1.0 - (a * f).sum(-1).mean(-1)
     return _per_seed("Madv", value, ds, {
         "long_name": "Madv: 1 - mean cosine between prototypes and their DeepFool examples",
@@ -156,10 +155,50 @@ def check_mg_options(*, self_pairs: str = "exclude") -> None:
                                  f"got {self_pairs!r}")
 
 
+# What the probe ``adversarial`` adds: the minimal adversarial example of each class prototype.
+ADVERSARIAL = {
+    "adversarial_features": toolkit.Variable(("interval", "seed", "class", "feature"), dict(
+        long_name="penultimate features of p_c's minimal adversarial example (L2 DeepFool)",
+        units="1")),
+    "adversarial_class": toolkit.Variable(("interval", "seed", "class"), dict(
+        long_name="class the model assigns to p_c's adversarial example")),
+    "adversarial_distance": toolkit.Variable(("interval", "seed", "class"), dict(
+        long_name="L2 pixel distance from p_c to its adversarial example", units="1")),
+    "adversarial_steps": toolkit.Variable(("interval", "seed", "class"), dict(
+        long_name="DeepFool iterations for p_c", units="1")),
+}
+
+
+def _per_seed_variables(name: str, long_name: str) -> dict[str, toolkit.Variable]:
+    return {name: toolkit.Variable(("interval",), {"long_name": f"{long_name}, averaged over seeds",
+                                                   "units": "1"}),
+            f"{name}_seed": toolkit.Variable(("interval", "seed"), {
+                "long_name": f"{long_name}, per seed", "units": "1"})}
+
+
+@toolkit.hookimpl
+def register_probes(register):
+    register("adversarial", toolkit.Probe(adversarial_probe, ADVERSARIAL, blocks=True),
+             description="L2 DeepFool (overshoot 0.02) on each class prototype, for madv")
+
+
 @toolkit.hookimpl
 def register_metrics(register):
     register("mg", mg, check_options=check_mg_options,
+             variables=_per_seed_variables(
+                 "Mg", "Mg: 1 - mean cosine between class prototypes' features"),
              description="Mg (Dean & Sarkar 2023): 1 - mean cosine between class prototypes' features")
-    register("madv", madv, probe=adversarial_probe, probe_dims=results.ADVERSARIAL,
+    register("madv", madv, probe="adversarial",
+             variables=_per_seed_variables(
+                 "Madv", "Madv: 1 - mean cosine between prototypes and their DeepFool examples"),
              description="Madv (Dean & Sarkar 2023): 1 - mean cosine between each prototype and its "
                          "L2 DeepFool adversarial example (overshoot 0.02)")
+
+
+@toolkit.hookimpl
+def register_scores(register):
+    register("Mg", toolkit.Score.of_variable(
+        "Mg", +1, "Dean & Sarkar 2023: prototypes of a better classifier are more dissimilar"))
+    register("Madv", toolkit.Score.of_variable(
+        "Madv", +1, "Dean & Sarkar 2023: a better classifier's prototypes need a larger feature "
+                    "change to flip"))

@@ -42,8 +42,8 @@ def test_blocks_depend_on_the_configuration_alone():
 
 
 def test_the_built_in_probes_take_blocks_of_rows():
-    assert probe_takes_rows(get_registry("synthesizer").get("boundary"))
-    assert probe_takes_rows(get_registry("metric").get("madv"))
+    assert probe_takes_rows(get_registry("probe").get("boundary"))
+    assert probe_takes_rows(get_registry("probe").get("adversarial"))
 
 
 RUN = {**TINY_RUN, "synthesizer": "boundary", "metrics": "cosine,zscore,mg,madv", "batch_size": 1}
@@ -100,20 +100,24 @@ def whole_only_probe(model, grid, records, settings):
 
 
 class WholeOnly:
-    """A third-party metric whose probe predates blocks of rows (no ``rows`` keyword)."""
+    """A third-party metric whose probe takes whole grids only (registered without blocks=True)."""
+
+    @toolkit.hookimpl
+    def register_probes(self, register):
+        register("pixels", toolkit.Probe(whole_only_probe,
+                                         {"pixels_mean": toolkit.Variable(("interval", "seed", "k"))}))
 
     @toolkit.hookimpl
     def register_metrics(self, register):
-        register("pixels", lambda ds: {}, probe=whole_only_probe,
-                 probe_dims={"pixels_mean": ("interval", "seed", "k")})
+        register("pixels", lambda ds: {}, probe="pixels")
 
 
 def test_a_probe_without_rows_keeps_grids_whole_and_refuses_an_explicit_block_size(tiny_plugin):
     with register_plugin(WholeOnly(), name="whole-only"):
-        assert not probe_takes_rows(get_registry("metric").get("pixels"))
+        assert not probe_takes_rows(get_registry("probe").get("pixels"))
         ds = toolkit.analyze(**{**TINY_RUN, "metrics": "cosine,pixels", "seeds": 1})
         assert ds["pixels_mean"].shape == (2, 1, 3)
-        with pytest.raises(toolkit.UsageError, match="--block_rows 1: the probe of metric 'pixels' "
+        with pytest.raises(toolkit.UsageError, match="--block_rows 1: probe 'pixels' "
                                                      "\\(plugin 'whole-only'\\) takes whole grids "
                                                      "only .*leave --block_rows at auto"):
             toolkit.analyze(**{**TINY_RUN, "metrics": "cosine,pixels", "block_rows": 1})
@@ -125,13 +129,18 @@ def test_a_probe_without_rows_keeps_grids_whole_and_refuses_an_explicit_block_si
 def test_a_probe_with_the_keywords_but_per_seed_variables_takes_whole_grids_only(tiny_plugin):
     class PerSeed:
         @toolkit.hookimpl
+        def register_probes(self, register):
+            register("spread", toolkit.Probe(
+                lambda model, grid, records, settings, *, rows=None, prototypes=None: {
+                    "spread": grid.std((1, 2, 3, 4, 5)).numpy()},
+                {"spread": toolkit.Variable(("interval", "seed"))}, blocks=True))
+
+        @toolkit.hookimpl
         def register_metrics(self, register):
-            register("spread", lambda ds: {}, probe=lambda model, grid, records, settings, *,
-                     rows=None, prototypes=None: {"spread": grid.std((1, 2, 3, 4, 5)).numpy()},
-                     probe_dims={"spread": ("interval", "seed")})
+            register("spread", lambda ds: {}, probe="spread")
 
     with register_plugin(PerSeed(), name="per-seed"):
-        assert not probe_takes_rows(get_registry("metric").get("spread"))
+        assert not probe_takes_rows(get_registry("probe").get("spread"))
         with pytest.raises(toolkit.UsageError, match="takes whole grids only \\(its variable spread "
                                                      "has interval, seed, not k or class after "
                                                      "interval, seed\\)"):
@@ -147,10 +156,10 @@ def test_a_bad_block_size_is_one_line(value):
 
 
 def test_a_probe_returning_the_wrong_rows_for_a_block_is_named():
-    registration = Registration("metric", "m", None, "p", {
-        "probe": lambda model, grid, records, settings, rows=None, prototypes=None: {
+    registration = Registration("probe", "m", toolkit.Probe(
+        lambda model, grid, records, settings, rows=None, prototypes=None: {
             "x": np.zeros((2, 3))},                     # all 3 classes for a block of 1 row
-        "probe_dims": {"x": ("interval", "seed", "class")}})
+        {"x": toolkit.Variable(("interval", "seed", "class"))}, blocks=True), "p", {})
     with pytest.raises(toolkit.PluginError, match=r"returned x of shape \(2, 3\) for a block of 2 "
                                                   r"seed\(s\) x 1 row\(s\); its leading dims must be "
                                                   r"\(2, 1\)"):

@@ -4,7 +4,9 @@ import pytest
 import xarray as xr
 
 import toolkit
-from toolkit import results
+from toolkit import results, schema
+from toolkit_plugins.boundary import BOUNDARY
+from toolkit_plugins.scores import ADVERSARIAL
 from tests.conftest import TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -32,8 +34,11 @@ def study(tmp_path_factory):
 def test_the_file_holds_B_its_records_BC_BR_Mg_and_Madv(study):
     ds, out = study
     with results.open_results(out) as saved:
-        for name, dims in {**results.BOUNDARY, **results.ADVERSARIAL,
-                           **results.FROM_OPTIONAL_METRICS}.items():
+        declared = {name: d.variable.dims for name, d in schema.declared().items()
+                    if d.plugin in ("toolkit_plugins.boundary", "toolkit_plugins.scores")}
+        assert {"B", "B_features", "BC", "BR_outlier_fraction", "Mg_seed", "Madv",
+                "adversarial_features"} <= set(declared)
+        for name, dims in declared.items():
             assert saved[name].dims == dims, name
         xr.testing.assert_allclose(saved["BC"], ds["BC"])
         assert saved["B"].encoding["dtype"] == np.uint8
@@ -80,5 +85,5 @@ def test_resumed_units_keep_what_the_probes_found(tmp_path, study):  # study: th
     work = tmp_path / "work"
     first = toolkit.analyze(work_dir=work, **RUN)     # no out: the units stay
     again = toolkit.analyze(work_dir=work, **RUN)     # everything resumed
-    for name in (*results.BOUNDARY, *results.ADVERSARIAL, "Madv", "BC"):
+    for name in (*BOUNDARY, *ADVERSARIAL, "Madv", "BC"):
         xr.testing.assert_identical(first[name], again[name])

@@ -59,7 +59,10 @@ def test_the_installed_example_is_listed_by_toolkit_plugins(installed, tmp_path)
     assert example["version"] == "0.1.0" and example["errors"] == {}
     assert example["registers"] == {"models": ["example-mlp"], "datasets": ["example-shapes"],
                                     "synthesizers": ["example-signed"],
-                                    "metrics": ["example-feature-norm"]}
+                                    "metrics": ["example-feature-norm"],
+                                    "probes": ["example-brightness"],
+                                    "figures": ["example-feature-norm"],
+                                    "scores": ["example-feature-norm"]}
 
 
 def test_analyze_runs_with_every_part_from_the_installed_example(installed, tmp_path):
@@ -76,6 +79,7 @@ def test_analyze_runs_with_every_part_from_the_installed_example(installed, tmp_
         assert list(ds["class_name"].values) == ["row", "column", "diagonal", "antidiagonal"]
         assert ds["feature_norm"].dims == ("interval", "seed") and (ds["feature_norm"] > 0).all()
         assert ds["feature_norm"].attrs["over"] == "prototypes"
+        assert ds["brightness"].dims == ("interval", "seed", "k", "j")
         assert float(ds["test_accuracy"][-1]) > 0.8
 
 

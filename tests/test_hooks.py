@@ -99,7 +99,39 @@ class Recorder:
             self._record("metric", variables=set(ds.variables), dims=dict(ds.sizes), scale=scale)
             return {"scaled_c": (ds["C_mean"] * scale).assign_attrs(long_name="C mean, scaled", units="1")}
 
-        register("rec-metric", metric, check_options=lambda scale=1.0: self._record("check", scale=scale))
+        register("rec-metric", metric, check_options=lambda scale=1.0: self._record("check", scale=scale),
+                 probe="rec-probe", variables={"scaled_c": toolkit.Variable(
+                     ("interval",), {"long_name": "C mean, scaled", "units": "1"})})
+
+    @toolkit.hookimpl
+    def register_probes(self, register):
+        def run(model, grid, records, settings, *, rows=None, prototypes=None):
+            self._record("probe", shape=tuple(grid.shape), rows=rows, training=model.training,
+                         records=set(records), settings=settings,
+                         prototypes=None if prototypes is None else tuple(prototypes.shape))
+            return {"row_brightness": grid.mean((2, 3, 4, 5))}
+        register("rec-probe", toolkit.Probe(run, {"row_brightness": toolkit.Variable(
+            ("interval", "seed", "k"), {"long_name": "mean pixel of each row of P", "units": "1"})},
+            blocks=True))
+
+    @toolkit.hookimpl
+    def register_figures(self, register):
+        def draw(ds, seed=None):
+            from toolkit.plotting import MissingData, new_figure
+
+            if "scaled_c" not in ds:
+                raise MissingData("this file lacks scaled_c; run the rec-metric metric")
+            self._record("figure", variables=set(ds.variables), seed=seed)
+            fig = new_figure(3, 2)
+            fig.add_subplot().plot(ds["interval"].values, ds["scaled_c"].values)
+            return fig
+        register("rec-figure", toolkit.FigureSpec(draw, "Scaled C", "The mean of C, tripled.",
+                                                  needs=("scaled_c",), optional=True))
+
+    @toolkit.hookimpl
+    def register_scores(self, register):
+        register("rec-score", toolkit.Score(lambda ds: ds["scaled_c"].values * 1.0, ("scaled_c",),
+                                            +1, "C mean, so as C mean"))
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +193,40 @@ def test_hook_register_metrics(study):
     assert real["scale"] == 3
     xr.testing.assert_allclose(ds["scaled_c"], ds["C_mean"] * 3)
     assert ds["scaled_c"].attrs["long_name"] == "C mean, scaled"
+
+
+def test_hook_register_probes(study):
+    calls, ds, _ = study
+    runs = calls["probe"]                        # one interval: each piece of its grids
+    assert sum(run["shape"][0] for run in runs) == 2          # both seeds, whole grids
+    for run in runs:
+        assert run["shape"][1:] == (3, 3, 1, 6, 6) and run["rows"] == range(0, 3)
+        assert run["prototypes"] == (run["shape"][0], 3, 1, 6, 6) and run["training"] is False
+        assert run["records"] == {"steps", "loss", "converged", "predicted", "confidence"}
+        assert isinstance(run["settings"], toolkit.SynthesisSettings)
+    assert ds["row_brightness"].dims == ("interval", "seed", "k")
+    assert ds["row_brightness"].attrs == {"long_name": "mean pixel of each row of P", "units": "1"}
+
+
+def test_hook_register_figures(study, tmp_path):
+    _, ds, _ = study
+    recorder = Recorder()
+    with register_plugin(recorder):
+        written = toolkit.plot(ds, tmp_path / "figures", figures="rec-figure", seed=5)
+        assert [p.name for p in written] == ["rec-figure.png"]
+        (drawn,) = recorder.calls["figure"]
+        assert drawn["seed"] == 5 and "scaled_c" in drawn["variables"]
+        page = toolkit.report(ds, tmp_path / "r.html").read_text(encoding="utf-8")
+        assert "Scaled C" in page and "The mean of C, tripled." in page
+        # optional: a file without its data skips it without a word
+        written = toolkit.plot(ds.drop_vars("scaled_c"), tmp_path / "other")
+        assert "rec-figure.png" not in [p.name for p in written]
+
+
+def test_hook_register_scores(study):
+    _, ds, _ = study
+    with register_plugin(Recorder()):
+        report = toolkit.quality([ds, ds.assign(test_accuracy=ds["test_accuracy"] * 0.5)],
+                                 labels=["a", "b"])
+    (score,) = [c for c in report.correlations if c.score == "rec-score" and c.scope == "all"]
+    assert score.expected == 1 and score.points == 2

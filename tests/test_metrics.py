@@ -143,3 +143,16 @@ def test_no_spread_in_the_reference_gives_nan_not_zero_outliers():
     values = np.full((1, 48), 0.5)  # one seed: the spread of per-seed means is undefined
     out = zscore(planted(values, 4), reference="seed_means")
     assert np.isnan(out["C_outlier_fraction"].values[0])
+
+
+def test_a_metric_returning_other_dims_than_it_declares_is_named():
+    import toolkit
+    from toolkit.metrics import apply_metric
+    from toolkit.plugins import Registration
+    from toolkit.testing import make_results
+
+    registration = Registration("metric", "flat", lambda ds: {"flat": ds["test_accuracy"]}, "p", {
+        "variables": {"flat": toolkit.Variable(("interval", "seed"))}})
+    with pytest.raises(toolkit.PluginError, match=r"metric 'flat' \(plugin 'p'\) returned flat "
+                                                  r"with dims \('interval',\); it declares"):
+        apply_metric(make_results(), registration, {})

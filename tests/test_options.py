@@ -10,7 +10,8 @@ import pytest
 
 import toolkit
 from toolkit.__main__ import main
-from toolkit.cli import Toolkit, help_text
+from toolkit.arguments import help_text
+from toolkit.cli import Toolkit
 from toolkit.config import FALLBACKS, OPTIONS, RUN_OPTIONS, AnalysisConfig
 from toolkit.options import parse_bool
 
@@ -250,13 +251,13 @@ def test_the_python_api_names_the_closest_option_too(tmp_path):
      ["--plugins_dir", "d", "plot", "x.nc", "--", "--trace"]),  # after --: Fire's own flags
 ])
 def test_what_fire_receives(argv, fire_gets):
-    from toolkit.cli import prepare
+    from toolkit.arguments import prepare
 
     assert prepare(argv) == (fire_gets, None)
 
 
 def test_an_ambiguous_one_letter_option_is_refused():
-    from toolkit.cli import prepare
+    from toolkit.arguments import prepare
 
     with pytest.raises(toolkit.UsageError, match=r"option -s for analyze is ambiguous \(--save, "):
         prepare(["analyze", "-s", "3"])

@@ -55,7 +55,7 @@ def ds():
 def test_titles_name_model_dataset_and_seeds(ds):
     assert plotting.run_title(ds) == "resnet18 on digits, 2 seeds (0-1)"
     assert plotting.run_title(ds.isel(seed=[1])) == "resnet18 on digits, seed 1"
-    for name, spec in plotting.FIGURES.items():
+    for name, spec in plotting.registered_figures().items():
         if spec.optional:  # drawn only from files that hold its data (tested with them)
             continue
         fig = plotting.render(ds, name)
@@ -284,7 +284,7 @@ def test_analyze_draws_the_figures_beside_its_results_unless_noplots(tmp_path, c
     folder = tmp_path / "tiny.figures"
     assert f"figures: {folder}/ (8 files)" in capsys.readouterr().out
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        f"{name}.png" for name, spec in plotting.FIGURES.items() if not spec.optional)
+        f"{name}.png" for name, spec in plotting.registered_figures().items() if not spec.optional)
     with toolkit.open_results(out) as ds:
         assert json.loads(ds.attrs["config"])["save_images"] is True  # 3 classes: on by default
         assert ds["P"].dims == results.IMAGES["P"] and ds["P"].shape[-3:] == (1, 6, 6)

@@ -91,7 +91,8 @@ def test_broken_installed_plugins_are_reported_and_skipped(broken_site, capsys, 
     assert listed["broken-hook"]["hooks"] == ["register_metrics", "register_models"]
     assert listed["typo"]["errors"] == {"import": "PluginError: register_model is not a toolkit "
                                         "hook; hooks: register_models, register_datasets, "
-                                        "register_synthesizers, register_metrics"}
+                                        "register_synthesizers, register_metrics, "
+                                        "register_probes, register_figures, register_scores"}
     assert "toolkit: warning: plugin 'broken-import' failed to load (ImportError: needs the " \
            "package 'nonesuch', which is not installed); skipped" in err.splitlines()
 

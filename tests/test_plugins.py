@@ -55,7 +55,8 @@ def test_every_hook_has_a_docstring():
     for name in hookspecs.hook_names():
         assert getattr(hookspecs, name).__doc__.strip(), name
     assert hookspecs.hook_names() == ["register_models", "register_datasets",
-                                      "register_synthesizers", "register_metrics"]
+                                      "register_synthesizers", "register_metrics",
+                                      "register_probes", "register_figures", "register_scores"]
 
 
 def test_a_plugin_installed_through_the_entry_point_group_is_loaded(tmp_path, monkeypatch):
@@ -82,3 +83,19 @@ def test_a_plugin_installed_through_the_entry_point_group_is_loaded(tmp_path, mo
 
     assert describe_plugins(pm)[0]["version"] == "1.2.3"
     sys.modules.pop("toolkit_extra", None)
+
+
+@pytest.mark.parametrize("kind, obj, metadata, message", [
+    ("probe", lambda *a: {}, {}, "registered probe 'x' that is not a toolkit.Probe"),
+    ("figure", lambda ds: None, {}, "registered figure 'x' that is not a toolkit.FigureSpec"),
+    ("score", lambda ds: None, {}, "registered score 'x' that is not a toolkit.Score"),
+    ("metric", lambda ds: {}, {"variables": {"v": ("interval",)}},
+     "registered metric 'x' with variables that are not a dict of names to toolkit.Variable"),
+    ("metric", lambda ds: {}, {"probe": lambda *a: {}},
+     "registered metric 'x' with probe= that is not the name of a probe"),
+])
+def test_typed_registrations_are_checked(kind, obj, metadata, message):
+    from toolkit.registry import registrar
+
+    with pytest.raises(toolkit.PluginError, match=message):
+        registrar(kind, "p", {})("x", obj, **metadata)

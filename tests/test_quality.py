@@ -7,7 +7,7 @@ import xarray as xr
 from scipy import stats
 
 from toolkit.__main__ import main
-from toolkit.quality_report import SCORES, correlate, quality, quality_table
+from toolkit.quality_report import correlate, quality, quality_table, scores
 from toolkit.results import dataset_from_features, write_results
 
 
@@ -41,7 +41,7 @@ def by(report, score, scope):
 def test_correlations_equal_scipys_per_file_and_pooled():
     report = quality([A, B], labels=["a", "b"])
     for score in ("C_mean", "R_mean", "C_minus_R"):
-        x_a, x_b = (SCORES[score].compute(ds) for ds in (A, B))
+        x_a, x_b = (scores()[score].compute(ds) for ds in (A, B))
         for scope, x, acc in (("a", x_a, A.test_accuracy.values), ("b", x_b, B.test_accuracy.values),
                               ("all", np.concatenate([x_a, x_b]),
                                np.concatenate([A.test_accuracy.values, B.test_accuracy.values]))):

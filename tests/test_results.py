@@ -114,3 +114,29 @@ def test_filesystems_without_hard_links_still_get_the_file(tmp_path, complete, m
     path = results.write_results(complete, tmp_path / "r.nc")
     assert toolkit.open_results(path).sizes["seed"] == 2
     assert [p.name for p in tmp_path.iterdir()] == ["r.nc"]
+
+
+def test_the_results_file_reference_is_generated_from_the_schema_and_up_to_date(monkeypatch):
+    from pathlib import Path
+
+    from toolkit import schemadocs
+    from toolkit.testing import fresh_plugin_manager
+
+    monkeypatch.setenv("TOOLKIT_LOAD_ENTRYPOINTS", "0")  # the built-in plugins only
+    monkeypatch.delenv("TOOLKIT_PLUGINS", raising=False)
+    monkeypatch.delenv("TOOLKIT_DISABLE_PLUGINS", raising=False)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "results-file.md").read_text(encoding="utf-8")
+    with fresh_plugin_manager():
+        assert page == schemadocs.render(), ("docs/results-file.md is stale: TOOLKIT_LOAD_ENTRYPOINTS=0 "
+                                             "python -m toolkit.schemadocs docs/results-file.md")
+    for name in ("features", "BC", "B_features", "Madv", "adversarial_features", "C_mean"):
+        assert f"| `{name}`" in page, name
+
+
+def test_validate_checks_the_dims_plugins_declare_and_accepts_undeclared_variables(complete):
+    import pytest
+
+    bad = complete.assign(C_mean=complete["C_mean"].expand_dims(extra=1))
+    with pytest.raises(toolkit.UsageError, match="variable 'C_mean' has dims"):
+        results.validate(bad)
+    results.validate(complete.assign(from_an_absent_plugin=complete["C_mean"].expand_dims(extra=1)))

@@ -98,12 +98,14 @@ def test_a_study_with_streaming_summaries_matches_the_full_one(tiny_plugin, full
 def test_the_boundary_tensors_may_be_saved_and_summarised_before_any_training():
     """The pre-training check of the metric chain sees the variables the synthesizer's probe
     makes (B_features), so BC and BR are known names for --save and zscore."""
+    from toolkit import probes
     from toolkit.metrics import check_metrics
     from toolkit.plugins import get_registry
 
     synthesizer = get_registry("synthesizer").get("boundary")
     metrics = tuple(get_registry("metric").get(name) for name in ("cosine", "zscore"))
-    check_metrics(metrics, {"zscore": {"variables": ["C", "BC"]}}, ("C", "BC"), [synthesizer])
+    check_metrics(metrics, {"zscore": {"variables": ["C", "BC"]}}, ("C", "BC"),
+                  probes.of([synthesizer, *metrics]))
     with pytest.raises(toolkit.UsageError, match="--save names BC, which the metrics do not make"):
         check_metrics(metrics, {}, ("C", "BC"), [])  # the prototype synthesizer makes no B
 

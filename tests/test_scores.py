@@ -96,8 +96,8 @@ def test_a_probe_that_breaks_its_contract_is_named(returned, message):
     from toolkit.probes import run_probes
     from toolkit.plugins import Registration
 
-    registration = Registration("metric", "m", None, "p", {
-        "probe": lambda *args: returned,
-        "probe_dims": {"adversarial_class": ("interval", "seed", "class")}})
+    registration = Registration("probe", "m", toolkit.Probe(
+        lambda *args: returned,
+        {"adversarial_class": toolkit.Variable(("interval", "seed", "class"))}), "p", {})
     with pytest.raises(toolkit.PluginError, match=message):
         run_probes([registration], None, torch.zeros(2, 3, 3, 1, 2, 2), {}, None)

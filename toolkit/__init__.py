@@ -6,6 +6,7 @@ origin, ``R``: same target) are tracked over training. See ``toolkit.analyze``.
 """
 
 from toolkit.config import AnalysisConfig
+from toolkit.contracts import FeatureGrid, FigureSpec, Probe, Score, Variable
 from toolkit.data import ImageDataset
 from toolkit.errors import PluginError, ToolkitError, UsageError
 from toolkit.hookspecs import hookimpl
@@ -97,22 +98,14 @@ def quality(results, out=None, *, overwrite=False, labels=None):
     """How well each data-free score tracks test accuracy in one or more results files (paths or
     Datasets); with ``out``, also draw each score against accuracy there. Returns the
     :class:`toolkit.quality_report.QualityReport`; see :func:`toolkit.quality_report.quality`."""
-    import os
+    from toolkit.quality_report import run_quality
 
-    from toolkit.quality_report import check_figure, quality as _quality, write_figure
-
-    items = [results] if isinstance(results, (str, os.PathLike)) or hasattr(results, "data_vars") \
-        else list(results)
-    if out is not None:
-        check_figure(out, overwrite)  # a bad --out fails before any file is read
-    report = _quality(items, labels)
-    if out is not None:
-        write_figure(report, out, overwrite=overwrite)
-    return report
+    return run_quality(results, out, overwrite=overwrite, labels=labels)
 
 
 __all__ = [
     "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
     "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
     "get_plugins", "plot", "report", "quality", "rank",
+    "FeatureGrid", "FigureSpec", "Probe", "Score", "Variable",
 ]

@@ -1,6 +1,6 @@
 """``python -m toolkit``: the Fire command line, with one-line errors and exit status 2 (1 for a
 run that failed on the way, 130 for Ctrl-C). The arguments are checked, and ``--help`` answered,
-before Fire runs anything (:func:`toolkit.cli.prepare`)."""
+before Fire runs anything (:func:`toolkit.arguments.prepare`)."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +10,8 @@ import warnings
 def main(argv: list[str] | None = None) -> int:
     import fire
 
-    from toolkit.cli import Toolkit, prepare
+    from toolkit.arguments import prepare
+    from toolkit.cli import Toolkit
     from toolkit.errors import ToolkitError
 
     try:

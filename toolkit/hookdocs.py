@@ -28,11 +28,15 @@ class) with the hook's name, marked with `@toolkit.hookimpl`; the parameter must
 Metadata every kind takes: `description` (shown by `toolkit plugins` and in error messages) and
 `prefix=True` (the name is a prefix, and `obj` is called with the rest of the name to make the
 real object). Names are unique across all plugins: a name two plugins register is refused,
-naming both, while every other name keeps working.
+naming both, while every other name keeps working. Probes, figures and scores are registered as
+typed objects (`toolkit.Probe`, `toolkit.FigureSpec`, `toolkit.Score`), and every variable a
+plugin adds to the results file is declared as a `toolkit.Variable`
+([results-file.md](results-file.md) lists those of the built-in plugins).
 
 A third-party plugin that fails to import, implements a hook that does not exist, or raises in a
-hook (or calls `register` with no name or an object that is not callable) is skipped with a
-warning, and `toolkit plugins` shows why; everything else keeps working.
+hook (or calls `register` with no name, or an object that is neither callable nor of the typed
+kind the hook takes) is skipped with a warning, and `toolkit plugins` shows why; everything else
+keeps working.
 """
 
 
@@ -49,8 +53,10 @@ def render() -> str:
     for name in hookspecs.hook_names():
         spec = getattr(hookspecs, name)
         arguments = ", ".join(inspect.signature(spec).parameters)
+        typed = spec.__annotations__.get("register", "Register")
         sections.append(f"## {name}\n\n```python\n@toolkit.hookimpl\ndef {name}({arguments}):\n"
                         f"    ...\n```\n\n"
+                        f"`register` is a `toolkit.hookspecs.{typed}`.\n\n"
                         f"{_markdown(spec.__doc__)}\n")
     return "\n".join(sections)
 

@@ -10,22 +10,44 @@ Every hook receives a ``register`` callback and calls it once per thing it adds,
         register("gap", gap_metric, description="C mean minus R mean")
 
 ``register(name, obj, **metadata)`` takes optional keyword metadata: ``description`` (shown by
-``toolkit plugins``) and whatever the kind documents below. Names are unique across all plugins.
+``toolkit plugins``) and whatever the kind documents below. Names are unique across all plugins
+(per kind).
+
+Synthesizers, metrics and probes declare the variables they add to the results file, each a
+:class:`toolkit.Variable` (dims, attributes, whether it is an image): metrics and synthesizers
+with the metadata ``variables={name: Variable}``, probes in :class:`toolkit.Probe`. Reading a
+file checks the dimensions of every variable the installed plugins declare; ``docs/results-file.md``
+lists them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import pluggy
+
+from toolkit.contracts import FigureSpec, Probe, Score
 
 hookspec = pluggy.HookspecMarker("toolkit")
 hookimpl = pluggy.HookimplMarker("toolkit")
 
-Register = Callable[..., None]
+T = TypeVar("T", contravariant=True)
+
+
+class Register(Protocol, Generic[T]):
+    """The ``register`` callback a hook receives: ``register(name, obj, **metadata)``, once per
+    thing it adds; ``obj`` is of the type the hook documents."""
+
+    def __call__(self, name: str, obj: T, /, **metadata: Any) -> None: ...
+
+
+ModelFactory = Callable[[int, int, int], Any]       # (num_classes, in_chans, image_size) -> Module
+DatasetLoader = Callable[..., Any]                  # (root, download) -> toolkit.ImageDataset
+Synthesizer = Callable[..., Any]                    # (model, start, targets, settings, progress)
+Metric = Callable[..., Any]                         # (ds, **options) -> {name: DataArray}
 
 
 @hookspec
-def register_models(register: Register) -> None:
+def register_models(register: Register[ModelFactory]) -> None:
     """Register model architectures.
 
     Call ``register(name, factory)`` with ``factory(num_classes, in_chans, image_size)`` returning a
@@ -53,7 +75,7 @@ def register_models(register: Register) -> None:
 
 
 @hookspec
-def register_datasets(register: Register) -> None:
+def register_datasets(register: Register[DatasetLoader]) -> None:
     """Register datasets.
 
     Call ``register(name, loader)`` with ``loader(root, download)`` returning a
@@ -79,7 +101,7 @@ def register_datasets(register: Register) -> None:
 
 
 @hookspec
-def register_synthesizers(register: Register) -> None:
+def register_synthesizers(register: Register[Synthesizer]) -> None:
     """Register image synthesis strategies.
 
     Call ``register(name, synthesizer)`` with ``synthesizer(model, start, targets, settings,
@@ -106,11 +128,16 @@ def register_synthesizers(register: Register) -> None:
     prototypes of each block of the grids (fixed pieces, the same in every run of a configuration
     and on any number of ranks; ``toolkit.distributed``). Images must not influence each other:
     each image's result must be the one it would get alone.
+
+    Metadata: ``description``; ``probe``, the name of a probe (``register_probes``) that runs on
+    the grids this synthesizer makes, while each interval's model is at hand; ``variables``, the
+    :class:`toolkit.Variable` of what a run with it adds beyond its probe's (for instance what the
+    metrics compute from its probe's feature grid).
     """
 
 
 @hookspec
-def register_metrics(register: Register) -> None:
+def register_metrics(register: Register[Metric]) -> None:
     """Register metrics computed from a results dataset.
 
     Call ``register(name, metric)`` with ``metric(ds, **options)`` taking the ``xarray.Dataset``
@@ -127,9 +154,92 @@ def register_metrics(register: Register) -> None:
     on a small made-up dataset (2 intervals, 2 seeds, 3 classes, 4 features), so a metric that
     cannot run fails in seconds; keep the metric cheap and pure.
 
-    Metadata: ``description``; ``check_options``, a callable taking the same keyword options,
-    called before any training; it raises :class:`toolkit.UsageError` for options the metric
-    cannot use.
+    Metadata:
+
+    - ``description``;
+    - ``check_options``, a callable taking the same keyword options, called before any training;
+      it raises :class:`toolkit.UsageError` for options the metric cannot use;
+    - ``variables``, ``{name: toolkit.Variable}``: what the metric adds (with its default
+      options); reading a file checks their dims;
+    - ``probe``, the name of a probe (``register_probes``) that must run during the synthesis for
+      this metric (its variables are in ``ds`` when the metric runs);
+    - ``streams``, a callable ``streams(ds) -> {name: toolkit.results.Streamed}``: the metric's
+      ``(interval, seed, k, j, i)`` variables that it can hand to the results writer block by
+      block instead of holding them (``Streamed(along, block, attrs)``: ``block(t, s, start,
+      stop)`` returns float32 values ``(k, j, i)`` for indices ``start:stop`` along ``along``,
+      ``"k"`` or ``"j"``); a ``--save`` naming one has it written to the file that way. The values
+      must equal what the metric itself would compute.
+
+    The features of a grid of images (the core's ``features`` of ``P``, or a variable a plugin
+    declares with ``Variable(grid=toolkit.FeatureGrid(prefix, images, kind))``) are listed by
+    ``toolkit.schema.feature_grids(ds)``; metrics that compare features compute their variables
+    for each of them.
+    """
+
+
+@hookspec
+def register_probes(register: Register[Probe]) -> None:
+    """Register probes: measurements of the model itself on each interval's grids.
+
+    Call ``register(name, toolkit.Probe(run, variables, blocks=False))``. A synthesizer or metric
+    registered with ``probe=name`` has the probe run, with each interval's model at hand, on the
+    grids that interval synthesises; what it returns becomes variables of the results file:
+
+    - ``run(model, grid, records, settings)``: ``model`` the normalising wrapper in ``eval()``
+      mode with frozen weights; ``grid`` float32 ``(seed, k, j, C, H, W)``, ``P`` of some seeds;
+      ``records`` the synthesizer's records of those images (``steps``, ``loss``, ... each ``(seed,
+      k, j)``); ``settings`` the :class:`toolkit.SynthesisSettings`. It returns a mapping with one
+      array (or tensor) per name in ``variables``: leading dim ``seed``, then the rest of the
+      variable's dims (whose first two are ``interval, seed``). Images (``Variable(image=True)``)
+      are pixels in [0, 1], stored as uint8 and only when the run saves images.
+    - ``variables``: ``{name: toolkit.Variable}``, exactly what ``run`` returns.
+    - ``blocks=True``: the probe can run on blocks of rows of the grids: ``run`` then takes the
+      keywords ``rows`` (a ``range`` of the ``k`` of each row of ``grid``) and ``prototypes``
+      (``(seed, n, C, H, W)``, every class prototype of its seeds), and returns arrays whose
+      leading dims are ``(seed, row)``; each variable must have ``k`` or ``class`` after
+      ``interval, seed``. A run with a probe that cannot take blocks synthesises whole grids.
+
+    A probe that raises, or returns other names or shapes, stops the run with a one-line
+    :class:`toolkit.PluginError` naming the plugin. Metadata: ``description``.
+    """
+
+
+@hookspec
+def register_figures(register: Register[FigureSpec]) -> None:
+    """Register figures of a results file, drawn by ``toolkit plot`` and shown by ``toolkit report``.
+
+    Call ``register(name, toolkit.FigureSpec(draw, heading, how_to_read, needs=(), optional=False))``:
+
+    - ``draw(ds, **options)`` returns a ``matplotlib.figure.Figure`` drawn from the results Dataset
+      alone (use ``toolkit.plotting.new_figure``, not pyplot). It may take the keywords ``seed``,
+      ``interval`` and ``classes`` (the user's choices of which images to show; the helpers
+      ``toolkit.plotting.pick_seed`` and friends resolve them). When ``ds`` lacks what it needs it
+      raises :class:`toolkit.plotting.MissingData` saying how to get it;
+    - ``heading`` and ``how_to_read``: the figure's heading and the paragraph that tells a reader
+      how to read it, in the report;
+    - ``needs``: the variables it draws, for the documentation;
+    - ``optional=True``: it shows what an optional plugin adds; a file without its data skips it
+      without a warning unless the user asked for it by name.
+
+    The file is ``<name>.<format>`` in the figure folder. Metadata: ``description``.
+    """
+
+
+@hookspec
+def register_scores(register: Register[Score]) -> None:
+    """Register data-free scores, which ``toolkit quality`` correlates with test accuracy.
+
+    Call ``register(name, toolkit.Score(compute, needs, expected, why))``:
+
+    - ``compute(ds)`` returns a float64 array ``(interval,)``: the score of each interval of the
+      results Dataset ``ds``;
+    - ``needs``: the variables it reads; a file that lacks one has no value for the score;
+    - ``expected``: the sign its correlation with accuracy should have if the score works: ``+1``,
+      ``-1``, or ``0`` where no sign is claimed;
+    - ``why``: one line saying where that expectation comes from.
+
+    ``toolkit.Score.of_variable(name, expected, why)`` is the score that is an ``(interval,)``
+    variable of the file itself. Metadata: ``description``.
     """
 
 

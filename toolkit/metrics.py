@@ -63,6 +63,11 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
     if not isinstance(produced, Mapping) or not all(isinstance(v, xr.DataArray) for v in produced.values()):
         raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) must return "
                           "a dict of xarray.DataArray or an xarray.Dataset")
+    for name, variable in registration.metadata.get("variables", {}).items():
+        if name in produced and produced[name].dims != variable.dims:
+            raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) "
+                              f"returned {name} with dims {produced[name].dims}; it declares "
+                              f"{variable.dims}")
     return ds.assign(produced)
 
 

@@ -1,10 +1,10 @@
 """Does a data-free score track test accuracy? Correlations of every score with accuracy.
 
-For each score that a results file holds (``SCORES``), its Spearman and Pearson correlation with
-``test_accuracy`` across the intervals of each file and, when several files are given, across every
-(file, interval) point of them all (models and runs pooled). Each score has the sign it is expected
-to have (or none, where neither the poster nor the paper claims one) and whether its correlation
-has that sign. Scores are ranked by how well they track accuracy in their expected direction.
+For each score (registered by plugins with ``register_scores``) that a results file holds, its
+Spearman and Pearson correlation with ``test_accuracy`` across the intervals of each file and,
+when several files are given, across every (file, interval) point of them all (models and runs
+pooled). Each score has the sign it is expected to have (or none, where no sign is claimed) and
+whether its correlation has that sign. Scores are ranked by how well they track accuracy in their expected direction.
 
 Few points make these correlations fragile: 7 intervals give a Spearman coefficient in steps of
 1/56, and a p-value (``p``, scipy's two-sided test) is given with each for that reason.
@@ -16,57 +16,27 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import xarray as xr
 from scipy import stats
 
-from toolkit.errors import UsageError
+from toolkit.contracts import Score
+from toolkit.errors import PluginError, UsageError
+from toolkit.plugins import Registration, blamed_on, get_registry
 
 
-@dataclasses.dataclass(frozen=True)
-class Score:
-    """A data-free number per interval, computed from a results file."""
-
-    name: str
-    needs: tuple[str, ...]
-    compute: Callable[[xr.Dataset], np.ndarray]
-    expected: int  # +1, -1, or 0: no sign claimed
-    why: str
+def scores() -> dict[str, Score]:
+    """Every score the loaded plugins register (``register_scores``), by name, in registration
+    order."""
+    return {reg.name: reg.obj for reg in get_registry("score").in_order()}
 
 
-def _var(name: str) -> Callable[[xr.Dataset], np.ndarray]:
-    return lambda ds: ds[name].values.astype(np.float64)
-
-
-def _unconverged(ds: xr.Dataset) -> np.ndarray:
-    converged = ds["converged"].astype(bool)
-    return 1.0 - converged.mean([d for d in converged.dims if d != "interval"]).values
-
-
-SCORES = {score.name: score for score in (
-    Score("C_mean", ("C_mean",), _var("C_mean"), +1,
-          "poster: inter-class dissimilarity rises as the classifier trains"),
-    Score("R_mean", ("R_mean",), _var("R_mean"), 0,
-          "poster: intra-class dissimilarity stays stable (no sign claimed)"),
-    Score("C_minus_R", ("C_mean", "R_mean"),
-          lambda ds: (ds["C_mean"] - ds["R_mean"]).values.astype(np.float64), +1,
-          "poster: C rises while R stays low and flat"),
-    Score("BC_mean", ("BC_mean",), _var("BC_mean"), +1,
-          "toolkit's expectation, by analogy with C: boundary images of distinct pairs separate"),
-    Score("BR_mean", ("BR_mean",), _var("BR_mean"), 0, "no sign claimed"),
-    Score("Mg", ("Mg",), _var("Mg"), +1,
-          "Dean & Sarkar 2023: prototypes of a better classifier are more dissimilar"),
-    Score("Madv", ("Madv",), _var("Madv"), +1,
-          "Dean & Sarkar 2023: a better classifier's prototypes need a larger feature change to flip"),
-    Score("C_outlier_fraction", ("C_outlier_fraction",), _var("C_outlier_fraction"), 0,
-          "no sign claimed"),
-    Score("R_outlier_fraction", ("R_outlier_fraction",), _var("R_outlier_fraction"), 0,
-          "no sign claimed"),
-    Score("unconverged_fraction", ("converged",), _unconverged, 0,
-          "share of grid images that missed the loss threshold (no sign claimed)"),
-)}
+def __getattr__(name: str) -> Any:
+    if name == "SCORES":  # the registered scores, as this module once listed them
+        return scores()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,11 +126,12 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
     if len(names) != len(runs):
         raise UsageError(f"{len(names)} labels for {len(runs)} results files")
     points: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    for score in SCORES.values():
+    registered = {reg.name: reg for reg in get_registry("score").in_order()}
+    for score_name, registration in registered.items():
         for label, (_, ds) in zip(names, runs):
-            if all(name in ds.variables for name in score.needs):
+            if all(name in ds.variables for name in registration.obj.needs):
                 accuracy = ds["test_accuracy"].values.astype(np.float64)
-                points.setdefault(score.name, {})[label] = (score.compute(ds), accuracy)
+                points.setdefault(score_name, {})[label] = (_compute(registration, ds), accuracy)
     correlations = []
     for name, by_label in points.items():
         scopes = list(by_label.items())
@@ -169,8 +140,18 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
                                    np.concatenate([a for _, a in by_label.values()]))))
         for scope, (score, accuracy) in scopes:
             correlations.append(Correlation(name, scope, int(np.isfinite(score).sum()),
-                                            *correlate(score, accuracy), SCORES[name].expected))
+                                            *correlate(score, accuracy), registered[name].obj.expected))
     return QualityReport(tuple(names), tuple(correlations), points)
+
+
+def _compute(registration: Registration, ds: xr.Dataset) -> np.ndarray:
+    """The score's values, checked: one float per interval, or a one-line PluginError."""
+    with blamed_on(registration, "failed"):
+        values = np.asarray(registration.obj.compute(ds), dtype=np.float64)
+    if values.shape != (ds.sizes["interval"],):
+        raise PluginError(f"score {registration.name!r} (plugin {registration.plugin!r}) returned shape "
+                          f"{values.shape}; expected ({ds.sizes['interval']},), one per interval")
+    return values
 
 
 def _unique(labels: list[str]) -> list[str]:
@@ -233,13 +214,13 @@ def quality_table(report: QualityReport) -> str:
 
 def quality_figure(report: QualityReport):
     """Each score against test accuracy, one panel per score, one colour per file."""
-    from toolkit.plotting import OKABE_ITO, _new_figure
+    from toolkit.plotting import OKABE_ITO, new_figure
 
     names = [c.score for c in report.ranking()]
     colours = list(OKABE_ITO.values())[1:] + ["#000000"]
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
-    fig = _new_figure(3.3 * columns, 2.8 * rows + 0.6)
+    fig = new_figure(3.3 * columns, 2.8 * rows + 0.6)
     overall = {c.score: c for c in report.correlations if c.scope == report.overall_scope}
     for index, name in enumerate(names):
         ax = fig.add_subplot(rows, columns, index + 1)
@@ -278,7 +259,20 @@ def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool 
                  dpi: int = 120) -> Path:
     """Save :func:`quality_figure` to ``out`` (png, pdf or svg), atomically; an existing file is
     kept unless ``overwrite``."""
-    from toolkit.plotting import _save
+    from toolkit.plotting import save_figure
 
     check_figure(out, overwrite)
-    return _save(quality_figure(report), Path(out), dpi)
+    return save_figure(quality_figure(report), Path(out), dpi)
+
+
+def run_quality(results, out=None, *, overwrite: bool = False, labels=None) -> "QualityReport":
+    """``toolkit.quality``: the report of one results file or Dataset, or of several, and with
+    ``out`` its figure, whose path is checked before any file is read."""
+    items = [results] if isinstance(results, (str, os.PathLike)) or hasattr(results, "data_vars") \
+        else list(results)
+    if out is not None:
+        check_figure(out, overwrite)  # a bad --out fails before any file is read
+    report = quality(items, labels)
+    if out is not None:
+        write_figure(report, out, overwrite=overwrite)
+    return report

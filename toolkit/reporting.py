@@ -20,14 +20,8 @@ import xarray as xr
 from toolkit import plotting
 from toolkit.errors import UsageError
 from toolkit.files import atomic_write, check_output
-from toolkit.table import COLUMNS, summary_rows
+from toolkit.table import COLUMNS, SUMMARY_HOW_TO_READ, summary_note, summary_rows
 
-SUMMARY_HOW_TO_READ = (
-    "One row per training interval. test_acc: accuracy on the held-out test split. C_mean, C_std, "
-    "R_mean, R_std: mean and standard deviation of the dissimilarities over ordered pairs, per seed, "
-    "then averaged over seeds. C_out, R_out: share of values with |z| above the threshold. "
-    "converged: share of synthesised images whose loss reached the threshold; steps: mean "
-    "input-gradient steps per image. A dash marks a number this file does not hold.")
 CONVERGENCE_HOW_TO_READ = (
     "Per interval, over every seed and every cell of the grid P: how many images were synthesised, "
     "how many reached the loss threshold, and how many steps and how much loss it took.")
@@ -95,7 +89,7 @@ def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: in
 
     columns = f' style="--runs: {len(runs)}"'
     labels = [label for label, _ in runs]
-    figures = {name: spec for name, spec in plotting.FIGURES.items()
+    figures = {name: spec for name, spec in plotting.registered_figures().items()
                if not spec.optional or any(_has_figure(ds, name) for _, ds in runs)}
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
@@ -184,7 +178,7 @@ def _figure_html(ds: xr.Dataset, name: str, label: str, dpi: int, seed: int | No
     except plotting.MissingData as missing:
         return f'<p class="missing">{_e(label)}: not drawn, {_e(str(missing))}</p>'
     data = base64.b64encode(plotting.figure_png(fig, dpi)).decode("ascii")
-    alt = f"{plotting.FIGURES[name].heading}, {plotting.run_title(ds)}"
+    alt = f"{plotting.registered_figures()[name].heading}, {plotting.run_title(ds)}"
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
             f"<figcaption>{_e(label)}</figcaption></figure>")
 
@@ -211,17 +205,6 @@ def config_table(ds: xr.Dataset) -> str:
             rows[key] = str(ds.attrs[key])
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows.items())
     return f'<table class="config">{body}</table>'
-
-
-def summary_note(ds: xr.Dataset) -> str:
-    notes = []
-    if "C_mean" in ds:
-        notes.append(f"self-pairs {ds['C_mean'].attrs.get('self_pairs', '?')}")
-    if "C_outlier_fraction" in ds:
-        attrs = ds["C_outlier_fraction"].attrs
-        notes.append(f"outliers: |z| > {attrs.get('threshold', '?')} against the "
-                     f"{attrs.get('reference', '?')} reference")
-    return "; ".join(notes)
 
 
 def summary_html(ds: xr.Dataset) -> str:

@@ -1,10 +1,11 @@
 """The results file: one ``xarray.Dataset`` per study, written as compressed netCDF4.
 
-This module is the one home of the schema (DESIGN.md section 2). Dimensions: ``interval``
-(coordinate: the training fraction), ``seed``, ``k`` (target class), ``j`` (origin class), ``i``
-(the class compared with), ``feature`` and ``class`` (with ``class_name``). ``P[k, j]`` is the image
-started at class ``j``'s prototype and pushed into class ``k``; ``P[k, k]`` is class ``k``'s
-prototype.
+This module builds, writes, reads and checks it; what it holds is :mod:`toolkit.schema` (the
+core's variables, and those the plugins declare; DESIGN.md section 2, docs/results-file.md).
+Dimensions: ``interval`` (coordinate: the training fraction), ``seed``, ``k`` (target class),
+``j`` (origin class), ``i`` (the class compared with), ``feature`` and ``class`` (with
+``class_name``). ``P[k, j]`` is the image started at class ``j``'s prototype and pushed into class
+``k``; ``P[k, k]`` is class ``k``'s prototype.
 
 Images (optional variables, so files without them are still schema version 1): ``noise``
 ``(seed, class, channel, y, x)``, the uniform noise each seed's prototypes start from (the same at
@@ -31,109 +32,34 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from toolkit import schema
 from toolkit.errors import ToolkitError, UsageError
 from toolkit.files import check_output, umask
 
 SCHEMA_VERSION = 1
 CONVENTIONS = "CF-1.8"
 
-GRID = ("interval", "seed", "k", "j")
-PAIRS = (*GRID, "i")
+GRID, PAIRS, PIXELS = schema.GRID, schema.PAIRS, schema.PIXELS
 
-# Every variable a results file holds, with its dimensions; and those the default metrics add,
-# whose dimensions are checked where present (a run may choose other metrics).
-REQUIRED = {
-    "features": (*GRID, "feature"),
-    "steps": GRID,
-    "loss": GRID,
-    "converged": GRID,
-    "predicted": GRID,
-    "confidence": GRID,
-    "test_accuracy": ("interval",),
-    "train_size": ("interval",),
-    "class_name": ("class",),
-}
-FROM_METRICS = {
-    "C": PAIRS,
-    "R": PAIRS,
-    **{f"{v}_{s}": ("interval",) for v in ("C", "R") for s in ("mean", "std", "outlier_fraction")},
-    **{f"{v}_seed_{s}": ("interval", "seed") for v in ("C", "R") for s in ("mean", "std")},
-}
-# Those the optional built-in metrics add: cosine and zscore on the boundary grid, mg and madv.
-FROM_OPTIONAL_METRICS = {
-    "BC": PAIRS,
-    "BR": PAIRS,
-    **{f"{v}_{s}": ("interval",) for v in ("BC", "BR") for s in ("mean", "std", "outlier_fraction")},
-    **{f"{v}_seed_{s}": ("interval", "seed") for v in ("BC", "BR") for s in ("mean", "std")},
-    **{v: ("interval",) for v in ("Mg", "Madv")},
-    **{f"{v}_seed": ("interval", "seed") for v in ("Mg", "Madv")},
-}
-
-# Images: optional, dims checked where present (see the module docstring).
-PIXELS = ("channel", "y", "x")
-IMAGES = {
-    "noise": ("seed", "class", *PIXELS),
-    "prototypes": ("interval", "seed", "class", *PIXELS),
-    "P": (*GRID, *PIXELS),
-}
-# Images that only an optional plugin adds (the boundary synthesizer's grid B); stored as IMAGES are.
-OPTIONAL_IMAGES = {"B": (*GRID, *PIXELS)}
-ALL_IMAGES = {**IMAGES, **OPTIONAL_IMAGES}
-IMAGE_ATTRS = {
-    "noise": dict(long_name="uniform noise the class prototypes start from", units="1"),
-    "prototypes": dict(long_name="class prototype p_c = P[c, c]", units="1"),
-    "P": dict(long_name="intermediary prototype P[k, j]: p_j pushed into class k", units="1"),
-    "B": dict(long_name="boundary prototype B[k, j] between classes j and k (B[k, k] = p_k)",
-              units="1"),
-}
-
-# What probes add (optional; a probe runs with the model at hand, per piece of each grid; see
-# ``probe`` in docs/writing-plugins.md). The boundary synthesizer's ``B`` grid and its records:
-BOUNDARY = {
-    "B": OPTIONAL_IMAGES["B"],
-    "B_features": (*GRID, "feature"),
-    "boundary_success": GRID,
-    "boundary_steps": GRID,
-    "boundary_gap": GRID,
-    "boundary_third_class": GRID,
-}
-# The madv metric's minimal adversarial example of each class prototype (L2 DeepFool):
-ADVERSARIAL = {
-    "adversarial_features": ("interval", "seed", "class", "feature"),
-    "adversarial_class": ("interval", "seed", "class"),
-    "adversarial_distance": ("interval", "seed", "class"),
-    "adversarial_steps": ("interval", "seed", "class"),
-}
-PROBE_ATTRS = {
-    "B_features": dict(long_name="penultimate feature vector of B[k, j]", units="1"),
-    "boundary_success": dict(long_name="B[k, j] is on the boundary: top two classes j and k, "
-                                       "softmax gap below the tolerance (False on the diagonal)"),
-    "boundary_steps": dict(long_name="gradient steps taken by B[k, j] after bisection", units="1"),
-    "boundary_gap": dict(long_name="|softmax_k - softmax_j| of B[k, j] (NaN on the diagonal)",
-                         units="1"),
-    "boundary_third_class": dict(long_name="the segment p_j -> P[k, j] crossed a third class"),
-    "adversarial_features": dict(long_name="penultimate features of p_c's minimal adversarial "
-                                           "example (L2 DeepFool)", units="1"),
-    "adversarial_class": dict(long_name="class the model assigns to p_c's adversarial example"),
-    "adversarial_distance": dict(long_name="L2 pixel distance from p_c to its adversarial example",
-                                 units="1"),
-    "adversarial_steps": dict(long_name="DeepFool iterations for p_c", units="1"),
-}
+# The core's variables (every results file holds them) and images (optional), with their dims; the
+# variables plugins add are declared by them (toolkit.schema.declared) and checked by validate.
+REQUIRED = {name: v.dims for name, v in schema.REQUIRED.items()}
+IMAGES = {name: v.dims for name, v in schema.IMAGES.items()}
 IMAGE_ENCODING = {"dtype": "uint8", "scale_factor": np.float32(1 / 255), "_FillValue": None}
 
 # The per-image records of every grid image, as a synthesizer returns them (SynthesisResult).
 RECORDS = ("steps", "loss", "converged", "predicted", "confidence")
-RECORD_ATTRS = {
-    "features": dict(long_name="penultimate feature vector of P[k, j]", units="1"),
-    "steps": dict(long_name="input-gradient steps taken by P[k, j]", units="1"),
-    "loss": dict(long_name="final cross-entropy of P[k, j] toward class k", units="1"),
-    "converged": dict(long_name="loss of P[k, j] below the loss threshold"),
-    "predicted": dict(long_name="class the model assigns to P[k, j]"),
-    "confidence": dict(long_name="softmax probability of the predicted class", units="1"),
-    "test_accuracy": dict(long_name="top-1 accuracy on the test split", units="1"),
-    "train_size": dict(long_name="training images the model had seen by this interval",
-                       comment="-1: unknown (weights given with --checkpoints)"),
-}
+RECORD_ATTRS = {name: dict(schema.REQUIRED[name].attrs)
+                for name in ("features", *RECORDS, "test_accuracy", "train_size")}
+
+
+def __getattr__(name: str) -> Any:
+    # The variables of the default metrics, as this module listed them before plugins declared
+    # their own (kept for code that still reads it): their dims, from the registry.
+    if name == "FROM_METRICS":
+        return {n: d.variable.dims for n, d in schema.declared().items()
+                if d.kind == "metric" and d.owner in ("cosine", "zscore")}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Attributes that say how fast a run went (set by ``toolkit.analyze``; files written before them
@@ -144,7 +70,7 @@ SPEED_ATTRS = {
                         "summed over the ranks, like image_steps)",
     "time_features_s": "wall time spent extracting penultimate features, in seconds",
     "time_metrics_s": "wall time spent in the metric plugins, in seconds",
-    "time_probes_s": "wall time spent in plugin probes (boundary search, adversarial attacks), in seconds",
+    "time_probes_s": "wall time spent in plugin probes (register_probes), in seconds",
     "image_steps": "input-gradient steps taken, summed over every image of every grid",
     "precision": "fp32 or bf16 (autocast) for synthesis and training",
     "compile": "1 if the model ran through torch.compile during synthesis, else 0",
@@ -177,10 +103,12 @@ def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_nam
     """
     n = len(class_names)
     images = dict(images or {})
-    unknown = sorted(set(images) - set(ALL_IMAGES))
+    known = schema.images() if images else {}
+    unknown = sorted(set(images) - set(known))
     if unknown:
-        raise ValueError(f"unknown image variable(s) {', '.join(unknown)}; known: {', '.join(ALL_IMAGES)}")
-    pixels = {name: (ALL_IMAGES[name], quantize(value), IMAGE_ATTRS[name]) for name, value in images.items()}
+        raise ValueError(f"unknown image variable(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    pixels = {name: (known[name].dims, quantize(value), dict(known[name].attrs))
+              for name, value in images.items()}
     shape = next(iter(pixels.values()))[1].shape[-3:] if pixels else None
     grid = {name: (GRID, np.asarray(records[name]), RECORD_ATTRS[name])
             for name in RECORDS}
@@ -194,7 +122,7 @@ def build_dataset(*, intervals: Sequence[float], seeds: Sequence[int], class_nam
             "train_size": ("interval", np.asarray(train_size, dtype=np.int64),
                            RECORD_ATTRS["train_size"]),
             "class_name": ("class", np.asarray(list(class_names), dtype=object),
-                           dict(long_name="name of each class index")),
+                           dict(schema.REQUIRED["class_name"].attrs)),
             **pixels,
         },
         coords={
@@ -266,7 +194,8 @@ def provenance(config_json: str, **extra: Any) -> dict[str, Any]:
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     # zlib only where it pays: numbers and booleans, not strings (as ArviZ does). Images go to
     # disk as uint8 whatever encoding a variable carries (it is lost by many operations anyway).
-    return {name: {"zlib": True, "complevel": 4, **(IMAGE_ENCODING if name in ALL_IMAGES else {})}
+    images = schema.images()
+    return {name: {"zlib": True, "complevel": 4, **(IMAGE_ENCODING if name in images else {})}
             for name, var in ds.variables.items() if var.dtype.kind in "biuf"}
 
 
@@ -372,7 +301,11 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False,
 
 
 def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
-    """Check that ``ds`` is a toolkit results dataset of a known schema; return it."""
+    """Check that ``ds`` is a toolkit results dataset of a known schema; return it.
+
+    It must hold the core's ``REQUIRED`` variables; the dims of the core's and of every variable
+    the installed plugins declare are checked where present. A variable no installed plugin
+    declares (its plugin is not installed here) is accepted as it is."""
     version = ds.attrs.get("toolkit_schema_version")
     if version is None:
         raise UsageError(f"{source} is not a toolkit results file (no toolkit_schema_version attribute)")
@@ -383,10 +316,10 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
         if name not in ds.variables:
             raise UsageError(f"{source} lacks variable {name!r}; a results file holds "
                              + ", ".join(REQUIRED))
-    for name, dims in {**REQUIRED, **FROM_METRICS, **FROM_OPTIONAL_METRICS, **ALL_IMAGES, **BOUNDARY,
-                       **ADVERSARIAL}.items():
-        if name in ds.variables and ds[name].dims != dims:
-            raise UsageError(f"{source}: variable {name!r} has dims {ds[name].dims}, expected {dims}")
+    for name, variable in schema.all_variables().items():
+        if name in ds.variables and ds[name].dims != variable.dims:
+            raise UsageError(f"{source}: variable {name!r} has dims {ds[name].dims}, expected "
+                             f"{variable.dims}")
     return ds
 
 

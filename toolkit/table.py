@@ -21,6 +21,13 @@ COLUMNS = {
 }
 
 
+SUMMARY_HOW_TO_READ = (
+    "One row per training interval. test_acc: accuracy on the held-out test split. C_mean, C_std, "
+    "R_mean, R_std: mean and standard deviation of the dissimilarities over ordered pairs, per seed, "
+    "then averaged over seeds. C_out, R_out: share of values with |z| above the threshold. "
+    "converged: share of synthesised images whose loss reached the threshold; steps: mean "
+    "input-gradient steps per image. A dash marks a number this file does not hold.")
+
 def summary_rows(ds: xr.Dataset) -> list[dict[str, float | None]]:
     """Per interval: test accuracy, C/R mean and std, outlier fractions, converged fraction, the
     number of unconverged images and mean steps per image (over seeds and the whole grid)."""
@@ -71,3 +78,15 @@ def speed_line(ds: xr.Dataset) -> str | None:
     return (f"speed: {rate:,.1f} image-steps/s ({int(attrs['image_steps']):,} steps, "
             f"{attrs.get('precision', '?')}{', compiled' if int(attrs.get('compile', 0)) else ''}, "
             f"batch {attrs.get('synthesis_batch_size', '?')}, on {attrs.get('device', '?')}); {stages}")
+
+
+def summary_note(ds: xr.Dataset) -> str:
+    """What the summary of ``ds`` was computed with: self-pairs and the outliers' reference."""
+    notes = []
+    if "C_mean" in ds:
+        notes.append(f"self-pairs {ds['C_mean'].attrs.get('self_pairs', '?')}")
+    if "C_outlier_fraction" in ds:
+        attrs = ds["C_outlier_fraction"].attrs
+        notes.append(f"outliers: |z| > {attrs.get('threshold', '?')} against the "
+                     f"{attrs.get('reference', '?')} reference")
+    return "; ".join(notes)

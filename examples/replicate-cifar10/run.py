@@ -15,7 +15,6 @@ Options are keyword arguments of :func:`main` (``--stage analyze``, ``--out DIR`
 """
 from __future__ import annotations
 
-import json
 import random
 import sys
 import zipfile

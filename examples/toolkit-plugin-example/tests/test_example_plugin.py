@@ -23,6 +23,9 @@ def test_everything_is_registered_under_its_name():
     assert get_registry("dataset").get("example-shapes").metadata["defaults"]["epochs"] == 6
     assert "example-signed" in get_registry("synthesizer")
     assert "example-feature-norm" in get_registry("metric")
+    assert "example-brightness" in get_registry("probe")
+    assert "example-feature-norm" in get_registry("figure")
+    assert "example-feature-norm" in get_registry("score")
 
 
 def test_the_model_follows_timms_feature_protocol():
@@ -87,5 +90,13 @@ def test_a_whole_study_with_every_part_from_the_plugin(tmp_path):
     assert ds.sizes["k"] == 4 and ds.sizes["feature"] == 32
     assert float(ds["test_accuracy"][-1]) > 0.8
     assert (ds["feature_norm"] > 0).all()
+    assert ds["brightness"].dims == ("interval", "seed", "k", "j")
+    assert ds["brightness"].attrs["long_name"] == "mean pixel of P[k, j]"
     with toolkit.open_results(tmp_path / "r.nc") as saved:
-        assert "feature_norm" in saved
+        assert "feature_norm" in saved and "brightness" in saved
+    written = toolkit.plot(ds, tmp_path / "figures", figures="example-feature-norm")
+    assert [p.name for p in written] == ["example-feature-norm.png"]
+    page = toolkit.report(ds, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "Feature norm over training" in page
+    quality = toolkit.quality([ds, ds], labels=["a", "b"])
+    assert "example-feature-norm" in {c.score for c in quality.correlations}

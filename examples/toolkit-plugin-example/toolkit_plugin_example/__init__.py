@@ -5,7 +5,16 @@
   generated on the fly, so nothing is downloaded;
 - synthesizer ``example-signed``: signed-gradient descent on the input (the sign of the gradient
   instead of its normalised value), each image stopping on its own;
-- metric ``example-feature-norm``: the mean L2 norm of the prototypes' penultimate features.
+- metric ``example-feature-norm``: the mean L2 norm of the prototypes' penultimate features, a new
+  variable of the results file (``feature_norm``, declared with its dims and attributes);
+- probe ``example-brightness``: the mean pixel of every ``P[k, j]``, measured while the model is at
+  hand (the synthesizer ``example-signed`` names it), another new variable (``brightness``);
+- figure ``example-feature-norm``: ``feature_norm`` against training, in ``toolkit plot`` and
+  ``toolkit report``;
+- score ``example-feature-norm``: ``feature_norm`` averaged over seeds, which ``toolkit quality``
+  correlates with test accuracy.
+
+None of them touches the toolkit: each is registered through a hook.
 
 The toolkit finds this module through the entry point in ``setup.cfg``::
 
@@ -147,6 +156,43 @@ def check_feature_norm_options(over: str = "grid") -> None:
                                  f"got {over!r}")
 
 
+# --- probe --------------------------------------------------------------------------------------
+
+def brightness(model: nn.Module, grid: torch.Tensor, records, settings, *, rows=None,
+               prototypes=None) -> dict[str, np.ndarray]:
+    """The mean pixel of each image of ``grid`` ``(seed, k, j, C, H, W)``: ``(seed, k, j)``. It
+    takes blocks of rows (``rows``, ``prototypes``) as it does whole grids."""
+    return {"brightness": grid.mean((3, 4, 5)).numpy()}
+
+
+VARIABLES = {
+    "feature_norm": toolkit.Variable(("interval", "seed"), {
+        "long_name": "mean L2 norm of the penultimate features", "units": "1"}),
+    "brightness": toolkit.Variable(("interval", "seed", "k", "j"), {
+        "long_name": "mean pixel of P[k, j]", "units": "1"}),
+}
+
+
+# --- figure and score ---------------------------------------------------------------------------
+
+def feature_norm_figure(ds: xr.Dataset):
+    """``feature_norm`` (averaged over seeds) against the fraction of training completed."""
+    from toolkit.plotting import interval_axis, need, new_figure, run_title
+
+    need(ds, ("feature_norm",), "run analyze with --metrics cosine,zscore,example-feature-norm")
+    fig = new_figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(ds["interval"].values * 100, ds["feature_norm"].mean("seed").values, marker="o")
+    ax.set_ylabel("mean L2 norm of the penultimate features")
+    interval_axis(ax, ds)
+    fig.suptitle(f"Feature norm over training\n{run_title(ds)}", fontsize=11)
+    return fig
+
+
+def feature_norm_score(ds: xr.Dataset) -> np.ndarray:
+    return ds["feature_norm"].mean("seed").values.astype(np.float64)
+
+
 # --- the hooks ----------------------------------------------------------------------------------
 
 @toolkit.hookimpl
@@ -164,11 +210,35 @@ def register_datasets(register):
 
 @toolkit.hookimpl
 def register_synthesizers(register):
-    register("example-signed", signed_gradient,
+    register("example-signed", signed_gradient, probe="example-brightness",
              description="signed-gradient descent on the input (example plugin)")
 
 
 @toolkit.hookimpl
 def register_metrics(register):
     register("example-feature-norm", feature_norm, check_options=check_feature_norm_options,
+             variables={"feature_norm": VARIABLES["feature_norm"]},
              description="mean L2 norm of the penultimate features (example plugin)")
+
+
+@toolkit.hookimpl
+def register_probes(register):
+    register("example-brightness", toolkit.Probe(
+        brightness, {"brightness": VARIABLES["brightness"]}, blocks=True),
+        description="mean pixel of every P[k, j] (example plugin)")
+
+
+@toolkit.hookimpl
+def register_figures(register):
+    register("example-feature-norm", toolkit.FigureSpec(
+        feature_norm_figure, "Feature norm over training",
+        "The mean L2 norm of the penultimate features of the grid P, averaged over seeds, at each "
+        "interval. A classifier that separates its classes tends to grow its features.",
+        needs=("feature_norm",), optional=True), description="feature_norm over training")
+
+
+@toolkit.hookimpl
+def register_scores(register):
+    register("example-feature-norm", toolkit.Score(
+        feature_norm_score, ("feature_norm",), 0,
+        "no sign claimed: an example of a score a plugin adds"), description="feature_norm")
