@@ -308,15 +308,15 @@ def test_analyze_draws_the_figures_beside_its_results_unless_noplots(tmp_path, c
 
 
 def test_analyze_refuses_existing_figures_before_training(tmp_path, capsys, tiny_plugin, monkeypatch):
-    import toolkit.pipeline as pipeline
     from tests.conftest import TINY_RUN
     from tests.test_end_to_end import cli_args
     from toolkit.__main__ import main
+    from toolkit.stages import train
 
     def no_training(*args, **kwargs):
         raise AssertionError("training started")
 
-    monkeypatch.setattr(pipeline, "Trainer", no_training)
+    monkeypatch.setattr(train, "Trainer", no_training)
     (tmp_path / "r.figures").mkdir()
     (tmp_path / "r.figures" / "grid.png").write_bytes(b"mine")
     assert main(["analyze", *cli_args(TINY_RUN), "--out", str(tmp_path / "r.nc"), "--noprogress"]) == 2
@@ -326,8 +326,8 @@ def test_analyze_refuses_existing_figures_before_training(tmp_path, capsys, tiny
 
 
 def test_save_images_must_be_a_boolean():
-    with pytest.raises(toolkit.UsageError, match="--save_images must be true or false; got 'yes'"):
-        AnalysisConfig(save_images="yes")
+    with pytest.raises(toolkit.UsageError, match="--save_images must be true or false; got 'maybe'"):
+        AnalysisConfig(save_images="maybe")
     assert AnalysisConfig().with_save_images_for(20).save_images is True
     assert AnalysisConfig().with_save_images_for(21).save_images is False
     assert AnalysisConfig(save_images=False).with_save_images_for(3).save_images is False
