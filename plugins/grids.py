@@ -1,5 +1,16 @@
 """The figures of the grid images and of the synthesis records (registered by
-``toolkit_plugins.figures``), and the score the records give: the share of unconverged images."""
+``toolkit_plugins.figures``), and the scores the records give.
+
+Records-based scores: the share of unconverged images and the mean steps per image (baselines any
+score must beat to be worth its cost), and the converged-only ``C`` and ``R``. An intermediary
+prototype that never reached the loss threshold is wherever the step cap left it, so ``C`` and
+``R`` over all images partly measure the budget, not the classifier. The converged-only scores
+count a pair of ``C`` (``P[k, j]``, ``P[i, j]``, ``i != k``) or of ``R`` (``P[k, j]``,
+``P[k, i]``, ``i != j``) only when both of its images converged, pooled over seeds, per interval
+(NaN where no pair counts); ``converged_pairs`` says how many values they rest on.
+``C_minus_R_converged`` is the model zoo's pre-registered primary score
+(``examples/zoo-digits/PREREGISTRATION.md``).
+"""
 from __future__ import annotations
 
 import json
@@ -15,6 +26,7 @@ from toolkit.plotting import (COLOURS as BASE_COLOURS, OKABE_ITO, cells, need, n
                               percent, pick_classes, pick_interval, pick_seed, run_title,
                               show_mosaic, subset_note, tile_centres)
 
+GRID = ("interval", "seed", "k", "j")
 COLOURS = {**BASE_COLOURS, "converged": OKABE_ITO["blue"]}
 
 
@@ -149,8 +161,58 @@ def unconverged_fraction(ds: xr.Dataset) -> np.ndarray:
     return 1.0 - converged.mean([d for d in converged.dims if d != "interval"]).values
 
 
+def converged_pairs(ds: xr.Dataset, name: str) -> np.ndarray:
+    """Mask ``(interval, seed, k, j, i)`` of the values of ``C`` (``name="C"``) or ``R`` whose two
+    images converged, self-pairs left out."""
+    ok = ds["converged"].transpose(*GRID).values.astype(bool)          # (t, s, k, j)
+    n = ok.shape[-1]
+    if name == "C":   # P[k, j] and P[i, j]: i runs over targets of the same origin j
+        both = ok[..., :, :, None] & ok.transpose(0, 1, 3, 2)[:, :, None, :, :]  # (t,s,k,j,i)
+        self_pair = np.eye(n, dtype=bool)[:, None, :]                        # i == k
+    else:             # P[k, j] and P[k, i]: i runs over origins of the same target k
+        both = ok[..., :, :, None] & ok[..., :, None, :]
+        self_pair = np.eye(n, dtype=bool)[None, :, :]                        # i == j
+    return both & ~self_pair
+
+
+def converged_mean(ds: xr.Dataset, name: str) -> np.ndarray:
+    """Mean of ``name`` (``C`` or ``R``) per interval over the pairs :func:`converged_pairs`
+    keeps, pooled over seeds; NaN where none is kept."""
+    values = ds[name].transpose(*GRID, "i").values.astype(np.float64)
+    mask = converged_pairs(ds, name)
+    counts = mask.sum(axis=(1, 2, 3, 4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, np.where(mask, values, 0.0).sum(axis=(1, 2, 3, 4)) / counts,
+                        np.nan)
+
+
+def pair_count(ds: xr.Dataset) -> np.ndarray:
+    """How many values the converged-only scores rest on, per interval: the fewer of the counts
+    of ``C`` and of ``R`` pairs kept."""
+    return np.minimum(converged_pairs(ds, "C").sum(axis=(1, 2, 3, 4)),
+                      converged_pairs(ds, "R").sum(axis=(1, 2, 3, 4))).astype(np.float64)
+
+
+def mean_steps(ds: xr.Dataset) -> np.ndarray:
+    """Mean input-gradient steps per grid image, per interval."""
+    return ds["steps"].mean([d for d in ds["steps"].dims if d != "interval"]).values.astype(np.float64)
+
+
 @toolkit.hookimpl
 def register_scores(register):
     register("unconverged_fraction", toolkit.Score(
         unconverged_fraction, ("converged",), 0,
         "share of grid images that missed the loss threshold (no sign claimed)"))
+    needs = ("C", "R", "converged")
+    register("C_mean_converged", toolkit.Score(
+        lambda ds: converged_mean(ds, "C"), needs, +1,
+        "as C_mean, over the pairs whose two images reached the loss threshold"))
+    register("R_mean_converged", toolkit.Score(
+        lambda ds: converged_mean(ds, "R"), needs, 0, "as R_mean, converged pairs only"))
+    register("C_minus_R_converged", toolkit.Score(
+        lambda ds: converged_mean(ds, "C") - converged_mean(ds, "R"), needs, +1,
+        "pre-registered primary score of the model zoo: C - R over converged pairs"))
+    register("converged_pairs", toolkit.Score(
+        pair_count, needs, 0, "how many values the converged-only scores rest on"))
+    register("mean_steps", toolkit.Score(
+        mean_steps, ("steps",), -1, "baseline: a better classifier reaches its classes in fewer steps"))

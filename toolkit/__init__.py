@@ -33,8 +33,8 @@ def analyze(config=None, **options):
     return _analyze(config, **options)
 
 
-def rank(weights, *, dataset, model=None, by="C_minus_R", out=None, work_dir=None, seeds=3,
-         overwrite=False, fresh=False, progress=False, resamples=2000, **options):
+def rank(weights, *, dataset, model=None, by="C_minus_R_converged", out=None, work_dir=None,
+         seeds=3, overwrite=False, fresh=False, progress=False, resamples=2000, **options):
     """Rank classifiers by data-free scores, no test set needed, and return the
     :class:`toolkit.ranking.RankReport` (``toolkit.ranking.rank_table`` prints it); see
     :func:`toolkit.ranking.rank`, which this imports on first use."""

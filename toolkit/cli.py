@@ -139,7 +139,7 @@ class Toolkit:
         print(f"report: {page}")
 
     def rank(self, *weights: str, dataset: str = "digits", model: str | None = None,
-             by: str = "C_minus_R", seeds: int = 3, out: str | None = None,
+             by: str = "C_minus_R_converged", seeds: int = 3, out: str | None = None,
              overwrite: bool = False, fresh: bool = False, progress: bool = True,
              **options) -> None:
         """Rank classifiers by data-free scores: probe each one's weights (interval 1.0), score it

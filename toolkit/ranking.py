@@ -34,7 +34,7 @@ from toolkit.plugins import get_registry
 from toolkit.results import check_writable, provenance, write_results
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
-DEFAULT_SCORE = "C_minus_R"
+DEFAULT_SCORE = "C_minus_R_converged"  # the pre-registered primary score (examples/zoo-digits)
 BOOTSTRAP = 2000
 RANK_FORMAT = 1  # version of the ranking file's layout (attribute toolkit_rank_version)
 
