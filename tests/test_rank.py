@@ -43,7 +43,7 @@ def test_rank_five_models_into_one_file_with_a_model_dimension(tiny_plugin, zoo,
     with xr.open_dataset(out) as ds:
         assert list(ds["model"].values) == [p.stem for p in zoo]
         assert ds["C"].dims == ("model", "interval", "seed", "k", "j", "i")
-        assert ds["score"].dims == ("model", "score") and "C_minus_R" in ds["score"]["score"]
+        assert ds["scores"].dims == ("model", "score") and "C_minus_R" in ds["score"]
         assert list(ds["sha256"].values) == [hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo]
         assert [str(w) for w in ds["weights"].values] == [str(p.resolve()) for p in zoo]
         accuracy = ds["test_accuracy"].values
@@ -80,7 +80,7 @@ def test_safetensors_weights_rank_as_their_pt_twin(tiny_plugin, zoo, tmp_path):
     twin = tmp_path / "twin.safetensors"
     save_file(torch.load(zoo[-1], weights_only=True), str(twin))
     report = rank([f"tiny-cnn={zoo[-1]}", f"tiny-cnn={twin}"], **FAST)
-    scores = report.ds["score"].values
+    scores = report.ds["scores"].values
     np.testing.assert_array_equal(scores[0], scores[1])
 
 

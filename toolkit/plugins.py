@@ -250,9 +250,18 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-# The registries built from the hooks live in toolkit.registry; they are used through this module.
-from toolkit.registry import (  # noqa: E402  (they need the names above)
-    Registration, Registry, blamed_on, describe_plugins, get_registry)
+# The registries built from the hooks live in toolkit.registry, which imports this module; their
+# names are served from here too, looked up on first use so that either module may be imported
+# first (an import at the bottom of this one fails when toolkit.registry is imported first).
+_FROM_REGISTRY = ("Registration", "Registry", "blamed_on", "describe_plugins", "get_registry")
+
+
+def __getattr__(name: str):
+    if name in _FROM_REGISTRY:
+        from toolkit import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "KINDS", "TYPED", "PluginFailure",
            "PluginManager", "PluginWarning", "Registration", "Registry", "blamed_on", "configure",

@@ -10,8 +10,8 @@ percentile bootstrap interval over models; test accuracy is never used to comput
 
 The results file has the dimension ``model`` before the dimensions of an ``analyze`` file
 (coordinate ``model``: a name per model, with the non-dimension coordinates ``model_name`` (the
-registered architecture), ``weights`` (the file's path) and ``sha256``), the variable ``score``
-``(model, score)`` and ``test_accuracy`` ``(model)``. Models of different feature widths share
+registered architecture), ``weights`` (the file's path) and ``sha256``), the variable ``scores``
+``(model, score)`` (coordinate ``score``: the names) and ``test_accuracy`` ``(model)``. Models of different feature widths share
 the ``feature`` dimension, padded with NaN.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -137,7 +138,7 @@ class RankReport:
 
     def order(self) -> list[str]:
         """Model names, best first by ``by`` in its expected direction (higher when none)."""
-        values = self.ds["score"].sel(score=self.by).values
+        values = self.ds["scores"].sel(score=self.by).values
         sign = -1.0 if int(self.ds["score_expected"].sel(score=self.by)) < 0 else 1.0
         keys = np.where(np.isfinite(values), -sign * values, np.inf)  # no value: ranked last
         return [str(self.ds["model"].values[i]) for i in np.argsort(keys, kind="stable")]
@@ -170,13 +171,14 @@ def correlations(ds: xr.Dataset, resamples: int = BOOTSTRAP) -> tuple[Correlatio
 
     accuracy = ds["test_accuracy"].values.astype(np.float64)
     out = []
-    for score in ds["score"]["score"].values:
-        values = ds["score"].sel(score=score).values.astype(np.float64)
+    for score in ds["score"].values:
+        values = ds["scores"].sel(score=score).values.astype(np.float64)
         ok = np.isfinite(values) & np.isfinite(accuracy)
         if ok.sum() < 3:
             continue
         x, y = values[ok], accuracy[ok]
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)  # a draw of one value: NaN
             out.append(Correlation(
                 str(score), int(ok.sum()), float(kendall(x, y)),
                 bootstrap_interval(kendall, x, y, resamples), float(spearman(x, y)),
@@ -216,8 +218,8 @@ def combine(entries: Sequence[Entry], results: Sequence[xr.Dataset], dataset: st
         weights=("model", [str(e.path) for e in entries], {"long_name": "weight file"}),
         sha256=("model", [e.sha256 for e in entries], {"long_name": "SHA-256 of the weight file"}),
         score=("score", names, {"long_name": "data-free score (register_scores)"}))
-    combined["score"] = (("model", "score"), np.array([[s[n][0] for n in names] for s in scores]),
-                         {"long_name": "each score at the last interval"})
+    combined["scores"] = (("model", "score"), np.array([[s[n][0] for n in names] for s in scores]),
+                          {"long_name": "each score at the last interval"})
     combined["score_expected"] = (("score",), np.array([scores[0][n][1] for n in names]),
                                   {"long_name": "sign expected of the score's correlation with "
                                                 "test accuracy (0: none claimed)"})
@@ -310,7 +312,7 @@ def rank_table(report: RankReport) -> str:
              + (f" {'test acc':>9}" if acc else "")]
     for place, name in enumerate(order, 1):
         row = ds.sel(model=name)
-        value = float(row["score"].sel(score=report.by))
+        value = float(row["scores"].sel(score=report.by))
         lines.append(f"{place:>4}  {name:<28} {str(row['model_name'].values):<26} {value:>12.4f}"
                      + (f" {float(row['test_accuracy']):>9.3f}" if acc else ""))
     if not acc:
