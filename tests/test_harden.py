@@ -1,0 +1,59 @@
+"""Hardening (issue 18): bad models caught when built, data that changes between runs, full disks,
+two runs on one work directory, counts and times that survive a resume, progress."""
+from __future__ import annotations
+
+import pytest
+import toolkit
+from toolkit.plugins import get_plugin_manager
+
+from conftest import TINY_RUN, TinyCNN
+
+RUN = {**TINY_RUN, "intervals": (1.0,), "seeds": 1}
+
+
+# --- models that break the feature protocol, caught when built ----------------------------------
+
+class NoPreLogits(TinyCNN):
+    def forward_head(self, x):
+        return self.fc(x.mean((2, 3)))
+
+
+class IgnoresPreLogits(TinyCNN):
+    num_features = 16
+
+    def forward_head(self, x, pre_logits=False):
+        return self.fc(x.mean((2, 3)))
+
+
+class BadModels:
+    __name__ = "bad-models"
+
+    @toolkit.hookimpl
+    def register_models(self, register):
+        register("no-pre-logits", NoPreLogits)
+        register("ignores-pre-logits", IgnoresPreLogits)
+
+
+@pytest.fixture
+def bad_models(tiny_plugin):
+    get_plugin_manager().register(BadModels(), name="bad-models")
+    try:
+        yield
+    finally:
+        get_plugin_manager().unregister(name="bad-models")
+
+
+@pytest.mark.parametrize("model, message", [
+    ("no-pre-logits", "model 'no-pre-logits' \\(plugin 'bad-models'\\): forward_head does not accept "
+                      "pre_logits=True"),
+    ("ignores-pre-logits", "model 'ignores-pre-logits' \\(plugin 'bad-models'\\): forward_head\\(x, "
+                           "pre_logits=True\\) returns the logits \\(3 values, one per class\\), not the "
+                           "penultimate features \\(16 = its num_features\\)"),
+])
+def test_a_model_without_features_is_one_line_before_training(bad_models, monkeypatch, model, message):
+    from toolkit.stages import train
+
+    monkeypatch.setattr(train.Trainer, "next_stage", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(toolkit.PluginError, match=message) as info:
+        toolkit.analyze(**{**RUN, "model": model})
+    assert "\n" not in str(info.value)
