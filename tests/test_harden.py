@@ -57,3 +57,26 @@ def test_a_model_without_features_is_one_line_before_training(bad_models, monkey
     with pytest.raises(toolkit.PluginError, match=message) as info:
         toolkit.analyze(**{**RUN, "model": model})
     assert "\n" not in str(info.value)
+
+
+# --- a dataset loader that is not deterministic -------------------------------------------------
+
+def test_data_that_changed_since_the_work_directory_says_the_loader_must_be_deterministic(
+        tmp_path, tiny_plugin, monkeypatch):
+    import conftest
+
+    work = tmp_path / "work"
+    toolkit.analyze(work_dir=work, **RUN)
+    real = conftest.make_tiny_dataset
+
+    def shifted(*args, **kwargs):
+        data = real(*args, **kwargs)
+        data.train_images[0, 0, 0, 0] ^= 1
+        return data
+
+    monkeypatch.setattr(conftest, "make_tiny_dataset", shifted)
+    with pytest.raises(toolkit.UsageError, match="was made by a run whose dataset plugin gave different "
+                                                 "data .*a dataset loader must return the same data on "
+                                                 "every call .*rerun with --fresh") as info:
+        toolkit.analyze(work_dir=work, **RUN)
+    assert "\n" not in str(info.value)

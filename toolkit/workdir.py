@@ -151,6 +151,11 @@ class WorkDir:
             except (OSError, ValueError):
                 recorded = {}
             differences = _differences(recorded, identity)
+            if [d.split(":")[0] for d in differences] == ["data"]:
+                raise UsageError(f"{self.path} was made by a run whose dataset plugin gave different "
+                                 "data (its images, labels or class names differ); a dataset loader "
+                                 "must return the same data on every call (see the register_datasets "
+                                 "hook); make it deterministic, or rerun with --fresh to start over")
             if differences:
                 raise UsageError(f"{self.path} holds work of a different run ({'; '.join(differences[:3])}"
                                  f"{'; ...' if len(differences) > 3 else ''}); rerun with --fresh to "
