@@ -80,3 +80,67 @@ def test_data_that_changed_since_the_work_directory_says_the_loader_must_be_dete
                                                  "every call .*rerun with --fresh") as info:
         toolkit.analyze(work_dir=work, **RUN)
     assert "\n" not in str(info.value)
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+TWO = {**TINY_RUN, "seeds": 1}  # two intervals
+
+
+def _full_disk(monkeypatch):
+    from toolkit import workdir
+
+    monkeypatch.setattr(workdir, "FULL_DISK_BYTES", 1 << 62)  # every filesystem looks full
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file "
+                 "data/3: file write failed"),
+    RuntimeError("basic_ios::clear: iostream error"),
+    OSError(28, "No space left on device"),
+])
+def test_a_full_disk_while_saving_training_is_one_line_naming_what_is_kept(tmp_path, tiny_plugin,
+                                                                          monkeypatch, failure):
+    import torch
+
+    _full_disk(monkeypatch)
+    real, calls = torch.save, []
+
+    def fills_up(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:  # the training state of interval 1
+            raise failure
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_up)
+    with pytest.raises(toolkit.ToolkitError, match="could not write .*interval-1.pt \\(No space left on "
+                                                   "device\\); the work finished before it is kept: "
+                                                   "free the space and rerun the same command") as info:
+        toolkit.analyze(out=tmp_path / "r.nc", **TWO)
+    assert "\n" not in str(info.value)
+    kept = sorted(p.name for p in (tmp_path / "r.work").iterdir())
+    assert "interval-0.5.pt" in kept and "interval-1.pt" not in kept
+    assert not any(name.endswith(".tmp") for name in kept)
+
+
+def test_a_full_disk_while_writing_the_results_file_keeps_the_work_for_the_rerun(tmp_path, tiny_plugin,
+                                                                               monkeypatch):
+    import xarray as xr
+
+    _full_disk(monkeypatch)
+    real = xr.Dataset.to_netcdf
+
+    def hdf_error(self, *args, **kwargs):
+        raise RuntimeError("NetCDF: HDF error")
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", hdf_error)
+    out = tmp_path / "r.nc"
+    with pytest.raises(toolkit.ToolkitError, match="could not write .*r.nc \\(No space left on device\\); "
+                                                   "nothing was written, and .*r.work keeps all the "
+                                                   "finished work: free the space and rerun") as info:
+        toolkit.analyze(out=out, **RUN)
+    assert "\n" not in str(info.value) and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["r.work"]
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", real)
+    toolkit.analyze(out=out, **RUN)
+    assert out.exists()

@@ -28,11 +28,13 @@ leaves the old file or the new one, never a torn one. Nothing is unpickled: chec
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -193,7 +195,13 @@ class WorkDir:
 
     def save_training(self, fraction: float, state: Mapping[str, Any]) -> None:
         self._ready()
-        atomic_write(self.checkpoint(fraction), lambda tmp: torch.save(dict(state), tmp), hint=_KEPT)
+
+        def write(tmp: Path) -> None:
+            try:
+                torch.save(dict(state), tmp)
+            except RuntimeError as exc:  # PyTorch's C++ writer: "basic_ios::clear", "failed writing"
+                raise write_failure(exc, tmp.parent) from exc
+        atomic_write(self.checkpoint(fraction), write, hint=_KEPT)
 
     # blocks of rows of (interval, seed) grids, and the class prototypes they start from
     def unit(self, fraction: float, seed: int, rows: range) -> Path:
@@ -238,6 +246,25 @@ class WorkDir:
             path.unlink()
         if not any(self.path.glob("interval-*.pt")):
             self.clear()
+
+
+# Below this many free bytes a failed write is taken for a full disk.
+FULL_DISK_BYTES = 64 << 20
+
+
+def write_failure(exc: BaseException, folder: str | os.PathLike) -> OSError:
+    """An ``OSError`` for a write that a library reported as a ``RuntimeError`` without an errno
+    (PyTorch's ``basic_ios::clear`` or ``PytorchStreamWriter failed writing file``, netCDF's
+    ``NetCDF: HDF error``): ``ENOSPC`` when ``folder``'s filesystem is (nearly) full, else the
+    library's first line."""
+    try:
+        full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return OSError(errno.EIO, f"write failed: {first}")
 
 
 def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
