@@ -2,6 +2,13 @@
 two runs on one work directory, counts and times that survive a resume, progress."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import toolkit
 from toolkit.plugins import get_plugin_manager
@@ -144,3 +151,69 @@ def test_a_full_disk_while_writing_the_results_file_keeps_the_work_for_the_rerun
     monkeypatch.setattr(xr.Dataset, "to_netcdf", real)
     toolkit.analyze(out=out, **RUN)
     assert out.exists()
+
+
+# --- two runs on one work directory --------------------------------------------------------------
+
+def test_a_second_run_on_a_work_directory_in_use_is_refused_at_once_naming_the_first(tmp_path,
+                                                                                   tiny_plugin):
+    import os
+
+    from toolkit.workdir import WorkDir
+
+    work = tmp_path / "r.work"
+    with WorkDir(work).locked():
+        with pytest.raises(toolkit.UsageError, match=f"r.work is in use by another run \\(process "
+                                                     f"{os.getpid()} on .*\\); wait for it to finish"):
+            toolkit.analyze(out=tmp_path / "r.nc", **RUN)
+        assert (work / "lock").read_text().split()[0] == str(os.getpid())
+    assert not work.exists()  # the lock goes with the run, and the empty folder with it
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_plugin):
+    work = tmp_path / "r.work"
+    work.mkdir()
+    (work / "lock").write_text("999999999 elsewhere\n")  # no flock held: its process is gone
+    toolkit.analyze(out=tmp_path / "r.nc", **RUN)
+    assert sorted(p.name for p in work.iterdir()) == ["interval-1.pt", "run.json"]
+
+
+TINY_CLI = Path(__file__).with_name("tiny_cli.py")
+ARGS = ["--model", "tiny-cnn", "--dataset", "tiny", "--intervals", "0.5,1", "--seeds", "2",
+        "--epochs", "25", "--train_lr", "0.1", "--train_batch_size", "16", "--max_steps", "100",
+        "--batch_size", "4", "--noprogress", "--noplots"]
+
+
+def cli(out, *extra, pause=0.0):
+    env = {**os.environ, "TOOLKIT_TEST_PAUSE": str(pause), "TOOLKIT_LOAD_ENTRYPOINTS": "0"}
+    return subprocess.Popen([sys.executable, str(TINY_CLI), "analyze", *ARGS, "--out", str(out), *extra],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(process, path: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_out_the_second_refused_at_once_then_the_killed_first_taken_over(tmp_path):
+    out = tmp_path / "r.nc"
+    first = cli(out, pause=2.0)
+    try:
+        wait_for(first, tmp_path / "r.work" / "interval-0.5.pt")
+        second = cli(out)
+        _, stderr = second.communicate(timeout=120)
+        assert second.returncode == 2, stderr
+        assert f"is in use by another run (process {first.pid} on " in stderr
+        assert stderr.count("\n") == 1 and first.poll() is None  # one line; the first goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    third = cli(out)  # the killed run's lock is stale: taken over
+    _, stderr = third.communicate(timeout=600)
+    assert third.returncode == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "r.work").iterdir()) == ["interval-0.5.pt", "interval-1.pt",
+                                                                       "run.json"]

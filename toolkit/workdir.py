@@ -11,6 +11,7 @@ its work the same way.
 Layout::
 
     run.json                   the run's identity: configuration, data fingerprint, toolkit version
+    lock                       held by the run working here (its process id); gone at its end
     interval-<t>.pt            training state after interval t (``{"model": state_dict, "optimizer",
                                "generator", "stage_index", "step", "order", "stage"}``)
     protos-<t>-seed-<s>.npz    one (interval, seed)'s class prototypes: float32 images, records
@@ -28,6 +29,7 @@ leaves the old file or the new one, never a torn one. Nothing is unpickled: chec
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -35,9 +37,11 @@ import os
 import pickle
 import re
 import shutil
+import socket
+import time
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -46,6 +50,7 @@ from toolkit.errors import UsageError
 from toolkit.files import atomic_write
 
 IDENTITY_FILE = "run.json"
+LOCK_FILE = "lock"  # held (flock) by the process running in the directory; it holds its pid
 _KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
 # Options that do not change a single number of the results: a run may resume with others
@@ -134,6 +139,48 @@ class WorkDir:
         """Refuse a path that cannot be a work directory (before any work is done)."""
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"work directory {str(self.path)!r} is a file; move it or choose another --out")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory for this process: a second run on it is refused at once
+        (``UsageError`` naming the holder's process id), before it does any work.
+
+        The lock is an ``flock`` on ``lock`` in the directory, which the system drops when its
+        process ends however it ends, so a lock left by a killed run is free and taken over. The
+        file goes at the end, and the folder with it when nothing else is in it. Where the system
+        has no ``flock`` (Windows) nothing is locked.
+        """
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise UsageError(f"{self.path} is in use by another run ({_holder(lock)}); wait for it "
+                                 "to finish or stop it, or choose another --out") from None
+            try:  # the file we locked is still the one named lock (the last holder may remove it)
+                if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty
 
     def claim(self, identity: Mapping[str, Any], fresh: bool = False) -> int:
         """Make this the work directory of the run ``identity``; return how many files it resumes.
@@ -246,6 +293,17 @@ class WorkDir:
             path.unlink()
         if not any(self.path.glob("interval-*.pt")):
             self.clear()
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``: "process <pid> on <host>" as its holder wrote it (just after locking)."""
+    for _ in range(50):
+        with contextlib.suppress(OSError):
+            pid, _, host = lock.read_text().strip().partition(" ")
+            if pid:
+                return f"process {pid}" + (f" on {host}" if host else "")
+        time.sleep(0.02)
+    return "a process that has not said its id"
 
 
 # Below this many free bytes a failed write is taken for a full disk.

@@ -159,7 +159,13 @@ def work_directory(run: Run) -> Iterator[WorkDir]:
     (or ``work_dir``) on a filesystem they all see.
     """
     if run.work_dir is not None:
-        yield WorkDir(run.work_dir)
+        work = WorkDir(run.work_dir)
+        with contextlib.ExitStack() as held:
+            # rank 0 locks it for the job (its ranks share it); every rank learns the verdict
+            refusal = run.world.from_main(lambda: _lock(held, work))
+            if refusal is not None:
+                raise UsageError(refusal)
+            yield work
         return
     temporary = Path(run.world.from_main(lambda: tempfile.mkdtemp(prefix="toolkit-work-")))
     try:
@@ -167,6 +173,15 @@ def work_directory(run: Run) -> Iterator[WorkDir]:
     finally:
         if run.world.main:
             shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _lock(held: contextlib.ExitStack, work: WorkDir) -> str | None:
+    """Lock ``work`` for as long as ``held`` lasts; the refusal's message, or None."""
+    try:
+        held.enter_context(work.locked())
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 def claim(run: Run, work: WorkDir, *, fresh: bool, checkpoints: str | os.PathLike | None) -> None:
