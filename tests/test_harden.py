@@ -217,3 +217,32 @@ def test_two_processes_on_one_out_the_second_refused_at_once_then_the_killed_fir
     assert third.returncode == 0, stderr
     assert sorted(p.name for p in (tmp_path / "r.work").iterdir()) == ["interval-0.5.pt", "interval-1.pt",
                                                                        "run.json"]
+
+
+# --- counts and times that survive a resume ------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_run_counts_the_image_steps_and_times_of_the_whole_run(tmp_path):
+    from toolkit.workdir import WorkDir, load_checkpoint
+
+    reference = tmp_path / "a" / "r.nc"
+    reference.parent.mkdir()
+    assert cli(reference).wait(timeout=600) == 0
+    out = tmp_path / "r.nc"
+    work = tmp_path / "r.work"
+    first = cli(out, pause=1.0)
+    wait_for(first, work / "unit-0.5-seed-1-rows-0-3.npz")  # interval 0.5 finished, 1 not trained
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (work / "interval-1.pt").exists()
+    before = {"training": load_checkpoint(work / "interval-0.5.pt")["spent"]["training"]}
+    for path in [*work.glob("protos-*.npz"), *work.glob("unit-*.npz")]:
+        for stage, value in WorkDir(work).spent(path).items():
+            before[stage] = before.get(stage, 0.0) + value
+    assert cli(out).wait(timeout=600) == 0
+    with toolkit.open_results(reference) as whole, toolkit.open_results(out) as resumed:
+        assert resumed.attrs["image_steps"] == whole.attrs["image_steps"]
+        assert before["image_steps"] < whole.attrs["image_steps"]  # the resumed run did the rest
+        for stage in ("training", "synthesis", "features", "probes"):
+            assert resumed.attrs[f"time_{stage}_s"] >= round(before.get(stage, 0.0), 3) - 0.001, stage
+        assert resumed.attrs["time_training_s"] > round(before["training"], 3)  # and trained interval 1

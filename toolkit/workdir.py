@@ -13,11 +13,15 @@ Layout::
     run.json                   the run's identity: configuration, data fingerprint, toolkit version
     lock                       held by the run working here (its process id); gone at its end
     interval-<t>.pt            training state after interval t (``{"model": state_dict, "optimizer",
-                               "generator", "stage_index", "step", "order", "stage"}``)
+                               "generator", "stage_index", "step", "order", "stage", "spent"}``)
     protos-<t>-seed-<s>.npz    one (interval, seed)'s class prototypes: float32 images, records
     unit-<t>-seed-<s>-rows-<a>-<b>.npz
                                rows a <= k < b of one (interval, seed) grid: features, per-image
                                records, probes' arrays (a block, :func:`toolkit.distributed.blocks`)
+
+Each file also says what making it cost (``spent``: the seconds of training, or the image steps and
+seconds of synthesis, features and probes), so a resumed run's ``image_steps`` and ``time_*_s``
+count the finished work it reuses as an uninterrupted run counts it.
 
 ``<t>`` is the fraction as Python's ``f"{t:g}"`` writes it (``interval-0.25.pt``, ``interval-1.pt``);
 ``analyze --checkpoints DIR`` reads the same names, so a finished run's work directory, or a folder
@@ -50,6 +54,7 @@ from toolkit.errors import UsageError
 from toolkit.files import atomic_write
 
 IDENTITY_FILE = "run.json"
+SPENT = "_spent_"  # prefix of the arrays of a unit's file that say what making it cost
 LOCK_FILE = "lock"  # held (flock) by the process running in the directory; it holds its pid
 _KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
@@ -261,26 +266,41 @@ class WorkDir:
         return self._load(self.unit(fraction, seed, rows))
 
     def save_unit(self, fraction: float, seed: int, rows: range,
-                  arrays: Mapping[str, np.ndarray]) -> None:
-        self._save(self.unit(fraction, seed, rows), arrays)
+                  arrays: Mapping[str, np.ndarray], spent: Mapping[str, float] | None = None) -> None:
+        """Save a unit, with what making it cost (``spent``: ``image_steps`` and seconds by
+        stage), which a resumed run adds to its own (:meth:`spent`)."""
+        self._save(self.unit(fraction, seed, rows), arrays, spent)
 
     def load_prototypes(self, fraction: float, seed: int) -> dict[str, np.ndarray] | None:
         return self._load(self.prototypes(fraction, seed))
 
-    def save_prototypes(self, fraction: float, seed: int, arrays: Mapping[str, np.ndarray]) -> None:
-        self._save(self.prototypes(fraction, seed), arrays)
+    def save_prototypes(self, fraction: float, seed: int, arrays: Mapping[str, np.ndarray],
+                        spent: Mapping[str, float] | None = None) -> None:
+        self._save(self.prototypes(fraction, seed), arrays, spent)
+
+    def spent(self, path: Path) -> dict[str, float]:
+        """What making a saved unit or prototypes file cost (``{}`` for a file saved without it)."""
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name[len(SPENT):]: float(arrays[name]) for name in arrays.files
+                        if name.startswith(SPENT)}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return {}
 
     def _load(self, path: Path) -> dict[str, np.ndarray] | None:
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as arrays:
-                return {name: arrays[name] for name in arrays.files}
+                return {name: arrays[name] for name in arrays.files if not name.startswith(SPENT)}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise UsageError(f"{path} is unreadable ({exc}); rerun with --fresh") from None
 
-    def _save(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    def _save(self, path: Path, arrays: Mapping[str, np.ndarray],
+              spent: Mapping[str, float] | None = None) -> None:
         self._ready()
+        arrays = {**arrays, **{SPENT + name: np.float64(value) for name, value in (spent or {}).items()}}
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)

@@ -133,6 +133,18 @@ def left_to_do(run: Run, work: WorkDir, fraction: float) -> tuple[list[distribut
                                                          run.synthesis.batch_size)
               if needed.intersection(group)
               and not all(work.prototypes(fraction, seed).is_file() for seed in group)]
+    # What the finished pieces reused here cost the run that made them counts as this run's
+    # (image steps, seconds), as it would in an uninterrupted run; a piece redone counts once.
+    redone = {seed for group in groups for seed in group}
+    reused = [work.prototypes(fraction, seed) for seed in run.config.seed_values if seed not in redone]
+    reused += [work.unit(fraction, seed, block.rows) for block in run.pieces if block not in todo
+               for seed in block.seeds]
+    for path in reused:
+        if path.is_file():
+            spent = work.spent(path)
+            run.image_steps += int(spent.pop("image_steps", 0))
+            for stage, seconds in spent.items():
+                run.seconds[stage] = run.seconds.get(stage, 0.0) + seconds
     return todo, groups
 
 
@@ -145,12 +157,14 @@ def make_prototypes(run: Run, model: NormalizedClassifier, fraction: float, grou
         clock = time.perf_counter()
         result = synthesize_prototypes(model, run.plan.synthesizer, initial_noise(run.shape, group),
                                        run.synthesis, progress.update)
-        run.seconds["synthesis"] += time.perf_counter() - clock
+        seconds = time.perf_counter() - clock
+        run.seconds["synthesis"] += seconds
         run.image_steps += int(result.steps.sum())
         for index, seed in enumerate(group):
             made[seed] = {name: getattr(result, name)[index * n:(index + 1) * n].numpy()
                           for name in FIELDS}
-            work.save_prototypes(fraction, seed, made[seed])
+            work.save_prototypes(fraction, seed, made[seed], spent={
+                "image_steps": int(made[seed]["steps"].sum()), "synthesis": seconds / len(group)})
     return made
 
 
@@ -184,13 +198,19 @@ def make_blocks(run: Run, model: NormalizedClassifier, fraction: float, todo: li
         clock = time.perf_counter()
         grid, records = synthesize_rows(model, run.plan.synthesizer, start, len(block.seeds),
                                         block.rows, run.synthesis, progress.update)
-        run.seconds["synthesis"] += time.perf_counter() - clock
+        seconds = {"synthesis": time.perf_counter() - clock}
+        run.seconds["synthesis"] += seconds["synthesis"]
         diagonal = records["steps"][:, torch.arange(len(block.rows)), torch.as_tensor(list(block.rows))]
-        run.image_steps += int(records["steps"].sum() - diagonal.sum())
+        steps = records["steps"].sum((1, 2)) - diagonal.sum(1)  # per seed
+        run.image_steps += int(steps.sum())
+        before = {stage: run.seconds[stage] for stage in ("features", "probes")}
         units = measure_block(run, model, block, grid, records, start)
-        for seed, unit in zip(block.seeds, units):
+        seconds.update({stage: run.seconds[stage] - before[stage] for stage in before})
+        for index, (seed, unit) in enumerate(zip(block.seeds, units)):
             # kept even when faulty: --nonfinite record may reuse it
-            work.save_unit(fraction, seed, block.rows, unit)
+            work.save_unit(fraction, seed, block.rows, unit, spent={
+                "image_steps": int(steps[index]),
+                **{stage: value / len(block.seeds) for stage, value in seconds.items()}})
             done[seed, block.start] = unit
             check_finite(unit, fraction, seed, run.config.nonfinite, block.rows)
     return done

@@ -100,16 +100,20 @@ def intervals(run: Run, model: NormalizedClassifier, work: WorkDir,
                                run.data, run.device)
         elif (state := work.load_training(fraction)) is not None:
             trainer.load_state_dict(state)
+            # the time the run that trained it spent (a resumed run counts it as its own)
+            run.seconds["training"] += float(state.get("spent", {}).get("training", 0.0))
             yield Stage(**state["stage"])
         else:
             stage = trainer.next_stage(run.bar)
-            run.seconds["training"] += time.perf_counter() - clock
+            seconds = time.perf_counter() - clock
+            run.seconds["training"] += seconds
             if not stage.finite and config.nonfinite == "stop":
                 raise NumericalError(f"training reached NaN or Inf losses before interval "
                                      f"{fraction:.0%}; lower --train_lr, or pass --nonfinite record "
                                      "to keep going")
             if run.world.main:  # every rank holds the same state
-                work.save_training(fraction, {**trainer.state_dict(), "stage": dataclasses.asdict(stage)})
+                work.save_training(fraction, {**trainer.state_dict(), "stage": dataclasses.asdict(stage),
+                                              "spent": {"training": seconds}})
             yield stage
 
 
