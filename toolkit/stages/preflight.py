@@ -201,6 +201,20 @@ def claim(run: Run, work: WorkDir, *, fresh: bool, checkpoints: str | os.PathLik
         print(f"resuming from {work.path}: {resumed} finished file(s)", file=sys.stderr)
 
 
+def announce(run: Run, out: str | os.PathLike | None) -> None:
+    """One line on stderr, with the progress bars: what runs, where, and where its file goes."""
+    if not run.progress:
+        return
+    config = run.config
+    seeds = config.seed_values
+    ranks = f" x {run.world.size} ranks" if run.world.distributed else ""
+    target = f"results -> {out}" if out is not None else "no results file"
+    print(f"toolkit: {config.model} on {config.dataset}, {len(config.intervals)} intervals "
+          f"({','.join(f'{t:g}' for t in config.intervals)}), {len(seeds)} seed(s), "
+          f"synthesizer {config.synthesizer}, on {run.device}{ranks}; {target}"
+          + (f" (work in {run.work_dir})" if run.work_dir is not None else ""), file=sys.stderr)
+
+
 def _file_digest(path: Path) -> str:
     digest = hashlib.blake2b(digest_size=12)
     with open(path, "rb") as handle:

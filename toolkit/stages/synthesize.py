@@ -112,7 +112,8 @@ def synthesize_interval(run: Run, model: NormalizedClassifier, stage: Stage,
         todo, groups = run.world.from_main(lambda: left_to_do(run, work, fraction))
         # This rank's bar counts its own images: all of them in one process; under torchrun, the
         # ranks take pieces as they go, so rank 0's share is not known in advance.
-        progress = run.bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
+        where = f"interval {run.config.intervals.index(fraction) + 1}/{len(run.config.intervals)}"
+        progress = run.bar(f"probe {fraction:.0%} ({where}, acc {stage.test_accuracy:.3f})",
                            None if run.world.distributed else
                            sum(len(group) * n for group in groups) + sum(b.images(n) for b in todo),
                            unit="img")
