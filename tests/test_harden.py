@@ -246,3 +246,89 @@ def test_a_killed_and_resumed_run_counts_the_image_steps_and_times_of_the_whole_
         for stage in ("training", "synthesis", "features", "probes"):
             assert resumed.attrs[f"time_{stage}_s"] >= round(before.get(stage, 0.0), 3) - 0.001, stage
         assert resumed.attrs["time_training_s"] > round(before["training"], 3)  # and trained interval 1
+
+
+# --- progress ------------------------------------------------------------------------------------
+
+class Bar:
+    def __init__(self):
+        self.n, self.total, self.disable = 0, None, False
+
+    def update(self, n=1):
+        self.n += n
+
+    def refresh(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_synthesis_progress_counts_steps_so_images_at_the_step_cap_weigh_what_they_cost():
+    import torch
+
+    from toolkit.progress import StepProgress
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    bar = Bar()
+    progress = StepProgress(bar, images=10, cap=100)
+    with progress.counting(model):
+        for _ in range(5):                       # 10 images step 5 times; 8 of them arrive
+            model(torch.zeros(10, 4))
+        progress.finished(8)
+        assert (bar.n, bar.total) == (50, 250)  # the 2 left may run to the cap: 2 x 100 steps
+        for _ in range(95):                      # and they do
+            model(torch.zeros(2, 4))
+        assert bar.n == 240                      # counted in images it would read 8 of 10
+    progress.finished(2)
+    progress.settle(10, 8 * 5 + 2 * 100)
+    assert (bar.n, bar.total) == (240, 240)
+    # the next work queue is estimated at the average steps an image took so far (24)
+    later = StepProgress(Bar(), images=10, cap=100)
+    later.settle(10, 240)
+    later.left = 10
+    later._total()
+    assert later.bar.total == 240 + 240
+
+
+def test_the_run_says_what_runs_and_each_bar_which_interval_of_how_many(tmp_path, tiny_plugin, capsys,
+                                                                        monkeypatch):
+    from toolkit.stages import context
+
+    shown = []
+    real = context.progress_bar
+
+    def recorded(description, total, enabled=False, unit="step"):
+        shown.append((description, enabled))
+        return real(description, total, enabled=False, unit=unit)
+
+    monkeypatch.setattr(context, "progress_bar", recorded)
+    monkeypatch.setattr("toolkit.training.progress_bar", recorded)
+    monkeypatch.setattr("toolkit.pipeline.interactive", lambda: True)  # as in a terminal or notebook
+    toolkit.analyze(out=tmp_path / "r.nc", **{**RUN, "intervals": (0.5, 1.0)})
+    err = capsys.readouterr().err
+    assert err.startswith("toolkit: tiny-cnn on tiny, 2 intervals (0.5,1), 1 seed(s), synthesizer "
+                          f"prototype, on cpu; results -> {tmp_path / 'r.nc'} (work in "
+                          f"{tmp_path / 'r.work'})\n")
+    assert [d for d, _ in shown] == ["train 50% (interval 1/2)", "probe 50% (interval 1/2, acc 1.000)",
+                                     "train 100% (interval 2/2)", "probe 100% (interval 2/2, acc 1.000)"]
+    assert all(enabled for _, enabled in shown)  # progress=None: shown when someone watches
+    shown.clear()
+    monkeypatch.setattr("toolkit.pipeline.interactive", lambda: False)
+    toolkit.analyze(**RUN)
+    assert shown and not any(enabled for _, enabled in shown) and capsys.readouterr().err == ""
+
+
+def test_someone_watches_in_a_terminal(monkeypatch):
+    import io
+
+    from toolkit.progress import interactive
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert interactive()
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert not interactive()
