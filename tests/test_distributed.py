@@ -170,3 +170,24 @@ def test_two_ranks_without_out_share_a_temporary_work_directory(single, tmp_path
     assert done.returncode == 0, done.stderr
     assert np.array_equal(np.load(features), data_of(single)["features"].values)
     assert list(temp.glob("toolkit-work-*")) == []
+
+
+@pytest.mark.slow
+def test_a_two_rank_job_locks_its_work_directory_once_for_all_its_ranks(tmp_path):
+    # Rank 0 locks for the job (its ranks share the directory, so the other does not try); a run
+    # started meanwhile on the same --out is refused at once, naming rank 0's process.
+    out = tmp_path / "r.nc"
+    job = launch(out, ranks=2, pause=1.0, wait=False)
+    lock = out.with_suffix(".work") / "lock"
+    deadline = time.monotonic() + 600
+    while not (lock.exists() and lock.read_text().strip()):
+        assert job.poll() is None, job.communicate()[1]
+        assert time.monotonic() < deadline, "the job never locked its work directory"
+        time.sleep(0.05)
+    holder = lock.read_text().split()[0]
+    other = launch(out, wait=False)
+    _, stderr = other.communicate(timeout=300)
+    assert other.returncode == 2 and f"is in use by another run (process {holder} on " in stderr
+    _, stderr = job.communicate(timeout=900)
+    assert job.returncode == 0, stderr  # the job itself went on and finished
+    assert not lock.exists()

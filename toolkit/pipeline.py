@@ -12,6 +12,7 @@ from typing import Any
 import xarray as xr
 
 from toolkit.config import AnalysisConfig
+from toolkit.progress import interactive
 from toolkit.stages import assemble, figures, preflight, synthesize, train, write
 from toolkit.stages.context import Plan, plan
 from toolkit.stages.preflight import default_output, default_work_dir, resolve_device
@@ -24,7 +25,7 @@ __all__ = ["analyze", "Plan", "plan", "default_output", "default_work_dir", "res
 
 def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | None = None,
             work_dir: str | os.PathLike | None = None, checkpoints: str | os.PathLike | None = None,
-            fresh: bool = False, overwrite: bool = False, progress: bool = False,
+            fresh: bool = False, overwrite: bool = False, progress: bool | None = None,
             make_folder: bool = False, plots: bool = False, **options: Any) -> xr.Dataset:
     """Run the whole study and return its results Dataset (and write it when ``out`` is given).
 
@@ -45,7 +46,8 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             work directory's training states), analysed instead of training.
         fresh: discard what an earlier run left in the work directory and start over.
         overwrite: replace an existing ``out``.
-        progress: show progress bars on stderr.
+        progress: say what runs and show progress bars on stderr (a notebook's widgets in
+            Jupyter); None (the default): when someone watches, a terminal or a notebook.
         make_folder: create the folder of ``out`` (after validation) if it does not exist.
         plots: draw the figures of the results into ``<out without .nc>.figures/``
             (:func:`toolkit.plot`); its folder is checked before any training.
@@ -63,9 +65,12 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             ``nonfinite="record"``); the work finished before it stays in the work directory.
     """
     config = preflight.configuration(config, options)
+    if progress is None:
+        progress = interactive()
     run = preflight.prepare(config, out=out, work_dir=work_dir, checkpoints=checkpoints,
                             overwrite=overwrite, make_folder=make_folder, plots=plots, progress=progress)
     with preflight.work_directory(run) as work:
+        preflight.announce(run, out)
         preflight.claim(run, work, fresh=fresh, checkpoints=checkpoints)
         run.started = time.perf_counter()
         model = train.new_model(run)

@@ -1,7 +1,12 @@
-"""Progress bars for long work (tqdm on stderr), off when the caller says so."""
+"""Progress bars for long work (tqdm on stderr, or a notebook's widget), off when the caller says so."""
 from __future__ import annotations
 
-from typing import Protocol
+import contextlib
+import sys
+from typing import Iterator, Protocol
+
+import torch
+from torch import nn
 
 from tqdm.auto import tqdm
 
@@ -16,3 +21,90 @@ def progress_bar(description: str, total: int | None, enabled: bool = False,
                  unit: str = "step") -> ProgressBar:
     """A tqdm bar (``total`` None: a count without an end); a silent one unless ``enabled``."""
     return tqdm(total=total, desc=description, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
+def interactive() -> bool:
+    """Whether someone watches: stderr is a terminal, or this runs in a Jupyter kernel (where
+    ``tqdm.auto`` draws widgets). The default of ``toolkit.analyze(progress=None)``."""
+    try:
+        if sys.stderr is not None and sys.stderr.isatty():
+            return True
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        pass
+    shell = sys.modules.get("IPython")
+    get = getattr(shell, "get_ipython", None)
+    return get is not None and type(get()).__name__ == "ZMQInteractiveShell"
+
+
+class StepProgress:
+    """Synthesis progress counted in image steps, the unit its time goes by, not in images.
+
+    An image that converges takes a few steps, one that runs to the step cap takes ``cap``: a bar
+    counting images races through the first and then stalls, its ETA off by the ratio. Here the
+    bar's total is the steps done plus the images left times the steps an image has taken on
+    average so far (``cap`` before any work queue has finished); the steps are counted as the model
+    takes them (:meth:`counting`), the synthesizer's callback says when images finish, and
+    :meth:`settle` puts in the exact steps of a finished work queue. ``images`` None: a count without a total (a torchrun rank's share).
+    """
+
+    def __init__(self, bar: ProgressBar, images: int | None, cap: int):
+        self.bar, self.cap, self.left = bar, max(1, int(cap)), images
+        self.steps = self.settled = self.credit = self.reported = 0
+        self._total()
+
+    def per_image(self) -> float:
+        return self.steps / self.settled if self.settled else float(self.cap)
+
+    def _total(self) -> None:
+        if self.left is not None and not getattr(self.bar, "disable", False):
+            self.bar.total = self.steps + self.credit + round(self.left * self.per_image())
+            self.bar.refresh()
+
+    @contextlib.contextmanager
+    def counting(self, model: nn.Module, enabled: bool = True) -> Iterator[None]:
+        """While a work queue runs on ``model``: count the image steps as they are taken (the
+        images through its last ``Linear`` layer, its classifier in nearly every model), so the bar
+        moves with the work even while no image finishes. Without such a layer (or ``enabled``
+        False: a compiled model), finished images count the average steps instead."""
+        head = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        if not enabled or getattr(self.bar, "disable", False) or not head:
+            yield
+            return
+
+        def count(module, inputs):
+            if inputs and isinstance(inputs[0], torch.Tensor) and inputs[0].dim() > 0:
+                self.credit += int(inputs[0].shape[0])
+                self.bar.update(int(inputs[0].shape[0]))
+        handle = head[-1].register_forward_pre_hook(count)
+        self.live = True
+        try:
+            yield
+        finally:
+            handle.remove()
+            self.live = False
+
+    live = False  # image steps counted as taken (:meth:`counting`)
+
+    def finished(self, images: int) -> None:
+        """The synthesizer's callback: ``images`` more of the current work queue are done."""
+        self.reported += images
+        if self.left is not None:
+            self.left -= images
+        if not self.live:
+            credit = round(images * self.per_image())
+            self.credit += credit
+            self.bar.update(credit)
+        self._total()
+
+    def settle(self, images: int, steps: int) -> None:
+        """A work queue of ``images`` images finished after ``steps`` image steps in all."""
+        if self.left is not None:
+            self.left -= images - self.reported  # those the callback did not report
+        self.bar.update(steps - self.credit)
+        self.steps += steps
+        self.settled += images
+        self.credit = self.reported = 0
+        self._total()
+
+    def close(self) -> None:
+        self.bar.close()

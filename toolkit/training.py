@@ -196,7 +196,8 @@ class Trainer:
         settings, model = self.settings, self.model
         per_epoch = self._steps_per_epoch(subset)
         train_x, train_y = self._train_x, self._train_y
-        bar = progress(f"train {fraction:.0%}", mark - self._step)
+        bar = progress(f"train {fraction:.0%} (interval {self.stage_index + 1}/{len(self._stops)})",
+                       mark - self._step)
         model.train()
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         while self._step < mark:

@@ -11,12 +11,17 @@ its work the same way.
 Layout::
 
     run.json                   the run's identity: configuration, data fingerprint, toolkit version
+    lock                       held by the run working here (its process id); gone at its end
     interval-<t>.pt            training state after interval t (``{"model": state_dict, "optimizer",
-                               "generator", "stage_index", "step", "order", "stage"}``)
+                               "generator", "stage_index", "step", "order", "stage", "spent"}``)
     protos-<t>-seed-<s>.npz    one (interval, seed)'s class prototypes: float32 images, records
     unit-<t>-seed-<s>-rows-<a>-<b>.npz
                                rows a <= k < b of one (interval, seed) grid: features, per-image
                                records, probes' arrays (a block, :func:`toolkit.distributed.blocks`)
+
+Each file also says what making it cost (``spent``: the seconds of training, or the image steps and
+seconds of synthesis, features and probes), so a resumed run's ``image_steps`` and ``time_*_s``
+count the finished work it reuses as an uninterrupted run counts it.
 
 ``<t>`` is the fraction as Python's ``f"{t:g}"`` writes it (``interval-0.25.pt``, ``interval-1.pt``);
 ``analyze --checkpoints DIR`` reads the same names, so a finished run's work directory, or a folder
@@ -28,14 +33,19 @@ leaves the old file or the new one, never a torn one. Nothing is unpickled: chec
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import pickle
 import re
+import shutil
+import socket
+import time
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -44,6 +54,8 @@ from toolkit.errors import UsageError
 from toolkit.files import atomic_write
 
 IDENTITY_FILE = "run.json"
+SPENT = "_spent_"  # prefix of the arrays of a unit's file that say what making it cost
+LOCK_FILE = "lock"  # held (flock) by the process running in the directory; it holds its pid
 _KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
 # Options that do not change a single number of the results: a run may resume with others
@@ -133,6 +145,48 @@ class WorkDir:
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"work directory {str(self.path)!r} is a file; move it or choose another --out")
 
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the directory for this process: a second run on it is refused at once
+        (``UsageError`` naming the holder's process id), before it does any work.
+
+        The lock is an ``flock`` on ``lock`` in the directory, which the system drops when its
+        process ends however it ends, so a lock left by a killed run is free and taken over. The
+        file goes at the end, and the folder with it when nothing else is in it. Where the system
+        has no ``flock`` (Windows) nothing is locked.
+        """
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK_FILE
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise UsageError(f"{self.path} is in use by another run ({_holder(lock)}); wait for it "
+                                 "to finish or stop it, or choose another --out") from None
+            try:  # the file we locked is still the one named lock (the last holder may remove it)
+                if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only when empty
+
     def claim(self, identity: Mapping[str, Any], fresh: bool = False) -> int:
         """Make this the work directory of the run ``identity``; return how many files it resumes.
 
@@ -151,6 +205,11 @@ class WorkDir:
             except (OSError, ValueError):
                 recorded = {}
             differences = _differences(recorded, identity)
+            if [d.split(":")[0] for d in differences] == ["data"]:
+                raise UsageError(f"{self.path} was made by a run whose dataset plugin gave different "
+                                 "data (its images, labels or class names differ); a dataset loader "
+                                 "must return the same data on every call (see the register_datasets "
+                                 "hook); make it deterministic, or rerun with --fresh to start over")
             if differences:
                 raise UsageError(f"{self.path} holds work of a different run ({'; '.join(differences[:3])}"
                                  f"{'; ...' if len(differences) > 3 else ''}); rerun with --fresh to "
@@ -188,7 +247,13 @@ class WorkDir:
 
     def save_training(self, fraction: float, state: Mapping[str, Any]) -> None:
         self._ready()
-        atomic_write(self.checkpoint(fraction), lambda tmp: torch.save(dict(state), tmp), hint=_KEPT)
+
+        def write(tmp: Path) -> None:
+            try:
+                torch.save(dict(state), tmp)
+            except RuntimeError as exc:  # PyTorch's C++ writer: "basic_ios::clear", "failed writing"
+                raise write_failure(exc, tmp.parent) from exc
+        atomic_write(self.checkpoint(fraction), write, hint=_KEPT)
 
     # blocks of rows of (interval, seed) grids, and the class prototypes they start from
     def unit(self, fraction: float, seed: int, rows: range) -> Path:
@@ -201,26 +266,41 @@ class WorkDir:
         return self._load(self.unit(fraction, seed, rows))
 
     def save_unit(self, fraction: float, seed: int, rows: range,
-                  arrays: Mapping[str, np.ndarray]) -> None:
-        self._save(self.unit(fraction, seed, rows), arrays)
+                  arrays: Mapping[str, np.ndarray], spent: Mapping[str, float] | None = None) -> None:
+        """Save a unit, with what making it cost (``spent``: ``image_steps`` and seconds by
+        stage), which a resumed run adds to its own (:meth:`spent`)."""
+        self._save(self.unit(fraction, seed, rows), arrays, spent)
 
     def load_prototypes(self, fraction: float, seed: int) -> dict[str, np.ndarray] | None:
         return self._load(self.prototypes(fraction, seed))
 
-    def save_prototypes(self, fraction: float, seed: int, arrays: Mapping[str, np.ndarray]) -> None:
-        self._save(self.prototypes(fraction, seed), arrays)
+    def save_prototypes(self, fraction: float, seed: int, arrays: Mapping[str, np.ndarray],
+                        spent: Mapping[str, float] | None = None) -> None:
+        self._save(self.prototypes(fraction, seed), arrays, spent)
+
+    def spent(self, path: Path) -> dict[str, float]:
+        """What making a saved unit or prototypes file cost (``{}`` for a file saved without it)."""
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name[len(SPENT):]: float(arrays[name]) for name in arrays.files
+                        if name.startswith(SPENT)}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return {}
 
     def _load(self, path: Path) -> dict[str, np.ndarray] | None:
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as arrays:
-                return {name: arrays[name] for name in arrays.files}
+                return {name: arrays[name] for name in arrays.files if not name.startswith(SPENT)}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
             raise UsageError(f"{path} is unreadable ({exc}); rerun with --fresh") from None
 
-    def _save(self, path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    def _save(self, path: Path, arrays: Mapping[str, np.ndarray],
+              spent: Mapping[str, float] | None = None) -> None:
         self._ready()
+        arrays = {**arrays, **{SPENT + name: np.float64(value) for name, value in (spent or {}).items()}}
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
                 np.savez(handle, **arrays)
@@ -233,6 +313,36 @@ class WorkDir:
             path.unlink()
         if not any(self.path.glob("interval-*.pt")):
             self.clear()
+
+
+def _holder(lock: Path) -> str:
+    """Who holds ``lock``: "process <pid> on <host>" as its holder wrote it (just after locking)."""
+    for _ in range(50):
+        with contextlib.suppress(OSError):
+            pid, _, host = lock.read_text().strip().partition(" ")
+            if pid:
+                return f"process {pid}" + (f" on {host}" if host else "")
+        time.sleep(0.02)
+    return "a process that has not said its id"
+
+
+# Below this many free bytes a failed write is taken for a full disk.
+FULL_DISK_BYTES = 64 << 20
+
+
+def write_failure(exc: BaseException, folder: str | os.PathLike) -> OSError:
+    """An ``OSError`` for a write that a library reported as a ``RuntimeError`` without an errno
+    (PyTorch's ``basic_ios::clear`` or ``PytorchStreamWriter failed writing file``, netCDF's
+    ``NetCDF: HDF error``): ``ENOSPC`` when ``folder``'s filesystem is (nearly) full, else the
+    library's first line."""
+    try:
+        full = shutil.disk_usage(folder).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return OSError(errno.EIO, f"write failed: {first}")
 
 
 def _differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -50,7 +50,9 @@ class Run:
     the classes; ``pieces`` the blocks of each interval's grids (:func:`toolkit.distributed.blocks`);
     ``streams`` the tensors written straight into the results file; ``work_dir`` the work
     directory named (None: a temporary one). ``seconds`` and ``image_steps``
-    measure the work done in this process (a resumed run does not count what it reused).
+    measure the work of the run: done in this process, plus what the finished work a resumed run
+    reuses from the work directory cost the process that made it (saved with it), so they count
+    what an uninterrupted run counts.
     """
 
     config: AnalysisConfig

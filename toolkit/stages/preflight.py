@@ -159,7 +159,13 @@ def work_directory(run: Run) -> Iterator[WorkDir]:
     (or ``work_dir``) on a filesystem they all see.
     """
     if run.work_dir is not None:
-        yield WorkDir(run.work_dir)
+        work = WorkDir(run.work_dir)
+        with contextlib.ExitStack() as held:
+            # rank 0 locks it for the job (its ranks share it); every rank learns the verdict
+            refusal = run.world.from_main(lambda: _lock(held, work))
+            if refusal is not None:
+                raise UsageError(refusal)
+            yield work
         return
     temporary = Path(run.world.from_main(lambda: tempfile.mkdtemp(prefix="toolkit-work-")))
     try:
@@ -167,6 +173,15 @@ def work_directory(run: Run) -> Iterator[WorkDir]:
     finally:
         if run.world.main:
             shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _lock(held: contextlib.ExitStack, work: WorkDir) -> str | None:
+    """Lock ``work`` for as long as ``held`` lasts; the refusal's message, or None."""
+    try:
+        held.enter_context(work.locked())
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 def claim(run: Run, work: WorkDir, *, fresh: bool, checkpoints: str | os.PathLike | None) -> None:
@@ -184,6 +199,20 @@ def claim(run: Run, work: WorkDir, *, fresh: bool, checkpoints: str | os.PathLik
         resumed = work.claim(identity, fresh=fresh and run.world.main)
     if resumed and run.progress:
         print(f"resuming from {work.path}: {resumed} finished file(s)", file=sys.stderr)
+
+
+def announce(run: Run, out: str | os.PathLike | None) -> None:
+    """One line on stderr, with the progress bars: what runs, where, and where its file goes."""
+    if not run.progress:
+        return
+    config = run.config
+    seeds = config.seed_values
+    ranks = f" x {run.world.size} ranks" if run.world.distributed else ""
+    target = f"results -> {out}" if out is not None else "no results file"
+    print(f"toolkit: {config.model} on {config.dataset}, {len(config.intervals)} intervals "
+          f"({','.join(f'{t:g}' for t in config.intervals)}), {len(seeds)} seed(s), "
+          f"synthesizer {config.synthesizer}, on {run.device}{ranks}; {target}"
+          + (f" (work in {run.work_dir})" if run.work_dir is not None else ""), file=sys.stderr)
 
 
 def _file_digest(path: Path) -> str:

@@ -8,6 +8,7 @@ not on disk is synthesised again exactly as an uninterrupted run of any number o
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from toolkit import distributed, results
 from toolkit.errors import PluginError, UsageError
 from toolkit.model import NormalizedClassifier, frozen
 from toolkit.plugins import Registration
-from toolkit.progress import ProgressBar
+from toolkit.progress import StepProgress
 from toolkit.stages.context import Run
 from toolkit.stages.features import check_finite, measure_block
 from toolkit.synthesis import SynthesisResult, SynthesisSettings
@@ -86,11 +87,18 @@ def synthesize_images(model: NormalizedClassifier, synthesizer: Registration, st
                       targets: torch.Tensor, settings: SynthesisSettings, progress) -> SynthesisResult:
     """One work queue of the synthesizer plugin: each image of ``start`` toward its target class."""
     device = next(model.parameters()).device
-    result = synthesizer.obj(model, start.to(device), targets.to(device), settings, progress=progress)
+    steps = progress if isinstance(progress, StepProgress) else None
+    with (steps.counting(model, enabled=not settings.compile) if steps is not None
+          else contextlib.nullcontext()):
+        result = synthesizer.obj(model, start.to(device), targets.to(device), settings,
+                                 progress=progress.finished if steps is not None else progress)
     if not isinstance(result, SynthesisResult):
         raise PluginError(f"synthesizer {synthesizer.name!r} returned {type(result).__name__}, "
                           "not a toolkit.SynthesisResult")
-    return result.check(start, synthesizer.name)
+    result = result.check(start, synthesizer.name)
+    if steps is not None:
+        steps.settle(len(start), int(result.steps.sum()))
+    return result
 
 
 def initial_noise(shape: tuple[int, ...], seeds: list[int]) -> torch.Tensor:
@@ -112,10 +120,13 @@ def synthesize_interval(run: Run, model: NormalizedClassifier, stage: Stage,
         todo, groups = run.world.from_main(lambda: left_to_do(run, work, fraction))
         # This rank's bar counts its own images: all of them in one process; under torchrun, the
         # ranks take pieces as they go, so rank 0's share is not known in advance.
-        progress = run.bar(f"probe {fraction:.0%} (acc {stage.test_accuracy:.3f})",
-                           None if run.world.distributed else
-                           sum(len(group) * n for group in groups) + sum(b.images(n) for b in todo),
-                           unit="img")
+        where = f"interval {run.config.intervals.index(fraction) + 1}/{len(run.config.intervals)}"
+        # counted in image steps (StepProgress), which is what synthesis time goes by
+        images = None if run.world.distributed else (
+            sum(len(group) * n for group in groups) + sum(b.images(n) for b in todo))
+        progress = StepProgress(
+            run.bar(f"probe {fraction:.0%} ({where}, acc {stage.test_accuracy:.3f})", None,
+                    unit="step"), images, run.synthesis.fixed_steps or run.synthesis.max_steps)
         made = make_prototypes(run, model, fraction, groups, work, progress)
         run.world.barrier()  # every rank reads what it needs from the work directory, once all are written
         done = make_blocks(run, model, fraction, todo, Prototypes(work, fraction, made), work, progress)
@@ -133,24 +144,38 @@ def left_to_do(run: Run, work: WorkDir, fraction: float) -> tuple[list[distribut
                                                          run.synthesis.batch_size)
               if needed.intersection(group)
               and not all(work.prototypes(fraction, seed).is_file() for seed in group)]
+    # What the finished pieces reused here cost the run that made them counts as this run's
+    # (image steps, seconds), as it would in an uninterrupted run; a piece redone counts once.
+    redone = {seed for group in groups for seed in group}
+    reused = [work.prototypes(fraction, seed) for seed in run.config.seed_values if seed not in redone]
+    reused += [work.unit(fraction, seed, block.rows) for block in run.pieces if block not in todo
+               for seed in block.seeds]
+    for path in reused:
+        if path.is_file():
+            spent = work.spent(path)
+            run.image_steps += int(spent.pop("image_steps", 0))
+            for stage, seconds in spent.items():
+                run.seconds[stage] = run.seconds.get(stage, 0.0) + seconds
     return todo, groups
 
 
 def make_prototypes(run: Run, model: NormalizedClassifier, fraction: float, groups: list[list[int]],
-                    work: WorkDir, progress: ProgressBar) -> dict[int, Arrays]:
+                    work: WorkDir, progress: StepProgress) -> dict[int, Arrays]:
     """The class prototypes of the ``groups`` this rank claims, each seed's saved at once."""
     n, made = run.shape[0], {}
     for number in distributed.claim(run.world, [len(group) for group in groups]):
         group = groups[number]
         clock = time.perf_counter()
         result = synthesize_prototypes(model, run.plan.synthesizer, initial_noise(run.shape, group),
-                                       run.synthesis, progress.update)
-        run.seconds["synthesis"] += time.perf_counter() - clock
+                                       run.synthesis, progress)
+        seconds = time.perf_counter() - clock
+        run.seconds["synthesis"] += seconds
         run.image_steps += int(result.steps.sum())
         for index, seed in enumerate(group):
             made[seed] = {name: getattr(result, name)[index * n:(index + 1) * n].numpy()
                           for name in FIELDS}
-            work.save_prototypes(fraction, seed, made[seed])
+            work.save_prototypes(fraction, seed, made[seed], spent={
+                "image_steps": int(made[seed]["steps"].sum()), "synthesis": seconds / len(group)})
     return made
 
 
@@ -173,7 +198,7 @@ class Prototypes:
 
 def make_blocks(run: Run, model: NormalizedClassifier, fraction: float, todo: list[distributed.Block],
                 prototypes: Prototypes, work: WorkDir,
-                progress: ProgressBar) -> dict[tuple[int, int], Arrays]:
+                progress: StepProgress) -> dict[tuple[int, int], Arrays]:
     """The units of the blocks this rank claims, by (seed, first row), each saved at once."""
     n, done = run.shape[0], {}
     for number in distributed.claim(run.world, [block.images(n) for block in todo]):
@@ -183,14 +208,20 @@ def make_blocks(run: Run, model: NormalizedClassifier, fraction: float, todo: li
                                    for name in FIELDS})
         clock = time.perf_counter()
         grid, records = synthesize_rows(model, run.plan.synthesizer, start, len(block.seeds),
-                                        block.rows, run.synthesis, progress.update)
-        run.seconds["synthesis"] += time.perf_counter() - clock
+                                        block.rows, run.synthesis, progress)
+        seconds = {"synthesis": time.perf_counter() - clock}
+        run.seconds["synthesis"] += seconds["synthesis"]
         diagonal = records["steps"][:, torch.arange(len(block.rows)), torch.as_tensor(list(block.rows))]
-        run.image_steps += int(records["steps"].sum() - diagonal.sum())
+        steps = records["steps"].sum((1, 2)) - diagonal.sum(1)  # per seed
+        run.image_steps += int(steps.sum())
+        before = {stage: run.seconds[stage] for stage in ("features", "probes")}
         units = measure_block(run, model, block, grid, records, start)
-        for seed, unit in zip(block.seeds, units):
+        seconds.update({stage: run.seconds[stage] - before[stage] for stage in before})
+        for index, (seed, unit) in enumerate(zip(block.seeds, units)):
             # kept even when faulty: --nonfinite record may reuse it
-            work.save_unit(fraction, seed, block.rows, unit)
+            work.save_unit(fraction, seed, block.rows, unit, spent={
+                "image_steps": int(steps[index]),
+                **{stage: value / len(block.seeds) for stage, value in seconds.items()}})
             done[seed, block.start] = unit
             check_finite(unit, fraction, seed, run.config.nonfinite, block.rows)
     return done

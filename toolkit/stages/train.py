@@ -15,7 +15,7 @@ import torch
 
 from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
-from toolkit.errors import NumericalError, UsageError
+from toolkit.errors import NumericalError, PluginError, UsageError
 from toolkit.model import NormalizedClassifier
 from toolkit.plugins import Registration, blamed_on
 from toolkit.stages.context import Run
@@ -35,7 +35,44 @@ def build_model(registration: Registration, data: ImageDataset) -> NormalizedCla
     shape = f"{data.in_chans}x{data.image_size}x{data.image_size}"
     with blamed_on(registration, f"cannot be built for {data.num_classes} classes of {shape} images"):
         net = registration.obj(data.num_classes, data.in_chans, data.image_size)
-        return NormalizedClassifier(net, data.mean, data.std)
+        model = NormalizedClassifier(net, data.mean, data.std)
+    check_features(model, registration, data)
+    return model
+
+
+def check_features(model: NormalizedClassifier, registration: Registration, data: ImageDataset) -> None:
+    """One forward of two images: ``forward_head`` must take ``pre_logits`` and give features, not
+    logits (a ``PluginError`` of one line naming the plugin, before any training).
+
+    The images come from a generator of their own and the model runs in eval mode without
+    gradients, so the check changes no random state, no BatchNorm statistic and no number.
+    """
+    name = f"model {registration.name!r} (plugin {registration.plugin!r})"
+    images = torch.rand((2, data.in_chans, data.image_size, data.image_size),
+                        generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), blamed_on(registration, "failed on a forward pass of two images"):
+            hidden = model.forward_features(images)
+            try:  # the wrapper passes pre_logits on in both calls
+                features = model.forward_head(hidden, pre_logits=True)
+                logits = model.forward_head(hidden)
+            except TypeError as exc:
+                if "pre_logits" not in str(exc):
+                    raise
+                raise PluginError(f"{name}: forward_head does not accept pre_logits=True, which must "
+                                  "return the penultimate features (timm's feature protocol)") from None
+    finally:
+        model.train(was_training)
+    features = features.flatten(1)
+    width = getattr(model.model, "num_features", None)
+    same = features.shape == logits.shape and torch.equal(features, logits)
+    if same or (isinstance(width, int) and features.shape[1] == data.num_classes != width):
+        raise PluginError(f"{name}: forward_head(x, pre_logits=True) returns the logits "
+                          f"({features.shape[1]} values, one per class), not the penultimate "
+                          f"features{f' ({width} = its num_features)' if isinstance(width, int) else ''}; "
+                          "it must return the input of the final classifier layer")
 
 
 def new_model(run: Run) -> NormalizedClassifier:
@@ -63,16 +100,20 @@ def intervals(run: Run, model: NormalizedClassifier, work: WorkDir,
                                run.data, run.device)
         elif (state := work.load_training(fraction)) is not None:
             trainer.load_state_dict(state)
+            # the time the run that trained it spent (a resumed run counts it as its own)
+            run.seconds["training"] += float(state.get("spent", {}).get("training", 0.0))
             yield Stage(**state["stage"])
         else:
             stage = trainer.next_stage(run.bar)
-            run.seconds["training"] += time.perf_counter() - clock
+            seconds = time.perf_counter() - clock
+            run.seconds["training"] += seconds
             if not stage.finite and config.nonfinite == "stop":
                 raise NumericalError(f"training reached NaN or Inf losses before interval "
                                      f"{fraction:.0%}; lower --train_lr, or pass --nonfinite record "
                                      "to keep going")
             if run.world.main:  # every rank holds the same state
-                work.save_training(fraction, {**trainer.state_dict(), "stage": dataclasses.asdict(stage)})
+                work.save_training(fraction, {**trainer.state_dict(), "stage": dataclasses.asdict(stage),
+                                              "spent": {"training": seconds}})
             yield stage
 
 
