@@ -66,7 +66,9 @@ def register_models(register: Register[ModelFactory]) -> None:
 
     The model receives inputs already normalised by the dataset's mean and std: the toolkit wraps it
     (``toolkit.model.NormalizedClassifier``) so that images stay in [0, 1] pixel space during
-    synthesis. Do not normalise again inside the model.
+    synthesis. Do not normalise again inside the model. ``forward_head(x, pre_logits=True)`` must
+    return the penultimate features (``num_features`` wide), not the logits; both are checked when
+    the model is built.
 
     Metadata: ``description``; ``prefix=True`` registers a family (``"timm:"``): ``factory`` is then
     called with the rest of the name (``"resnet34"`` for ``"timm:resnet34"``) and returns the real
@@ -91,7 +93,10 @@ def register_datasets(register: Register[DatasetLoader]) -> None:
     ``root`` is a ``pathlib.Path`` folder where the files are or should go (``--data_root``);
     ``download`` says whether fetching them is allowed. Raise :class:`toolkit.UsageError` with a
     one-line message saying where to put the files when they are missing. Any other exception is
-    reported as the dataset's failure, naming the plugin. Everything is held in memory.
+    reported as the dataset's failure, naming the plugin. Everything is held in memory. The loader
+    must be deterministic: every call returns the same images, labels and class names in the same
+    order (fix the seed of any random split or subset), since a rerun checks the data against its
+    work directory and refuses data that differ.
 
     Metadata: ``description``; ``defaults``, a dict of analysis options for this dataset, for
     example ``{"lr": 0.01, "epochs": 15}``. The user's explicit options win over it; the options a

@@ -16,11 +16,9 @@ from toolkit.progress import interactive
 from toolkit.stages import assemble, figures, preflight, synthesize, train, write
 from toolkit.stages.context import Plan, plan
 from toolkit.stages.preflight import default_output, default_work_dir, resolve_device
-from toolkit.training import Trainer
 
-# Kept here for the callers of toolkit.pipeline (the command line, tests); ``Trainer`` is patched
-# by tests that check no training starts (the stage itself is toolkit.stages.train).
-__all__ = ["analyze", "Plan", "plan", "default_output", "default_work_dir", "resolve_device", "Trainer"]
+# Kept here for the callers of toolkit.pipeline (the command line, ranking, tests).
+__all__ = ["analyze", "Plan", "plan", "default_output", "default_work_dir", "resolve_device"]
 
 
 def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | None = None,

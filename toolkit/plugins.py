@@ -264,5 +264,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["DEFAULT_PLUGINS", "ENTRY_POINT_GROUP", "KINDS", "TYPED", "PluginFailure",
-           "PluginManager", "PluginWarning", "Registration", "Registry", "blamed_on", "configure",
-           "describe_plugins", "get_plugin_manager", "get_registry", "one_line"]
+           "PluginManager", "PluginWarning", "configure", "get_plugin_manager", "one_line",
+           *_FROM_REGISTRY]
