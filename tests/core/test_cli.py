@@ -111,7 +111,7 @@ def test_existing_output_is_refused(tmp_path, capsys):
 
 
 def test_output_in_a_missing_folder_creates_it(tmp_path, capsys, tiny_plugin):
-    from tests.conftest import TINY_RUN
+    from conftest import TINY_RUN
 
     args = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in TINY_RUN.items()]
     out = tmp_path / "results" / "new" / "r.nc"

@@ -9,7 +9,7 @@ from xarray.testing import assert_identical
 import toolkit
 from toolkit import results
 from toolkit_plugins.metrics import cosine, zscore
-from tests.test_metrics import features_dataset
+from tests.plugins.test_metrics import features_dataset
 
 
 @pytest.fixture
@@ -125,7 +125,7 @@ def test_the_results_file_reference_is_generated_from_the_schema_and_up_to_date(
     monkeypatch.setenv("TOOLKIT_LOAD_ENTRYPOINTS", "0")  # the built-in plugins only
     monkeypatch.delenv("TOOLKIT_PLUGINS", raising=False)
     monkeypatch.delenv("TOOLKIT_DISABLE_PLUGINS", raising=False)
-    page = (Path(__file__).resolve().parents[1] / "docs" / "results-file.md").read_text(encoding="utf-8")
+    page = (Path(__file__).resolve().parents[2] / "docs" / "results-file.md").read_text(encoding="utf-8")
     with fresh_plugin_manager():
         assert page == schemadocs.render(), ("docs/results-file.md is stale: TOOLKIT_LOAD_ENTRYPOINTS=0 "
                                              "python -m toolkit.schemadocs docs/results-file.md")

@@ -14,7 +14,7 @@ from PIL import Image
 import toolkit
 from toolkit.plugins import get_registry
 
-ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+ARCHIVE = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifar10-jpeg.zip"
 CLASSES = ("cat", "dog", "emu")
 
 

@@ -12,7 +12,7 @@ import toolkit
 from toolkit.__main__ import main
 from toolkit.plugins import PluginWarning, configure, get_plugin_manager, get_registry
 from toolkit.testing import fresh_plugin_manager, register_plugin
-from tests.conftest import TinyPlugin
+from conftest import TinyPlugin
 
 
 def install(site, dist: str, version: str, entry_points: dict[str, str], modules: dict[str, str]):

@@ -275,8 +275,8 @@ def test_images_round_trip_as_quantised_pixels_in_0_1(tmp_path):
 def test_analyze_draws_the_figures_beside_its_results_unless_noplots(tmp_path, capsys, tiny_plugin):
     import torch
 
-    from tests.conftest import TINY_RUN
-    from tests.test_end_to_end import cli_args
+    from conftest import TINY_RUN
+    from tests.e2e.test_end_to_end import cli_args
     from toolkit.__main__ import main
 
     out = tmp_path / "tiny.nc"
@@ -308,8 +308,8 @@ def test_analyze_draws_the_figures_beside_its_results_unless_noplots(tmp_path, c
 
 
 def test_analyze_refuses_existing_figures_before_training(tmp_path, capsys, tiny_plugin, monkeypatch):
-    from tests.conftest import TINY_RUN
-    from tests.test_end_to_end import cli_args
+    from conftest import TINY_RUN
+    from tests.e2e.test_end_to_end import cli_args
     from toolkit.__main__ import main
     from toolkit.stages import train
 
@@ -339,7 +339,7 @@ def test_example_draws_a_figure_from_plain_xarray(tmp_path):
     from pathlib import Path
 
     path = results.write_results(make_results(n=3), tmp_path / "run.nc")
-    script = Path(__file__).parents[1] / "examples" / "plot_from_xarray.py"
+    script = Path(__file__).parents[2] / "examples" / "plot_from_xarray.py"
     run = subprocess.run([sys.executable, str(script), str(path), "1"], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr

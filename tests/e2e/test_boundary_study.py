@@ -7,7 +7,7 @@ import toolkit
 from toolkit import results, schema
 from toolkit_plugins.boundary import BOUNDARY
 from toolkit_plugins.scores import ADVERSARIAL
-from tests.conftest import TINY_RUN
+from conftest import TINY_RUN
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ RUN = dict(TINY_RUN, synthesizer="boundary", metrics=("cosine", "zscore", "mg", 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     from toolkit.plugins import get_plugin_manager
-    from tests.conftest import TinyPlugin
+    from conftest import TinyPlugin
 
     manager = get_plugin_manager()
     plugin = TinyPlugin()

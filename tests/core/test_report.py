@@ -11,7 +11,7 @@ import toolkit
 from toolkit import plotting, reporting, results
 from toolkit.__main__ import main
 from toolkit.table import COLUMNS
-from tests.test_plotting import make_results
+from tests.core.test_plotting import make_results
 
 
 @pytest.fixture(scope="module")

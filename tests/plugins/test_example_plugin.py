@@ -18,7 +18,7 @@ import pytest
 
 import toolkit
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toolkit-plugin-example"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "toolkit-plugin-example"
 
 pytestmark = pytest.mark.slow
 

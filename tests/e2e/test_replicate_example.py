@@ -11,10 +11,10 @@ import pytest
 import xarray as xr
 
 import toolkit
-from tests.conftest import TINY_RUN
-from tests.test_imagefolder import png
+from conftest import TINY_RUN
+from tests.plugins.test_imagefolder import png
 
-STUDY = Path(__file__).resolve().parents[1] / "examples" / "replicate-cifar10"
+STUDY = Path(__file__).resolve().parents[2] / "examples" / "replicate-cifar10"
 
 
 @pytest.fixture(scope="module")

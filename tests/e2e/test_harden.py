@@ -178,7 +178,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_plugin):
     assert sorted(p.name for p in work.iterdir()) == ["interval-1.pt", "run.json"]
 
 
-TINY_CLI = Path(__file__).with_name("tiny_cli.py")
+TINY_CLI = Path(__file__).resolve().parents[1] / "tiny_cli.py"
 ARGS = ["--model", "tiny-cnn", "--dataset", "tiny", "--intervals", "0.5,1", "--seeds", "2",
         "--epochs", "25", "--train_lr", "0.1", "--train_batch_size", "16", "--max_steps", "100",
         "--batch_size", "4", "--noprogress", "--noplots"]

@@ -16,9 +16,9 @@ import xarray as xr
 import toolkit
 from toolkit import hookdocs, hookspecs
 from toolkit.testing import register_plugin
-from tests.conftest import TinyCNN, make_tiny_dataset
+from conftest import TinyCNN, make_tiny_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOOKS = hookspecs.hook_names()
 
 

@@ -8,7 +8,7 @@ from toolkit.config import AnalysisConfig
 from toolkit.results import SPEED_ATTRS, dataset_from_features, speed_attrs
 from toolkit.synthesis import auto_batch_size
 from toolkit.table import summary_table
-from tests.conftest import TINY_RUN
+from conftest import TINY_RUN
 
 
 @pytest.mark.parametrize("options, message", [

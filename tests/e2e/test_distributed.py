@@ -14,7 +14,7 @@ import xarray as xr
 import toolkit
 from toolkit.distributed import World, claim, seed_groups, share
 
-TINY_CLI = Path(__file__).with_name("tiny_cli.py")
+TINY_CLI = Path(__file__).resolve().parents[1] / "tiny_cli.py"
 ARGS = ["--model", "tiny-cnn", "--dataset", "tiny", "--intervals", "0.5,1", "--seeds", "3",
         "--epochs", "25", "--train_lr", "0.1", "--train_batch_size", "16", "--max_steps", "100",
         "--batch_size", "4", "--noprogress", "--noplots"]

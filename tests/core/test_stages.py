@@ -6,7 +6,7 @@ import tempfile
 import pytest
 
 import toolkit
-from tests.conftest import TINY_RUN
+from conftest import TINY_RUN
 from toolkit.workdir import WorkDir
 
 RUN = {**TINY_RUN, "intervals": (1.0,), "seeds": 1}

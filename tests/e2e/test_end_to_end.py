@@ -10,7 +10,7 @@ import toolkit
 from toolkit import results
 from toolkit.__main__ import main
 from toolkit.model import NormalizedClassifier
-from tests.conftest import TINY_RUN, TinyCNN, make_tiny_dataset
+from conftest import TINY_RUN, TinyCNN, make_tiny_dataset
 
 
 def cli_args(options: dict) -> list[str]:

@@ -17,7 +17,7 @@ from toolkit.errors import NumericalError
 
 from conftest import TINY_RUN, TinyCNN, make_tiny_dataset
 
-TINY_CLI = Path(__file__).with_name("tiny_cli.py")
+TINY_CLI = Path(__file__).resolve().parents[1] / "tiny_cli.py"
 RUN = {**TINY_RUN, "seeds": 2}
 ARGS = ["--model", "tiny-cnn", "--dataset", "tiny", "--intervals", "0.5,1", "--seeds", "2",
         "--epochs", "25", "--train_lr", "0.1", "--train_batch_size", "16", "--max_steps", "100",

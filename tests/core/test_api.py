@@ -10,7 +10,7 @@ import pytest
 import toolkit
 from toolkit.cli import Toolkit
 
-README = (Path(__file__).resolve().parents[1] / "docs" / "usage.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[2] / "docs" / "usage.md").read_text(encoding="utf-8")
 
 # command -> the function of `toolkit` it forwards to. A new command adds its line here.
 COUNTERPARTS = {

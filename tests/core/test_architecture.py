@@ -9,8 +9,8 @@ import pytest
 
 from toolkit import schema
 
-TOOLKIT = Path(__file__).resolve().parents[1] / "toolkit"
-PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+TOOLKIT = Path(__file__).resolve().parents[2] / "toolkit"
+PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 MODULES = sorted(TOOLKIT.rglob("*.py"))
 
 # The summary table (toolkit/table.py) still shows the cosine plugin's C and R summaries by name;
@@ -51,7 +51,7 @@ def test_no_core_module_names_a_plugin_variable(path):
     assert not named, f"{path.name} names plugin variables {sorted(named)}"
 
 
-TESTS = sorted((TOOLKIT.parent / "tests").glob("*.py"))
+TESTS = sorted((TOOLKIT.parent / "tests").rglob("*.py"))
 
 
 @pytest.mark.parametrize("path", MODULES + sorted(PLUGINS.glob("*.py")) + TESTS, ids=lambda p: p.name)
