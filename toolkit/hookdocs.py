@@ -11,6 +11,7 @@ import inspect
 import re
 import sys
 from pathlib import Path
+from typing import Callable
 
 from toolkit import hookspecs
 
@@ -61,12 +62,17 @@ def render() -> str:
     return "\n".join(sections)
 
 
-def main(argv: list[str]) -> int:
+def write_page(argv: list[str], render: Callable[[], str], usage: str) -> int:
+    """The ``main`` of a generated page: ``python -m MODULE PATH`` writes ``render()`` to PATH."""
     if len(argv) != 1:
-        print("usage: python -m toolkit.hookdocs docs/hooks.md", file=sys.stderr)
+        print(f"usage: {usage}", file=sys.stderr)
         return 2
     Path(argv[0]).write_text(render(), encoding="utf-8")
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return write_page(argv, render, "python -m toolkit.hookdocs docs/hooks.md")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ is out of date. Regenerate it, with only the built-in plugins loaded, with::
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Iterable
 
 from toolkit import schema
@@ -68,11 +67,9 @@ def render(pm=None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m toolkit.schemadocs docs/results-file.md", file=sys.stderr)
-        return 2
-    Path(argv[0]).write_text(render(), encoding="utf-8")
-    return 0
+    from toolkit.hookdocs import write_page
+
+    return write_page(argv, render, "python -m toolkit.schemadocs docs/results-file.md")
 
 
 if __name__ == "__main__":
