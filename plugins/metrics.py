@@ -306,17 +306,25 @@ def pair_variables(prefix: str = "", grid: str = "P", kind: str = "prototype"
 
 def summary_variables(prefix: str = "") -> dict[str, toolkit.Variable]:
     """The declarations of the summaries ``zscore`` and ``cosine_summaries`` give of ``{prefix}C``
-    and ``{prefix}R``."""
+    and ``{prefix}R``; those of ``C`` and ``R`` themselves are columns of the summary table."""
+    names = (f"{prefix}C", f"{prefix}R")
+    stats = {"seed_mean": (("interval", "seed"), "mean of {} over ordered pairs, per seed", None),
+             "seed_std": (("interval", "seed"), "standard deviation of {} over ordered pairs, per "
+                                                "seed", None),
+             "mean": (("interval",), "mean of {}, averaged over seeds", "{:.4f}"),
+             "std": (("interval",), "standard deviation of {}, averaged over seeds", "{:.4f}"),
+             "outlier_fraction": (("interval",), "fraction of {} values with |z| > threshold",
+                                  "{:.2%}")}
+    order = [(name, stat) for stat in ("seed_mean", "seed_std") for name in names]
+    order += [(name, stat) for name in names for stat in ("mean", "std")]
+    order += [(name, "outlier_fraction") for name in names]
     out = {}
-    for name in (f"{prefix}C", f"{prefix}R"):
-        for stat, dims, what in (
-                ("seed_mean", ("interval", "seed"), f"mean of {name} over ordered pairs, per seed"),
-                ("seed_std", ("interval", "seed"),
-                 f"standard deviation of {name} over ordered pairs, per seed"),
-                ("mean", ("interval",), f"mean of {name}, averaged over seeds"),
-                ("std", ("interval",), f"standard deviation of {name}, averaged over seeds"),
-                ("outlier_fraction", ("interval",), f"fraction of {name} values with |z| > threshold")):
-            out[f"{name}_{stat}"] = toolkit.Variable(dims, {"long_name": what, "units": "1"})
+    for name, stat in order:
+        dims, what, fmt = stats[stat]
+        heading = f"{name}_{stat}".replace("_outlier_fraction", "_out")
+        out[f"{name}_{stat}"] = toolkit.Variable(
+            dims, {"long_name": what.format(name), "units": "1"},
+            column=(heading, fmt) if fmt and not prefix else None)
     return out
 
 

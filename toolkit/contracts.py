@@ -40,12 +40,16 @@ class Variable:
         image: pixels in [0, 1], stored as uint8 with ``scale_factor = 1/255`` (dims ending with
             ``channel, y, x``); a probe's images are only kept when the run saves images.
         grid: set on the penultimate features of a grid of images (see :class:`FeatureGrid`).
+        column: ``(heading, format)`` of the variable's column in the summary table (``toolkit
+            summary``, the report), for a variable with dims ``(interval,)``; e.g.
+            ``("C_mean", "{:.4f}")``. Columns follow the order the variables are declared in.
     """
 
     dims: tuple[str, ...]
     attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     image: bool = False
     grid: FeatureGrid | None = None
+    column: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dims", tuple(self.dims))

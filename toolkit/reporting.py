@@ -20,7 +20,7 @@ import xarray as xr
 from toolkit import plotting
 from toolkit.errors import UsageError
 from toolkit.files import atomic_write, check_output
-from toolkit.table import COLUMNS, SUMMARY_HOW_TO_READ, summary_note, summary_rows
+from toolkit.table import SUMMARY_HOW_TO_READ, columns, summary_note, summary_rows
 
 CONVERGENCE_HOW_TO_READ = (
     "Per interval, over every seed and every cell of the grid P: how many images were synthesised, "
@@ -210,11 +210,12 @@ def config_table(ds: xr.Dataset) -> str:
 def summary_html(ds: xr.Dataset) -> str:
     """``toolkit.table.summary_rows`` as an HTML table; each cell keeps its exact value in
     ``data-value``, shown with the plain-text table's format."""
-    head = "".join(f"<th>{_e(column)}</th>" for column in COLUMNS)
+    table = columns()
+    head = "".join(f"<th>{_e(column)}</th>" for column in table)
     body = []
     for row in summary_rows(ds):
         cells = []
-        for column, (_, fmt) in COLUMNS.items():
+        for column, (_, fmt) in table.items():
             value = row[column]
             if value is None:
                 cells.append(f'<td data-column="{column}">-</td>')

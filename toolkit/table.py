@@ -5,20 +5,31 @@ import json
 
 import xarray as xr
 
-# column -> (variable, format); variables a file lacks (a run without zscore, say) show as "-".
-COLUMNS = {
-    "interval": ("interval", "{:.0%}"),
-    "test_acc": ("test_accuracy", "{:.3f}"),
-    "C_mean": ("C_mean", "{:.4f}"),
-    "C_std": ("C_std", "{:.4f}"),
-    "R_mean": ("R_mean", "{:.4f}"),
-    "R_std": ("R_std", "{:.4f}"),
-    "C_out": ("C_outlier_fraction", "{:.2%}"),
-    "R_out": ("R_outlier_fraction", "{:.2%}"),
+# column -> (variable, format); the core's own columns, around those the plugins declare
+# (``Variable.column``). Variables a file lacks (a run without zscore, say) show as "-".
+HEAD = {"interval": ("interval", "{:.0%}"), "test_acc": ("test_accuracy", "{:.3f}")}
+TAIL = {
     "converged": ("converged", "{:.1%}"),
     "unconverged": ("converged", "{:.0f}"),  # a count: images that never reached the threshold
     "steps": ("steps", "{:.1f}"),
 }
+
+
+def columns() -> dict[str, tuple[str, str]]:
+    """Every column of the summary table: heading -> (variable, format)."""
+    from toolkit.schema import declared
+
+    declared_columns = {d.variable.column[0]: (name, d.variable.column[1])
+                        for name, d in declared().items() if d.variable.column}
+    return {**HEAD, **declared_columns, **TAIL}
+
+
+def _noted(ds: xr.Dataset, attr: str) -> dict | None:
+    """The attributes of the first column variable of ``ds`` that carries ``attr``."""
+    for variable, _ in columns().values():
+        if variable in ds and attr in ds[variable].attrs:
+            return ds[variable].attrs
+    return None
 
 
 SUMMARY_HOW_TO_READ = (
@@ -31,8 +42,8 @@ SUMMARY_HOW_TO_READ = (
 def summary_rows(ds: xr.Dataset) -> list[dict[str, float | None]]:
     """Per interval: test accuracy, C/R mean and std, outlier fractions, converged fraction, the
     number of unconverged images and mean steps per image (over seeds and the whole grid)."""
-    per_interval = {}
-    for column, (variable, _) in COLUMNS.items():
+    per_interval, table = {}, columns()
+    for column, (variable, _) in table.items():
         if variable not in ds.variables:
             continue
         values = ds[variable]
@@ -42,7 +53,7 @@ def summary_rows(ds: xr.Dataset) -> list[dict[str, float | None]]:
         else:
             per_interval[column] = values.astype(float).mean(extra) if extra else values
     return [{column: float(per_interval[column][t]) if column in per_interval else None
-             for column in COLUMNS} for t in range(ds.sizes["interval"])]
+             for column in table} for t in range(ds.sizes["interval"])]
 
 
 def summary_table(ds: xr.Dataset) -> str:
@@ -51,15 +62,15 @@ def summary_table(ds: xr.Dataset) -> str:
     head = (f"{ds.attrs.get('model', '?')} on {ds.attrs.get('dataset', '?')}: "
             f"{ds.sizes.get('k', '?')} classes, {ds.sizes.get('seed', '?')} seeds, "
             f"schedule {config.get('schedule', '?')}")
-    if "C_mean" in ds:
-        head += f"; self-pairs {ds['C_mean'].attrs.get('self_pairs', '?')}"
-    if "C_outlier_fraction" in ds:
-        attrs = ds["C_outlier_fraction"].attrs
+    if (pairs := _noted(ds, "self_pairs")) is not None:
+        head += f"; self-pairs {pairs.get('self_pairs', '?')}"
+    if (attrs := _noted(ds, "threshold")) is not None:
         head += f"; outliers |z| > {attrs.get('threshold', '?')} vs {attrs.get('reference', '?')} reference"
-    cells = [[column for column in COLUMNS]]
+    table = columns()
+    cells = [list(table)]
     for row in summary_rows(ds):
-        cells.append(["-" if row[c] is None else COLUMNS[c][1].format(row[c]) for c in COLUMNS])
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+        cells.append(["-" if row[c] is None else table[c][1].format(row[c]) for c in table])
+    widths = [max(len(line[i]) for line in cells) for i in range(len(table))]
     lines = [head] + ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in cells]
     speed = speed_line(ds)
     return "\n".join(lines + ([speed] if speed else []))
@@ -83,10 +94,9 @@ def speed_line(ds: xr.Dataset) -> str | None:
 def summary_note(ds: xr.Dataset) -> str:
     """What the summary of ``ds`` was computed with: self-pairs and the outliers' reference."""
     notes = []
-    if "C_mean" in ds:
-        notes.append(f"self-pairs {ds['C_mean'].attrs.get('self_pairs', '?')}")
-    if "C_outlier_fraction" in ds:
-        attrs = ds["C_outlier_fraction"].attrs
+    if (pairs := _noted(ds, "self_pairs")) is not None:
+        notes.append(f"self-pairs {pairs.get('self_pairs', '?')}")
+    if (attrs := _noted(ds, "threshold")) is not None:
         notes.append(f"outliers: |z| > {attrs.get('threshold', '?')} against the "
                      f"{attrs.get('reference', '?')} reference")
     return "; ".join(notes)

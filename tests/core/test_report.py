@@ -10,7 +10,7 @@ import pytest
 import toolkit
 from toolkit import plotting, reporting, results
 from toolkit.__main__ import main
-from toolkit.table import COLUMNS
+from toolkit.table import columns
 from tests.core.test_plotting import make_results
 
 
@@ -42,10 +42,10 @@ def expected_cells(path):
             values = {"interval": float(at["interval"]), "test_acc": float(at["test_accuracy"]),
                       "converged": float(at["converged"].mean()), "steps": float(at["steps"].mean()),
                       "unconverged": float((~at["converged"]).sum())}
-            for column, (variable, _) in COLUMNS.items():
+            for column, (variable, _) in columns().items():
                 if column not in values:
                     values[column] = float(at[variable]) if variable in ds else None
-            rows.append({c: "-" if v is None else COLUMNS[c][1].format(v) for c, v in values.items()})
+            rows.append({c: "-" if v is None else columns()[c][1].format(v) for c, v in values.items()})
         return rows
 
 
