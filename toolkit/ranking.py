@@ -246,8 +246,7 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
 
     entries = parse_entries(weights, model)
     get_registry("dataset").get(dataset)
-    if by not in get_registry("score"):
-        get_registry("score").get(by)  # the one-line error listing the scores
+    get_registry("score").get(by)  # an unknown score: the one-line error listing the scores
     if out is not None:
         check_writable(out, overwrite, folder_may_be_missing=True)
     temporary = work_dir is None and out is None
