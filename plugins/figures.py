@@ -246,5 +246,5 @@ def register_scores(register):
     register("C_minus_R", toolkit.Score(
         lambda ds: (ds["C_mean"] - ds["R_mean"]).values.astype(np.float64), ("C_mean", "R_mean"),
         +1, "poster: C rises while R stays low and flat"))
-    for name in ("C_outlier_fraction", "R_outlier_fraction"):
+    for name in ("C_std", "R_std", "C_outlier_fraction", "R_outlier_fraction"):
         register(name, toolkit.Score.of_variable(name, 0, "no sign claimed"))

@@ -186,6 +186,18 @@ def converged_mean(ds: xr.Dataset, name: str) -> np.ndarray:
                         np.nan)
 
 
+def converged_std(ds: xr.Dataset, name: str) -> np.ndarray:
+    """Population standard deviation of ``name`` (``C`` or ``R``) per interval over the pairs
+    :func:`converged_pairs` keeps, pooled over seeds; NaN where none is kept."""
+    values = ds[name].transpose(*GRID, "i").values.astype(np.float64)
+    mask = converged_pairs(ds, name)
+    mean = converged_mean(ds, name)[:, None, None, None, None]
+    counts = mask.sum(axis=(1, 2, 3, 4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        squares = np.where(mask, (values - mean) ** 2, 0.0).sum(axis=(1, 2, 3, 4))
+        return np.where(counts > 0, np.sqrt(squares / counts), np.nan)
+
+
 def pair_count(ds: xr.Dataset) -> np.ndarray:
     """How many values the converged-only scores rest on, per interval: the fewer of the counts
     of ``C`` and of ``R`` pairs kept."""
@@ -201,8 +213,8 @@ def mean_steps(ds: xr.Dataset) -> np.ndarray:
 @toolkit.hookimpl
 def register_scores(register):
     register("unconverged_fraction", toolkit.Score(
-        unconverged_fraction, ("converged",), 0,
-        "share of grid images that missed the loss threshold (no sign claimed)"))
+        unconverged_fraction, ("converged",), -1,
+        "baseline: a better classifier's grid images reach the loss threshold"))
     needs = ("C", "R", "converged")
     register("C_mean_converged", toolkit.Score(
         lambda ds: converged_mean(ds, "C"), needs, +1,
@@ -212,6 +224,10 @@ def register_scores(register):
     register("C_minus_R_converged", toolkit.Score(
         lambda ds: converged_mean(ds, "C") - converged_mean(ds, "R"), needs, +1,
         "pre-registered primary score of the model zoo: C - R over converged pairs"))
+    for name in ("C", "R"):
+        register(f"{name}_std_converged", toolkit.Score(
+            lambda ds, name=name: converged_std(ds, name), needs, 0,
+            f"std of {name} over converged pairs (no sign claimed)"))
     register("converged_pairs", toolkit.Score(
         pair_count, needs, 0, "how many values the converged-only scores rest on"))
     register("mean_steps", toolkit.Score(

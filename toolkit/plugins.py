@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "toolkit_plugins.boundary",
     "toolkit_plugins.scores",
     "toolkit_plugins.grids",
+    "toolkit_plugins.baselines",
 )
 
 ENTRY_POINT_GROUP = "toolkit"

@@ -6,7 +6,7 @@ import numpy as np
 from toolkit.metrics import apply_metric
 from toolkit.plugins import get_registry
 from toolkit.results import dataset_from_features
-from toolkit_plugins.grids import converged_mean, converged_pairs, pair_count
+from toolkit_plugins.grids import converged_mean, converged_pairs, converged_std, pair_count
 
 
 def _study(seed: int = 0):
@@ -27,6 +27,8 @@ def test_converged_means_equal_a_loop_over_pairs():
                   for i in range(4) if i != j and ok[t, s, k, j] and ok[t, s, k, i]]
         np.testing.assert_allclose(converged_mean(ds, "C")[t], np.mean(np.float64(kept_c)), rtol=1e-12)
         np.testing.assert_allclose(converged_mean(ds, "R")[t], np.mean(np.float64(kept_r)), rtol=1e-12)
+        np.testing.assert_allclose(converged_std(ds, "C")[t], np.std(np.float64(kept_c)), rtol=1e-10)
+        np.testing.assert_allclose(converged_std(ds, "R")[t], np.std(np.float64(kept_r)), rtol=1e-10)
         assert pair_count(ds)[t] == min(len(kept_c), len(kept_r))
 
 
