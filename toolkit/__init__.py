@@ -45,6 +45,14 @@ def rank(weights, *, dataset, model=None, by="C_minus_R_converged", out=None, wo
                  resamples=resamples, **options)
 
 
+def remeasure(results, *, metrics, out, metric_options=None, save=None, overwrite=False):
+    """Compute metrics on a finished results file and write a new one, without training or
+    synthesis; see :func:`toolkit.finished.remeasure`, which this imports on first use."""
+    from toolkit.finished import remeasure as _remeasure
+    return _remeasure(results, metrics=metrics, out=out, metric_options=metric_options, save=save,
+                     overwrite=overwrite)
+
+
 def open_results(path):
     """Open and validate a results file; see :func:`toolkit.results.open_results`."""
     from toolkit.results import open_results as _open
@@ -105,7 +113,8 @@ def quality(results, out=None, *, overwrite=False, labels=None):
 
 __all__ = [
     "AnalysisConfig", "ImageDataset", "PluginError", "SynthesisResult", "SynthesisSettings",
-    "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "open_results", "summary",
+    "ToolkitError", "UsageError", "__version__", "analyze", "hookimpl", "remeasure", "open_results",
+    "summary",
     "get_plugins", "plot", "report", "quality", "rank",
     "FeatureGrid", "FigureSpec", "Probe", "Score", "Variable",
 ]

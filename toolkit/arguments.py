@@ -43,7 +43,7 @@ def fill(text: str, indent: int) -> str:
 
 def commands() -> dict[str, object]:
     """The commands, in the order the help lists them."""
-    names = ("analyze", "summary", "quality", "rank", "plot", "report", "plugins")
+    names = ("analyze", "metrics", "summary", "quality", "rank", "plot", "report", "plugins")
     return {name: getattr(Toolkit, name) for name in names}
 
 

@@ -75,6 +75,34 @@ class Toolkit:
         with open_results(results) as ds:
             print(summary_table(ds))
 
+    def metrics(self, results: str, metrics: str = "cosine,zscore", out: str | None = None,
+                metric_options: str | None = None, save: str | None = None,
+                overwrite: bool = False) -> None:
+        """Compute metrics on a finished results file and write a new one: no training, no
+        synthesis. Adds a metric, or recomputes them with other options (e.g. another z-score
+        reference), from the features, records and probe variables the file holds.
+
+        Args:
+            results: a results file written by analyze.
+            metrics: registered metrics to run, in order, comma-separated.
+            out: the new results file (default: <results without .nc>.metrics.nc).
+            metric_options: JSON of options per metric, as analyze's --metric_options.
+            save: which n x n x n tensors the new file keeps (default: those the input kept).
+            overwrite: replace an existing --out.
+        """
+        from toolkit.finished import remeasure
+        from toolkit.table import summary_table
+
+        parsed = AnalysisConfig(metrics=metrics, **({} if metric_options is None else
+                                                    {"metric_options": metric_options}),
+                                **({} if save is None else {"save": save}))
+        path = Path(out) if out is not None else Path(results).with_suffix(".metrics.nc")
+        ds = remeasure(results, metrics=parsed.metrics, out=path,
+                       metric_options=parsed.metric_options,
+                       save=parsed.save, overwrite=parse_bool("overwrite", overwrite))
+        print(summary_table(ds))
+        print(f"results: {path}")
+
     def quality(self, *results: str, out: str | None = None, overwrite: bool = False) -> None:
         """Print how well each data-free score (C mean, R mean, C - R, boundary dissimilarity, Mg,
         Madv, outlier and unconverged fractions) tracks test accuracy: Spearman and Pearson

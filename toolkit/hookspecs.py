@@ -147,7 +147,8 @@ def register_metrics(register: Register[Metric]) -> None:
 
     Call ``register(name, metric)`` with ``metric(ds, **options)`` taking the ``xarray.Dataset``
     built so far and returning a ``dict`` of new ``xarray.DataArray`` variables or a Dataset, which is
-    merged into the results (a variable of the same name is replaced). ``ds`` holds ``features``
+    merged into the results (a name the results already hold is refused, naming the
+    plugin: a metric never replaces a variable). ``ds`` holds ``features``
     ``(interval, seed, k, j, feature)`` and the per-image records ``steps``, ``loss``,
     ``converged``, ``predicted``, ``confidence`` ``(interval, seed, k, j)``, ``test_accuracy`` and
     ``train_size`` ``(interval)``, plus every variable of the metrics listed before it (``C`` and

@@ -63,6 +63,11 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
     if not isinstance(produced, Mapping) or not all(isinstance(v, xr.DataArray) for v in produced.values()):
         raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) must return "
                           "a dict of xarray.DataArray or an xarray.Dataset")
+    taken = sorted(name for name in produced if name in ds.variables)
+    if taken:
+        raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) returned "
+                          f"{', '.join(taken)}, which the results already hold; a metric adds "
+                          "variables of new names and never replaces one")
     for name, variable in registration.metadata.get("variables", {}).items():
         if name in produced and produced[name].dims != variable.dims:
             raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) "

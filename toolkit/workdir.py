@@ -58,9 +58,10 @@ SPENT = "_spent_"  # prefix of the arrays of a unit's file that say what making 
 LOCK_FILE = "lock"  # held (flock) by the process running in the directory; it holds its pid
 _KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
-# Options that do not change a single number of the results: a run may resume with others
-# (``save`` only filters which tensors the file keeps).
-NOT_IN_IDENTITY = ("data_root", "download", "nonfinite", "save")
+# Options that do not change a single number of the finished work: a run may resume with others
+# (``save`` only filters which tensors the file keeps; metrics read only the finished work, so
+# the run's identity names the probes its metrics need instead of the metrics).
+NOT_IN_IDENTITY = ("data_root", "download", "nonfinite", "save", "metrics", "metric_options")
 
 
 def checkpoint_name(fraction: float) -> str:

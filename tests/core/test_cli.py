@@ -38,7 +38,7 @@ BAD = [
     (["--dataset", "mnist"], "unknown dataset 'mnist'; known datasets: cifar10, cifar100, digits"),
     (["--synthesizer", "magic"], "unknown synthesizer 'magic'; known synthesizers: boundary, prototype"),
     (["--metrics", "cosine,nope"],
-     "unknown metric 'nope'; known metrics: cosine, cosine_summaries, madv, mg, zscore"),
+     "unknown metric 'nope'; known metrics: cosine, cosine_summaries, madv, mg, noise_confidence, weight_norm, ww_alpha, zscore"),
     (["--intervals", ""], "--intervals is empty; give training fractions in (0, 1]"),
     (["--intervals", "0.5,0.25"], "--intervals must be strictly increasing"),
     (["--intervals", "0.5,0.5"], "--intervals must be strictly increasing without duplicates"),

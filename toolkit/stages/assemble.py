@@ -9,6 +9,8 @@ import xarray as xr
 
 from toolkit import probes as probing, results
 from toolkit.metrics import apply_metric, pairwise_tensors
+from toolkit.errors import ToolkitError
+from toolkit.plugins import blamed_on
 from toolkit.stages.context import Run
 from toolkit.stages.synthesize import initial_noise
 from toolkit.training import Stage
@@ -39,11 +41,22 @@ def measure(run: Run, ds: xr.Dataset) -> xr.Dataset:
     """The metric chain applied in order; then the pairwise tensors not asked for (``--save``) go."""
     clock = time.perf_counter()
     for registration in run.plan.metrics:
-        ds = apply_metric(ds, registration, run.config.metric_options.get(registration.name, {}))
+        try:
+            with blamed_on(registration, "failed"):
+                ds = apply_metric(ds, registration, run.config.metric_options.get(registration.name, {}))
+        except ToolkitError as exc:
+            raise type(exc)(f"{exc}{_kept_hint(run)}") from exc
     run.seconds["metrics"] = time.perf_counter() - clock
     if run.config.save is not None:  # the summaries stay; the tensors not asked for go
         ds = ds.drop_vars([name for name in pairwise_tensors(ds) if name not in run.config.save])
     return ds
+
+
+def _kept_hint(run: Run) -> str:
+    if run.work_dir is None:
+        return ""
+    return (f"; the training and synthesis are kept in {run.work_dir}: rerun the same command with "
+            "the metric fixed or left out of --metrics, and only the metrics run again")
 
 
 def describe(run: Run, ds: xr.Dataset) -> xr.Dataset:

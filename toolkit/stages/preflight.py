@@ -192,6 +192,7 @@ def claim(run: Run, work: WorkDir, *, fresh: bool, checkpoints: str | os.PathLik
     """
     identity = run_identity(run.config.to_json(), run.data, __version__)
     identity["pieces"] = {"batch_size": run.synthesis.batch_size, "block_rows": run.block_rows}
+    identity["probes"] = [r.name for r in run.probes]
     if checkpoints is not None:
         identity["weights"] = {name: _file_digest(Path(checkpoints) / name)
                                for name in map(checkpoint_name, run.config.intervals)}
