@@ -15,10 +15,13 @@ from __future__ import annotations
 import inspect
 import io
 import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import matplotlib
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
@@ -187,6 +190,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def plain_text():
+    """A context in which matplotlib draws every text as given, never as mathtext: labels come
+    from data (class, model, dataset and file names), where a "$" is a "$", not a parse error."""
+    return matplotlib.rc_context({"text.parse_math": False})
+
+
 def render(ds: xr.Dataset, name: str, **options: Any) -> Figure:
     """Draw figure ``name`` of ``ds``; options a figure does not take are ignored
     (``seed`` and ``classes`` go to prototypes and grid, ``interval`` to grid)."""
@@ -194,7 +203,7 @@ def render(ds: xr.Dataset, name: str, **options: Any) -> Figure:
 
     registration = get_registry("figure").get(name)
     accepted = inspect.signature(registration.obj.draw).parameters
-    with blamed_on(registration, "failed to draw"):
+    with blamed_on(registration, "failed to draw"), plain_text():
         fig = registration.obj.draw(ds, **{k: v for k, v in options.items()
                                            if k in accepted and v is not None})
     if not isinstance(fig, Figure):
@@ -300,19 +309,27 @@ def plot(results: xr.Dataset | str | os.PathLike, out: str | os.PathLike | None 
         if classes is not None:
             pick_classes(ds, classes)
         options = dict(seed=seed, interval=interval, classes=classes)
-        out.mkdir(exist_ok=True)
-        written = []
-        known = registered_figures()
-        for name in names:
-            try:
-                fig = render(ds, name, **options)
-            except MissingData as missing:
-                if not (figures is None and known[name].optional):
-                    (on_skip or _warn_skip)(name, str(missing))
-                continue
-            for fmt in formats:
-                written.append(save_figure(fig, out / f"{name}.{fmt}", dpi))
-        return written
+        # All or nothing: every figure is drawn and saved in a staging folder beside ``out``, and
+        # moved in only once all of them are; a failure leaves ``out`` as it was.
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        try:
+            staged = []
+            known = registered_figures()
+            for name in names:
+                try:
+                    fig = render(ds, name, **options)
+                except MissingData as missing:
+                    if not (figures is None and known[name].optional):
+                        (on_skip or _warn_skip)(name, str(missing))
+                    continue
+                for fmt in formats:
+                    staged.append(save_figure(fig, staging / f"{name}.{fmt}", dpi).name)
+            out.mkdir(exist_ok=True)
+            for file in staged:
+                os.replace(staging / file, out / file)
+            return [out / file for file in staged]
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
         if path is not None:
             ds.close()

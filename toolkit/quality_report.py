@@ -67,6 +67,7 @@ class QualityReport:
     labels: tuple[str, ...]
     correlations: tuple[Correlation, ...]
     points: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]  # score -> label -> (score, acc)
+    titles: tuple[str, ...] = ()  # each file's run: "resnet18 on digits, 5 seeds (0-4)"
 
     @property
     def overall_scope(self) -> str:
@@ -122,6 +123,7 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
         else:
             with open_results(item) as ds:
                 runs.append((Path(item).name, ds.load()))
+    titles = tuple(run_title(ds) for _, ds in runs)
     names = list(labels) if labels is not None else _unique([label for label, _ in runs])
     if len(names) != len(runs):
         raise UsageError(f"{len(names)} labels for {len(runs)} results files")
@@ -141,7 +143,7 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
         for scope, (score, accuracy) in scopes:
             correlations.append(Correlation(name, scope, int(np.isfinite(score).sum()),
                                             *correlate(score, accuracy), registered[name].obj.expected))
-    return QualityReport(tuple(names), tuple(correlations), points)
+    return QualityReport(tuple(names), tuple(correlations), points, titles)
 
 
 def _compute(registration: Registration, ds: xr.Dataset) -> np.ndarray:
@@ -209,6 +211,11 @@ def quality_table(report: QualityReport) -> str:
     lines.append("correlation with test accuracy across intervals"
                  + (" (scope all: every file's intervals pooled)" if len(report.labels) > 1 else "")
                  + "; ranked by Spearman in the expected direction; holds: its sign is the expected one")
+    short = [c for c in report.correlations if c.scope == report.overall_scope and c.points < 3]
+    if short:
+        lines.append(f"nan: {len(short)} score(s) have fewer than 3 intervals with a value, and a "
+                     "correlation needs at least 3; run analyze with more --intervals (e.g. "
+                     "0.25,0.5,0.75,1) or pass several results files")
     return "\n".join(lines)
 
 
@@ -239,7 +246,10 @@ def quality_figure(report: QualityReport):
     if len(report.labels) > 1:
         fig.legend(*fig.axes[0].get_legend_handles_labels(), loc="outside lower center",
                    ncols=min(4, len(report.labels)), fontsize=8, frameon=False)
-    fig.suptitle("Data-free scores against test accuracy (each point an interval)", fontsize=10)
+    runs = "; ".join(title if len(report.labels) == 1 else f"{label}: {title}"
+                     for label, title in zip(report.labels, report.titles))
+    fig.suptitle("Data-free scores against test accuracy (each point an interval)"
+                 + (f"\n{runs}" if runs else ""), fontsize=10)
     return fig
 
 
@@ -259,10 +269,12 @@ def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool 
                  dpi: int = 120) -> Path:
     """Save :func:`quality_figure` to ``out`` (png, pdf or svg), atomically; an existing file is
     kept unless ``overwrite``."""
-    from toolkit.plotting import save_figure
+    from toolkit.plotting import plain_text, save_figure
 
     check_figure(out, overwrite)
-    return save_figure(quality_figure(report), Path(out), dpi)
+    with plain_text():
+        fig = quality_figure(report)
+    return save_figure(fig, Path(out), dpi)
 
 
 def run_quality(results, out=None, *, overwrite: bool = False, labels=None) -> "QualityReport":

@@ -345,3 +345,33 @@ def test_example_draws_a_figure_from_plain_xarray(tmp_path):
     assert run.returncode == 0, run.stderr
     assert run.stdout == f"figure: {tmp_path / 'run-prototypes.png'}\n"
     assert (tmp_path / "run-prototypes.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dollar_signs_in_names_are_drawn_as_text_not_mathtext(tmp_path, monkeypatch):
+    import matplotlib
+
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")  # text kept as text in svg
+    odd = make_results(class_names=["a$\\frac{$", "b$", "$c", "d"])
+    odd.attrs.update(model="res$net", dataset="$digits")
+    written = toolkit.plot(odd, out=tmp_path / "figs", formats="png,svg")
+    assert {p.stem for p in written} >= {"prototypes", "grid", "means"}
+    svg = (tmp_path / "figs" / "grid.svg").read_text()
+    assert "a$\\frac{$" in svg and "res$net on $digits" in svg
+
+
+def test_figures_are_written_all_or_nothing(tmp_path, ds, monkeypatch):
+    calls = []
+
+    def failing(fig, path, dpi):
+        calls.append(path.name)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original(fig, path, dpi)
+
+    original = plotting.save_figure
+    monkeypatch.setattr(plotting, "save_figure", failing)
+    with pytest.raises(OSError):
+        toolkit.plot(ds, out=tmp_path / "figs", formats="png")
+    assert len(calls) == 3
+    assert not (tmp_path / "figs").exists() or not list((tmp_path / "figs").iterdir())
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["figs"])   # no staging folder left

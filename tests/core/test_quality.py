@@ -106,3 +106,16 @@ def test_bad_files_are_one_line_errors(tmp_path, capsys, make, message):
 def test_no_files_is_a_one_line_error(capsys):
     assert main(["quality"]) == 2
     assert "quality needs at least one results file" in capsys.readouterr().err
+
+
+def test_two_intervals_say_why_there_is_no_correlation_and_the_figure_names_the_run(tmp_path):
+    from toolkit.quality_report import quality_figure
+
+    from test_plotting import make_results
+
+    two = make_results(intervals=(0.5, 1.0))
+    report = quality([two])
+    text = quality_table(report)
+    assert "fewer than 3 intervals with a value" in text and "--intervals" in text
+    fig = quality_figure(report)
+    assert "resnet18 on digits" in fig._suptitle.get_text()
