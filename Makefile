@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install clean browser
+.PHONY: demo test test-slow install clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ browser:
 		fi; \
 	fi
 
+# The fast suite (under 5 minutes on 2 cores); test-slow: the end-to-end runs marked slow.
 test: $(VENV)/.installed-test browser
 	$(BIN)/python -m pytest
+
+test-slow: $(VENV)/.installed-test browser
+	$(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 import toolkit
+from toolkit.limits import env_limit
 
 SPLITS = ("train", "test")
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
@@ -57,13 +58,7 @@ LIMITS = {
 
 def limit(name: str) -> int:
     """The limit ``name`` of ``LIMITS``: the environment's value, else the default."""
-    default, what = LIMITS[name]
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    if not re.fullmatch(r"[0-9]+", value.strip()) or int(value) < 1:
-        raise toolkit.UsageError(f"{name}={value!r} must be a whole number >= 1 ({what})")
-    return int(value)
+    return env_limit(name, *LIMITS[name])
 
 
 def _over(what: str, amount: int, name: str) -> toolkit.UsageError:

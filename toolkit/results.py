@@ -35,6 +35,7 @@ import xarray as xr
 from toolkit import schema
 from toolkit.errors import ToolkitError, UsageError
 from toolkit.files import check_output, umask
+from toolkit.limits import env_limit
 
 SCHEMA_VERSION = 1
 CONVENTIONS = "CF-1.8"
@@ -333,7 +334,24 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} is not a readable netCDF file ({exc})") from None
     try:
+        check_declared_size(ds, path)
         return validate(ds, str(path))
     except UsageError:
         ds.close()
         raise
+
+
+MAX_RESULTS_BYTES = ("TOOLKIT_MAX_RESULTS_BYTES", 16 * 2**30,
+                     "bytes a results file's variables may declare, read or not")
+
+
+def check_declared_size(ds: xr.Dataset, path: Path) -> None:
+    """Refuse a file whose variables declare more bytes than the limit, before reading any: a
+    netCDF file of 100 KB can declare dimensions of 100,000 classes and chunks it never wrote."""
+    declared = sum(v.size * v.dtype.itemsize for v in ds.variables.values())
+    limit = env_limit(*MAX_RESULTS_BYTES)
+    if declared > limit:
+        sizes = ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items())
+        raise UsageError(f"{path} declares {declared:,} bytes of variables ({sizes}; "
+                         f"{path.stat().st_size:,} bytes on disk), over the limit of {limit:,}; "
+                         f"raise it with {MAX_RESULTS_BYTES[0]}=N if you trust the file")

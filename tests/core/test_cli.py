@@ -67,6 +67,7 @@ BAD = [
 
 
 @pytest.mark.parametrize("args, message, setup", [(*case, None)[:3] for case in BAD])
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, monkeypatch, args, message,
                                                           setup):
     monkeypatch.chdir(tmp_path)
@@ -110,6 +111,7 @@ def test_existing_output_is_refused(tmp_path, capsys):
     assert out.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_output_in_a_missing_folder_creates_it(tmp_path, capsys, tiny_plugin):
     from conftest import TINY_RUN
 
@@ -138,6 +140,7 @@ def test_plugins_without_all_lists_only_third_party(capsys, tiny_plugin):
     assert listed[0]["registers"] == {"models": ["tiny-cnn"], "datasets": ["tiny"], "metrics": ["gap"]}
 
 
+@pytest.mark.slow
 def test_help_comes_from_docstrings():
     run = subprocess.run([sys.executable, "-m", "toolkit", "analyze", "--help"], capture_output=True,
                          text=True, env={"PAGER": "cat", "PATH": "/usr/bin:/bin"}, timeout=120)
@@ -147,6 +150,7 @@ def test_help_comes_from_docstrings():
     assert "--loss_threshold" in shown and "(the poster: 5)" in shown
 
 
+@pytest.mark.slow
 def test_real_entry_point_exits_2_on_bad_input():
     run = subprocess.run([sys.executable, "-m", "toolkit", "analyze", "--seeds", "0"],
                          capture_output=True, text=True, timeout=120)

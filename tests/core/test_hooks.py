@@ -208,6 +208,7 @@ def test_hook_register_probes(study):
     assert ds["row_brightness"].attrs == {"long_name": "mean pixel of each row of P", "units": "1"}
 
 
+@pytest.mark.slow
 def test_hook_register_figures(study, tmp_path):
     _, ds, _ = study
     recorder = Recorder()

@@ -71,6 +71,7 @@ def test_an_unknown_option_is_refused_before_any_work(tmp_path, monkeypatch, cap
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_misspelt_option_on_the_real_command_line_does_no_work(tmp_path):
     run = subprocess.run([sys.executable, "-m", "toolkit", "analyze", "--sedes", "3", "--out",
                           str(tmp_path / "r.nc")], capture_output=True, text=True, timeout=120)
@@ -154,6 +155,7 @@ def test_analyze_help_shows_every_option_whole():
     assert "Type:" not in shown and "Optional[" not in shown
 
 
+@pytest.mark.slow
 def test_help_of_the_real_entry_point_lists_every_command():
     run = subprocess.run([sys.executable, "-m", "toolkit", "--help"], capture_output=True, text=True,
                          timeout=120)

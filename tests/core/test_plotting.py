@@ -208,6 +208,7 @@ def test_plot_writes_each_figure_in_each_format(tmp_path, ds):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporaries left
 
 
+@pytest.mark.slow
 def test_plot_skips_what_a_file_cannot_show_and_says_why(tmp_path):
     bare = make_results(metrics=("cosine",), grid=False)
     skipped = {}
@@ -333,6 +334,7 @@ def test_save_images_must_be_a_boolean():
     assert AnalysisConfig(save_images=False).with_save_images_for(3).save_images is False
 
 
+@pytest.mark.slow
 def test_example_draws_a_figure_from_plain_xarray(tmp_path):
     import subprocess
     import sys

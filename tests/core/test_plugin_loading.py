@@ -154,7 +154,8 @@ def test_the_command_line_disables_plugins_too(broken_site, capsys, no_manager_y
 def test_a_disabled_builtin_takes_its_registrations_with_it(monkeypatch):
     monkeypatch.setenv("TOOLKIT_DISABLE_PLUGINS", "toolkit_plugins.metrics")
     with fresh_plugin_manager():
-        assert get_registry("metric").names() == ["madv", "mg"]  # toolkit_plugins.scores' stay
+        assert get_registry("metric").names() == ["madv", "mg", "noise_confidence", "weight_norm",
+                                                  "ww_alpha"]  # the other plugins' stay
         assert get_registry("model").names() == ["resnet18", "resnet18-tv", "timm:"]
 
 

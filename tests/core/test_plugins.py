@@ -12,7 +12,7 @@ from toolkit.testing import register_plugin
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(toolkit.UsageError, match="unknown metric 'x'; known metrics: cosine, cosine_summaries, madv, mg, zscore"):
+    with pytest.raises(toolkit.UsageError, match="unknown metric 'x'; known metrics: cosine, cosine_summaries, madv, mg, noise_confidence, weight_norm, ww_alpha, zscore"):
         get_registry("metric").get("x")
 
 

@@ -77,6 +77,7 @@ def test_undefined_correlations_are_nan_not_an_error():
     assert all(math.isnan(v) for v in correlate(np.ones(4), np.arange(4.0)))
 
 
+@pytest.mark.slow
 def test_the_command_prints_the_table_and_draws_the_figure(tmp_path, capsys):
     paths = [tmp_path / "a.nc", tmp_path / "b.nc"]
     for ds, path in zip((A, B), paths):

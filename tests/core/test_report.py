@@ -49,6 +49,7 @@ def expected_cells(path):
         return rows
 
 
+@pytest.mark.slow
 def test_report_is_one_self_contained_page(page):
     text = page.read_text()
     assert text.startswith("<!DOCTYPE html>")
@@ -109,6 +110,7 @@ def test_report_refuses_bad_input_in_one_line(tmp_path, files, capsys):
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "r.txt").exists()
 
 
+@pytest.mark.slow
 def test_cli_report_and_plot(tmp_path, files, capsys):
     out = tmp_path / "one.html"
     assert main(["report", str(files[1]), "--out", str(out)]) == 0

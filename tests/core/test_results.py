@@ -140,3 +140,22 @@ def test_validate_checks_the_dims_plugins_declare_and_accepts_undeclared_variabl
     with pytest.raises(toolkit.UsageError, match="variable 'C_mean' has dims"):
         results.validate(bad)
     results.validate(complete.assign(from_an_absent_plugin=complete["C_mean"].expand_dims(extra=1)))
+
+
+def test_a_file_declaring_huge_dimensions_is_refused_before_anything_is_read(tmp_path, monkeypatch):
+    import netCDF4
+
+    path = tmp_path / "hostile.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        for name, size in (("interval", 1), ("seed", 1), ("k", 100_000), ("j", 100_000), ("i", 100_000)):
+            nc.createDimension(name, size)
+        nc.createVariable("C", "f4", ("interval", "seed", "k", "j", "i"), chunksizes=(1, 1, 10, 10, 10))
+        nc.toolkit_schema_version = 1
+    assert path.stat().st_size < 1_000_000
+    for command in (toolkit.summary, toolkit.quality, toolkit.plot):
+        with pytest.raises(toolkit.UsageError, match="declares 4,000,000,000,000,000 bytes.*"
+                                                     "TOOLKIT_MAX_RESULTS_BYTES"):
+            command(str(path))
+    monkeypatch.setenv("TOOLKIT_MAX_RESULTS_BYTES", "lots")
+    with pytest.raises(toolkit.UsageError, match="TOOLKIT_MAX_RESULTS_BYTES='lots' must be a whole number"):
+        toolkit.summary(str(path))

@@ -37,6 +37,7 @@ def test_a_run_without_out_works_in_a_temporary_directory_then_removes_it(temp_r
     assert ds["features"].sizes["seed"] == 1
 
 
+@pytest.mark.slow
 def test_the_temporary_directory_goes_on_error_too(temp_root, tiny_plugin, monkeypatch):
     from toolkit.stages import features
 

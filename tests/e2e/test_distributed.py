@@ -157,6 +157,7 @@ def test_an_error_on_the_ranks_ends_the_job_with_one_line(tmp_path):
     assert not (tmp_path / "x.nc").exists()
 
 
+@pytest.mark.slow
 def test_two_ranks_without_out_share_a_temporary_work_directory(single, tmp_path):
     # analyze() without out: rank 0 makes the temporary work directory and tells the other rank,
     # which finds rank 0's prototypes there; the folder is gone at the end.

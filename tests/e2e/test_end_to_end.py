@@ -21,6 +21,7 @@ def cli_args(options: dict) -> list[str]:
     return args
 
 
+@pytest.mark.slow
 def test_cli_writes_a_complete_labelled_results_file(tmp_path, capsys, tiny_plugin):
     out = tmp_path / "tiny.nc"
     argv = ["analyze", *cli_args(TINY_RUN), "--metrics", "cosine,zscore,gap",
@@ -63,6 +64,7 @@ def test_cli_writes_a_complete_labelled_results_file(tmp_path, capsys, tiny_plug
     assert "C_mean" in table and "100%" in table
 
 
+@pytest.mark.slow
 def test_checkpoint_reproduces_the_recorded_predictions(tmp_path, tiny_plugin):
     out = tmp_path / "r.nc"
     ds = toolkit.analyze(out=out, work_dir=tmp_path / "work", **{**TINY_RUN, "seeds": 1})
@@ -75,6 +77,7 @@ def test_checkpoint_reproduces_the_recorded_predictions(tmp_path, tiny_plugin):
     assert float(correct) == pytest.approx(float(ds["test_accuracy"][-1]))
 
 
+@pytest.mark.slow
 def test_python_api_is_deterministic_and_writes_nothing_without_out(tmp_path, monkeypatch, tiny_plugin):
     monkeypatch.chdir(tmp_path)
     a = toolkit.analyze(**TINY_RUN)
@@ -85,6 +88,7 @@ def test_python_api_is_deterministic_and_writes_nothing_without_out(tmp_path, mo
     assert "interval" in toolkit.summary(a)
 
 
+@pytest.mark.slow
 def test_epochs_schedule_probes_one_run_on_all_the_data(tiny_plugin):
     ds = toolkit.analyze(**{**TINY_RUN, "schedule": "epochs", "seeds": 1, "metrics": "cosine"})
     assert list(ds["train_size"].values) == [72, 72]

@@ -68,6 +68,7 @@ def test_a_model_without_features_is_one_line_before_training(bad_models, monkey
 
 # --- a dataset loader that is not deterministic -------------------------------------------------
 
+@pytest.mark.slow
 def test_data_that_changed_since_the_work_directory_says_the_loader_must_be_deterministic(
         tmp_path, tiny_plugin, monkeypatch):
     import conftest
@@ -106,6 +107,7 @@ def _full_disk(monkeypatch):
     RuntimeError("basic_ios::clear: iostream error"),
     OSError(28, "No space left on device"),
 ])
+@pytest.mark.slow
 def test_a_full_disk_while_saving_training_is_one_line_naming_what_is_kept(tmp_path, tiny_plugin,
                                                                           monkeypatch, failure):
     import torch
@@ -130,6 +132,7 @@ def test_a_full_disk_while_saving_training_is_one_line_naming_what_is_kept(tmp_p
     assert not any(name.endswith(".tmp") for name in kept)
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_writing_the_results_file_keeps_the_work_for_the_rerun(tmp_path, tiny_plugin,
                                                                                monkeypatch):
     import xarray as xr
@@ -170,6 +173,7 @@ def test_a_second_run_on_a_work_directory_in_use_is_refused_at_once_naming_the_f
     assert not work.exists()  # the lock goes with the run, and the empty folder with it
 
 
+@pytest.mark.slow
 def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path, tiny_plugin):
     work = tmp_path / "r.work"
     work.mkdir()
@@ -291,6 +295,7 @@ def test_synthesis_progress_counts_steps_so_images_at_the_step_cap_weigh_what_th
     assert later.bar.total == 240 + 240
 
 
+@pytest.mark.slow
 def test_the_run_says_what_runs_and_each_bar_which_interval_of_how_many(tmp_path, tiny_plugin, capsys,
                                                                         monkeypatch):
     from toolkit.stages import context

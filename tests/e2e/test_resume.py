@@ -93,6 +93,7 @@ def test_rerun_skips_finished_units_and_gives_the_same_numbers(tmp_path, tiny_pl
     xr.testing.assert_identical(first.drop_attrs(), again.drop_attrs())
 
 
+@pytest.mark.slow
 def test_work_of_another_configuration_is_refused_and_fresh_starts_over(tmp_path, tiny_plugin, capsys):
     work = tmp_path / "work"
     toolkit.analyze(work_dir=work, **RUN)
@@ -123,6 +124,7 @@ def test_failed_run_before_any_unit_leaves_no_work_directory(tmp_path, tiny_plug
 
 # --- analysing given weights -------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_checkpoints_of_a_finished_run_give_its_results_without_training(tmp_path, tiny_plugin, monkeypatch):
     from toolkit.stages import train
 
@@ -133,6 +135,7 @@ def test_checkpoints_of_a_finished_run_give_its_results_without_training(tmp_pat
     assert not (tmp_path / "b.work").exists()  # nothing of that run is left to keep
 
 
+@pytest.mark.slow
 def test_a_plain_state_dict_of_the_network_is_analysed(tmp_path, tiny_plugin):
     data = make_tiny_dataset()
     folder = tmp_path / "mine"
@@ -206,6 +209,7 @@ def test_diverging_training_stops_naming_the_interval(tmp_path, tiny_plugin, cap
     assert "toolkit: error: training reached NaN" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_nan_features_stop_the_run_naming_interval_and_seed(tmp_path, tiny_plugin, monkeypatch):
     from toolkit.stages import features as stage
 
@@ -238,6 +242,7 @@ def test_summary_counts_the_unconverged_images(tiny_plugin):
     assert f" {unconverged} " in table.splitlines()[2] + " "
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_the_rerun_finishes(tmp_path, tiny_plugin, monkeypatch):
     saved = []
     real = np.savez

@@ -60,6 +60,7 @@ def whole_and_rows(tmp_path_factory):
     return whole, rows, work
 
 
+@pytest.mark.slow
 def test_blocks_of_rows_give_the_grids_of_whole_units(whole_and_rows):
     whole, rows, _ = whole_and_rows
     assert set(rows.data_vars) == set(whole.data_vars)

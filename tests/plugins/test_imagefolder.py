@@ -276,6 +276,7 @@ def test_huge_images_are_refused_from_their_header_before_any_decoding(tmp_path,
         load(write_folder(tmp_path / "small2", images()))
 
 
+@pytest.mark.slow
 def test_a_deflate_bomb_is_refused_by_its_uncompressed_size_before_it_is_read(tmp_path, monkeypatch):
     files = images()
     bomb = tmp_path / "bomb.zip"

@@ -37,6 +37,7 @@ def test_save_parses_names_or_none(given, kept):
     assert AnalysisConfig().save is None  # keep every tensor
 
 
+@pytest.mark.slow
 def test_summaries_only_file_holds_the_same_summaries_without_the_tensors(tiny_plugin, full, tmp_path):
     out = tmp_path / "small.nc"
     toolkit.analyze(**TINY_RUN, save="none", out=out)

@@ -286,6 +286,7 @@ def _input_gradient(model, x, targets):
     return loss, torch.autograd.grad(loss.sum(), x)[0]
 
 
+@pytest.mark.slow
 def test_folded_batchnorms_give_the_models_losses_and_input_gradients():
     net = get_registry("model").get("resnet18").obj(10, 3, 32)
     model = _randomise_batchnorms(NormalizedClassifier(net, [0.5] * 3, [0.25] * 3)).eval()
