@@ -223,6 +223,11 @@ class Toolkit:
         if not all and not listed:  # not a bare [] that looks like nothing is installed
             print("toolkit: note: no plugins besides the built-in ones, which are hidden; pass --all "
                   "to list them too", file=sys.stderr)
+        for entry in listed:  # what was skipped, said where a reader of the JSON may miss it
+            for stage, error in entry["errors"].items():  # (a failed import warned as it loaded)
+                if stage != "import" and not entry["disabled"]:
+                    print(f"toolkit: warning: plugin {entry['name']!r}: {stage}: {error}",
+                          file=sys.stderr)
 
 
 # The analysis options ``rank`` passes on to each model's probe (not those of training, which it

@@ -183,9 +183,10 @@ def describe_plugins(pm: pluggy.PluginManager | None = None, *, builtins: bool =
             for failure in registry.failures:
                 errors.setdefault(failure.plugin, {})[failure.stage] = failure.error
             for name, plugins in registry.clashes.items():
-                for plugin in plugins[1:]:
+                for plugin in plugins:  # flagged on every side of the clash
+                    others = ", ".join(repr(p) for p in plugins if p != plugin)
                     errors.setdefault(plugin, {})[f"{kind} {name}"] = (
-                        f"also registered by {plugins[0]!r}; neither is used")
+                        f"also registered by {others}; neither is used")
     entries = {name: {"hooks": sorted(h.name for h in pm.get_hookcallers(plugin) or ()),
                       "disabled": False} for name, plugin in pm.list_name_plugin()}
     entries.update({name: {"hooks": [], "disabled": False} for name in errors if name not in entries})

@@ -1,4 +1,5 @@
 """The plugin manager: registries, clashes, and a real entry-point plugin."""
+import json
 import sys
 import textwrap
 
@@ -49,6 +50,28 @@ def test_a_name_registered_twice_names_both_plugins_and_other_names_still_work()
                                                       "'toolkit_plugins.metrics' and 'clash'"):
             metrics.get("cosine")
         assert metrics.get("zscore").plugin == "toolkit_plugins.metrics"
+
+
+class Raising:
+    __name__ = "raising"
+
+    @toolkit.hookimpl
+    def register_scores(self, register):
+        raise RuntimeError("no scores today")
+
+
+def test_plugins_flags_a_clash_on_both_sides_and_warns_of_a_hook_that_raised(capsys):
+    from toolkit.cli import Toolkit
+
+    with register_plugin(Clash(), name="clash"), register_plugin(Raising(), name="raising"):
+        Toolkit().plugins(all=True)
+    out, err = capsys.readouterr()
+    listed = {entry["name"]: entry for entry in json.loads(out)}
+    assert "also registered by 'toolkit_plugins.metrics'" in listed["clash"]["errors"]["metric cosine"]
+    assert "also registered by 'clash'" in listed["toolkit_plugins.metrics"]["errors"]["metric cosine"]
+    assert "register_scores" in json.dumps(listed["raising"]["errors"])
+    assert "warning: plugin 'raising'" in err and "no scores today" in err
+    assert "warning: plugin 'clash'" in err
 
 
 def test_every_hook_has_a_docstring():
