@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -68,12 +69,46 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
         raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) returned "
                           f"{', '.join(taken)}, which the results already hold; a metric adds "
                           "variables of new names and never replaces one")
+    for name, value in produced.items():
+        _check_description(registration, name, value, ds)
     for name, variable in registration.metadata.get("variables", {}).items():
         if name in produced and produced[name].dims != variable.dims:
             raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) "
                               f"returned {name} with dims {produced[name].dims}; it declares "
                               f"{variable.dims}")
     return ds.assign(produced)
+
+
+KNOWN_DIMS = ("interval", "seed", "k", "j", "i", "class", "feature", "channel", "y", "x")
+
+
+def _check_description(registration: Registration, name: str, value: xr.DataArray,
+                       ds: xr.Dataset) -> None:
+    """Warn, naming the metric and variable, of what would make the file explain itself badly:
+    no ``long_name``, no ``units`` on numbers, dimensions nobody knows, values outside the
+    ``valid_range`` it carries (often inherited from the variable it was computed from)."""
+    from toolkit.plugins import PluginWarning
+
+    declared = registration.metadata.get("variables", {}).get(name)
+    problems = []
+    if "long_name" not in value.attrs:
+        problems.append("has no long_name attribute")
+    if value.dtype.kind == "f" and "units" not in value.attrs:
+        problems.append("has no units attribute (\"1\" for a pure number)")
+    unknown = [d for d in value.dims if d not in KNOWN_DIMS and d not in ds.dims
+               and not (declared and d in declared.dims)]
+    if unknown:
+        problems.append(f"has dims {', '.join(unknown)} that no variable declares")
+    valid = value.attrs.get("valid_range")
+    if valid is not None and value.dtype.kind in "fiu" and value.size:
+        low, high = np.asarray(valid, dtype=np.float64)[[0, -1]]
+        values = np.asarray(value.values, dtype=np.float64)
+        if np.nanmin(values) < low or np.nanmax(values) > high:
+            problems.append(f"breaks its valid_range {list(valid)} (values "
+                            f"{np.nanmin(values):g} to {np.nanmax(values):g})")
+    if problems:
+        warnings.warn(f"metric {registration.name!r} (plugin {registration.plugin!r}): variable "
+                      f"{name} " + "; ".join(problems), PluginWarning, stacklevel=3)
 
 
 def pairwise_tensors(ds: xr.Dataset) -> list[str]:

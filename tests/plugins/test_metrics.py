@@ -156,3 +156,26 @@ def test_a_metric_returning_other_dims_than_it_declares_is_named():
     with pytest.raises(toolkit.PluginError, match=r"metric 'flat' \(plugin 'p'\) returned flat "
                                                   r"with dims \('interval',\); it declares"):
         apply_metric(make_results(), registration, {})
+
+
+def test_a_metric_variable_that_cannot_explain_itself_is_warned_of():
+    from toolkit.plugins import PluginWarning, Registration
+
+    from toolkit.metrics import apply_metric
+
+    ds = results.dataset_from_features(np.random.default_rng(0).random((1, 1, 3, 3, 4)))
+
+    def sloppy(ds):
+        return {"bare": xr.DataArray(np.ones((1, 1)), dims=("interval", "seed")),
+                "odd": xr.DataArray(np.zeros(2), dims=("mystery",), attrs={"long_name": "x", "units": "1"}),
+                "ranged": (ds["features"].mean(("k", "j", "feature")) + 5).assign_attrs(
+                    long_name="y", units="1", valid_range=[0.0, 1.0])}
+
+    registration = Registration("metric", "sloppy", sloppy, "sloppy-plugin", {})
+    with pytest.warns(PluginWarning) as caught:
+        apply_metric(ds, registration, {})
+    text = " | ".join(str(w.message) for w in caught)
+    assert "metric 'sloppy' (plugin 'sloppy-plugin'): variable bare has no long_name" in text
+    assert "bare has no long_name attribute; has no units" in text
+    assert "odd has dims mystery that no variable declares" in text
+    assert "ranged breaks its valid_range [0.0, 1.0]" in text
