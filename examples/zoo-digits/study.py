@@ -2,6 +2,7 @@
 
     python examples/zoo-digits/study.py run                 # every arm, into results/ (resumable)
     python examples/zoo-digits/study.py run --arms main     # one arm
+    python examples/zoo-digits/study.py partial --arms max_steps_1000   # the models it finished
     python examples/zoo-digits/study.py analyze             # summary.json, figures/, README tables
 
 ``run`` calls ``toolkit.rank`` on every model of ``weights/zoo.json`` (built by ``build.py``), once
@@ -77,6 +78,31 @@ def run(arms: list[str], weights: Path, only: list[str] | None = None, threads: 
         print(f"arm {arm}: {seconds:.0f} s", file=sys.stderr)
 
 
+def partial(arm: str) -> None:
+    """Write ``results/<arm>.nc`` from the models an unfinished ranking of ``arm`` finished (its
+    work directory), when the rest cannot be afforded; the file says how many it holds."""
+    import xarray as xr
+
+    from toolkit.ranking import Entry, combine
+
+    work = RESULTS / f"{arm}.work"
+    claim = json.loads((work / "rank.json").read_text())
+    entries, results = [], []
+    for number, (name, model, sha256) in enumerate(claim["models"], 1):
+        file = work / f"{number:03d}" / "results.nc"
+        if file.is_file():
+            with xr.open_dataset(file) as ds:
+                results.append(ds.load())
+            entries.append(Entry(name, model, work / f"{number:03d}" / "weights", sha256))
+    options = {"seeds": claim["seeds"], **claim["options"]}
+    ranked = combine(entries, results, claim["dataset"], "C_minus_R_converged", options)
+    ranked.attrs["partial"] = f"{len(entries)} of {len(claim['models'])} models"
+    from toolkit.results import write_results
+
+    write_results(ranked, RESULTS / f"{arm}.nc", overwrite=True)
+    print(f"{arm}: {len(entries)} of {len(claim['models'])} models", file=sys.stderr)
+
+
 # --- statistics (vectorised over bootstrap resamples) ----------------------------------------
 
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -150,7 +176,7 @@ def load(arm: str, zoo: dict[str, dict]) -> tuple[list[str], dict[str, np.ndarra
     import xarray as xr
 
     with xr.open_dataset(RESULTS / f"{arm}.nc") as ds:
-        files = {Path(str(w)).stem: i for i, w in enumerate(ds["weights"].values)}
+        files = {str(label): i for i, label in enumerate(ds["model"].values)}  # file stems
         names = [n for n in zoo if Path(zoo[n]["file"]).stem in files]
         rows = [files[Path(zoo[n]["file"]).stem] for n in names]
         table = {str(s): ds["scores"].sel(score=s).values[rows].astype(np.float64)
@@ -374,7 +400,8 @@ def render(summary: dict) -> str:
             lines.append(f"| `{name}` | {fmt_tau(w['top cluster'])} | "
                          + " | ".join(fmt_tau(w[g]) for g in groups) + " |")
     lines += ["", "The step budget (Kendall tau over all models, 95 % CI):", "",
-              "| score | " + " | ".join(summary["arms"]) + " |", "|---|" + "---|" * len(summary["arms"])]
+              "| score | " + " | ".join(f"{arm} ({a['models']} models)" for arm, a in summary["arms"].items())
+              + " |", "|---|" + "---|" * len(summary["arms"])]
     for name in (PRIMARY, "C_mean_converged", "R_mean_converged", "C_minus_R", "C_mean", "R_mean",
                  "unconverged_fraction", "mean_steps", "converged_pairs"):
         cells = [fmt_ci(a["scores"][name]["tau"], a["scores"][name]["tau_ci"])
@@ -413,7 +440,7 @@ def readme_block(text: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "analyze"))
+    parser.add_argument("command", choices=("run", "partial", "analyze"))
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
     parser.add_argument("--weights", type=Path, default=HERE / "weights")
     parser.add_argument("--only", default=None, help="comma-separated model names (run only)")
@@ -425,6 +452,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}")
     if args.command == "run":
         run(arms, args.weights, args.only and args.only.split(","), args.threads)
+        return 0
+    if args.command == "partial":
+        for arm in arms:
+            partial(arm)
         return 0
     arms = [a for a in arms if (RESULTS / f"{a}.nc").is_file()]
     if "main" not in arms:
