@@ -21,6 +21,7 @@ COUNTERPARTS = {
     "report": "report",
     "quality": "quality",
     "rank": "rank",
+    "metrics": "remeasure",  # toolkit.metrics is the metric chain's module
 }
 
 

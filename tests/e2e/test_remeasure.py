@@ -11,6 +11,7 @@ import toolkit
 from conftest import TINY_RUN
 from toolkit.errors import PluginError, UsageError
 from toolkit.plugins import get_plugin_manager
+from toolkit.testing import register_plugin
 
 RUN = {**TINY_RUN, "intervals": (1.0,), "max_steps": 20}
 
@@ -81,12 +82,8 @@ class Hostile:
 
 @pytest.fixture
 def hostile(tiny_plugin):
-    pm = get_plugin_manager()
-    pm.register(Hostile(), name="hostile-metrics")
-    try:
+    with register_plugin(Hostile(), name="hostile-metrics"):
         yield
-    finally:
-        pm.unregister(name="hostile-metrics")
 
 
 def test_a_metric_may_not_replace_a_variable(hostile):
