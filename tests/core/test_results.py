@@ -159,3 +159,11 @@ def test_a_file_declaring_huge_dimensions_is_refused_before_anything_is_read(tmp
     monkeypatch.setenv("TOOLKIT_MAX_RESULTS_BYTES", "lots")
     with pytest.raises(toolkit.UsageError, match="TOOLKIT_MAX_RESULTS_BYTES='lots' must be a whole number"):
         toolkit.summary(str(path))
+
+
+def test_the_summary_head_counts_in_words():
+    from toolkit.results import dataset_from_features
+    from toolkit.table import summary_table
+
+    one = dataset_from_features(np.random.default_rng(0).random((1, 1, 3, 3, 4)))
+    assert "3 classes, 1 seed," in summary_table(one).splitlines()[0]
