@@ -25,6 +25,8 @@ NONFINITE = {
 PRECISIONS = {
     "fp32": "float32 throughout",
     "bf16": "the model under bfloat16 autocast (CPU and CUDA); loss, stopping test and images float32",
+    "auto": "bf16 where the device has bf16 matrix units (AMX or AVX512-BF16 CPUs, CUDA 8.0+), "
+            "fp32 elsewhere; the file records which and why",
 }
 
 # save_images left at None saves the whole grid P for at most this many classes (n^2 images).
@@ -119,9 +121,10 @@ class AnalysisConfig:
     nonfinite: str = option("stop", "stop (NaN or Inf in training losses, synthesis losses or "
                             "features stops the run, naming where) or record (they are recorded in "
                             "the results file and the run goes on).", metavar="NAME")
-    precision: str = option("fp32", "fp32, or bf16: the model under bfloat16 autocast for synthesis "
-                            "and training (loss, stopping test and images stay float32); fast on CPUs "
-                            "with AMX and on GPUs.", metavar="NAME")
+    precision: str = option("fp32", "fp32, bf16 (the model under bfloat16 autocast for synthesis "
+                            "and training; loss, stopping test and images stay float32; fast on CPUs "
+                            "with AMX and on GPUs) or auto (bf16 where the device has bf16 matrix "
+                            "units, else fp32; recorded in the file).", metavar="NAME")
     compile: bool = option(False, "run the model through torch.compile during synthesis.", metavar="")
 
     def __post_init__(self) -> None:

@@ -70,4 +70,6 @@ def describe(run: Run, ds: xr.Dataset) -> xr.Dataset:
         **{f"time_{stage}_s": value for stage, value in run.seconds.items()},
         image_steps=run.image_steps, precision=config.precision, compile=config.compile,
         synthesis_batch_size=run.synthesis.batch_size))
+    if run.precision_reason != "asked for":
+        ds.attrs["precision_reason"] = run.precision_reason
     return ds

@@ -28,6 +28,7 @@ from toolkit.metrics import check_metrics
 from toolkit.plugins import Registration, blamed_on
 from toolkit.stages import figures
 from toolkit.stages.context import Run, plan
+from toolkit.hardware import resolve_precision
 from toolkit.synthesis import SynthesisSettings, auto_batch_size
 from toolkit.version import __version__
 from toolkit.workdir import NOT_IN_IDENTITY, WorkDir, checkpoint_name, run_identity
@@ -101,6 +102,9 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
     device = resolve_device(config.device)
     world = distributed.world(device)
     device = distributed.device_for(world, device)
+    precision, precision_reason = resolve_precision(config.precision, device)
+    if config.precision == "auto":  # the run, its identity and its file hold what auto chose
+        config = dataclasses.replace(config, precision=precision)
     probes = probing.of((resolved.synthesizer, *resolved.metrics))
     streams = check_metrics(resolved.metrics, config.metric_options, config.save, probes)
     if streams and out is None:
@@ -123,7 +127,8 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
     return Run(config=config, plan=resolved, data=data, device=device, world=world, probes=probes,
                streams=streams, shape=shape, synthesis=synthesis, block_rows=block_rows,
                pieces=distributed.blocks(config.seed_values, data.num_classes, batch_size, block_rows),
-               work_dir=None if work_dir is None else Path(work_dir), progress=progress and world.main)
+               work_dir=None if work_dir is None else Path(work_dir), progress=progress and world.main,
+               precision_reason=precision_reason)
 
 
 def load_dataset(registration: Registration, config: AnalysisConfig) -> ImageDataset:
