@@ -93,13 +93,9 @@ class Toolkit:
         from toolkit.finished import remeasure
         from toolkit.table import summary_table
 
-        parsed = AnalysisConfig(metrics=metrics, **({} if metric_options is None else
-                                                    {"metric_options": metric_options}),
-                                **({} if save is None else {"save": save}))
         path = Path(out) if out is not None else Path(results).with_suffix(".metrics.nc")
-        ds = remeasure(results, metrics=parsed.metrics, out=path,
-                       metric_options=parsed.metric_options,
-                       save=parsed.save, overwrite=parse_bool("overwrite", overwrite))
+        ds = remeasure(results, metrics=metrics, out=path, metric_options=metric_options,
+                       save=save, overwrite=parse_bool("overwrite", overwrite))
         print(summary_table(ds))
         print(f"results: {path}")
 

@@ -17,9 +17,10 @@ from typing import Any, Mapping, Sequence
 import xarray as xr
 
 from toolkit import probes as probing, schema
+from toolkit.config import AnalysisConfig
 from toolkit.errors import UsageError
-from toolkit.metrics import apply_metric, check_metrics, pairwise_tensors
-from toolkit.plugins import blamed_on, get_registry
+from toolkit.metrics import check_metrics, pairwise_tensors, run_chain
+from toolkit.plugins import get_registry
 from toolkit.results import check_writable, open_results, provenance, write_results
 
 
@@ -30,42 +31,34 @@ def measured_from(ds: xr.Dataset) -> xr.Dataset:
 
 
 def remeasure(results: str | os.PathLike, *, metrics: Sequence[str] | str,
-              out: str | os.PathLike, metric_options: Mapping[str, Mapping[str, Any]] | None = None,
-              save: Sequence[str] | None = None, overwrite: bool = False) -> xr.Dataset:
+              out: str | os.PathLike, metric_options: Mapping[str, Mapping[str, Any]] | str | None = None,
+              save: Sequence[str] | str | None = None, overwrite: bool = False) -> xr.Dataset:
     """Compute ``metrics`` on the results file ``results`` and write the outcome to ``out``.
 
     Args:
         results: a results file written by ``analyze`` (or by this function).
         metrics: registered metric names, in order (a comma-separated string is split).
         out: the new ``.nc`` file; never the input itself.
-        metric_options: ``{metric: {option: value}}``, as ``--metric_options``.
+        metric_options: ``{metric: {option: value}}`` (or its JSON), as ``--metric_options``.
         save: which n x n x n tensors to keep (default: those the input file kept).
         overwrite: replace an existing ``out``.
     """
-    names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else list(metrics)
-    if not names or not all(names):
-        raise UsageError("--metrics is empty; name at least one metric, e.g. cosine,zscore")
-    options = dict(metric_options or {})
-    unknown = sorted(set(options) - set(names))
-    if unknown:
-        raise UsageError(f"--metric_options names metrics not in --metrics: {', '.join(unknown)}")
-    registrations = tuple(get_registry("metric").get(name) for name in names)
+    # Parsed and checked as analyze's options are, by the one declaration of each.
+    config = AnalysisConfig(metrics=metrics, metric_options=metric_options or {},
+                            **({} if save is None else {"save": save}))
+    registrations = tuple(get_registry("metric").get(name) for name in config.metrics)
     source, target = Path(results), Path(out)
     if target.resolve() == source.resolve():
         raise UsageError(f"--out {out} is the input file; write the new results to another file")
     check_writable(target, overwrite, folder_may_be_missing=True)
     with open_results(source) as opened:
-        kept = list(save) if save is not None else pairwise_tensors(opened)
+        kept = config.save if config.save is not None else pairwise_tensors(opened)
         _check_probes(registrations, opened, source)
-        probes = probing.of(registrations)
-        check_metrics(registrations, options, None, probes)
+        check_metrics(registrations, config.metric_options, None, probing.of(registrations))
         ds = measured_from(opened).load()
-    for registration in registrations:
-        with blamed_on(registration, f"failed on {source}"):
-            ds = apply_metric(ds, registration, options.get(registration.name, {}))
-    ds = ds.drop_vars([name for name in pairwise_tensors(ds) if name not in kept])
-    ds.attrs.update(provenance(_config(opened.attrs.get("config", "{}"), names, options),
-                               **{**_kept_attrs(opened.attrs), "metrics": ",".join(names),
+    ds = run_chain(ds, registrations, config.metric_options, kept, f"failed on {source}")
+    ds.attrs.update(provenance(_config(opened.attrs.get("config", "{}"), config),
+                               **{**_kept_attrs(opened.attrs), "metrics": ",".join(config.metrics),
                                   "metrics_from": str(source)}))
     target.parent.mkdir(parents=True, exist_ok=True)
     write_results(ds, target, overwrite=overwrite)
@@ -77,22 +70,22 @@ def _check_probes(registrations, ds: xr.Dataset, source: Path) -> None:
         probe = registration.metadata.get("probe")
         if probe is None:
             continue
-        variables = [name for name, v in get_registry("probe").get(probe).obj.variables.items()
-                     if not v.image]
-        missing = [name for name in variables if name not in ds.variables]
+        needed = probing.variables([get_registry("probe").get(probe)])
+        missing = [name for name in needed if name not in ds.variables]
         if missing:
             raise UsageError(f"metric {registration.name!r} needs what probe {probe!r} measures on "
                              f"the model during analyze ({', '.join(missing)}), which {source} "
                              f"lacks; rerun analyze with --metrics ...,{registration.name}")
 
 
-def _config(config_json: str, metrics: list[str], options: Mapping[str, Any]) -> str:
+def _config(config_json: str, config: AnalysisConfig) -> str:
+    """The input's configuration with the new metric chain."""
     try:
-        config = json.loads(config_json)
+        recorded = json.loads(config_json)
     except ValueError:
-        config = {}
-    config.update(metrics=metrics, metric_options=dict(options))
-    return json.dumps(config, sort_keys=True)
+        recorded = {}
+    recorded.update(metrics=list(config.metrics), metric_options=dict(config.metric_options))
+    return json.dumps(recorded, sort_keys=True)
 
 
 def _kept_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -111,6 +111,19 @@ def _check_description(registration: Registration, name: str, value: xr.DataArra
                       f"{name} " + "; ".join(problems), PluginWarning, stacklevel=3)
 
 
+def run_chain(ds: xr.Dataset, metrics: Sequence[Registration],
+              options: Mapping[str, Mapping[str, Any]], save: Sequence[str] | None = None,
+              what: str = "failed") -> xr.Dataset:
+    """The metric chain applied to ``ds`` in order, a metric's failure one line naming its plugin
+    (``what`` says where); then the n x n x n tensors not in ``save`` go (None: all stay)."""
+    for registration in metrics:
+        with blamed_on(registration, what):
+            ds = apply_metric(ds, registration, options.get(registration.name, {}))
+    if save is not None:  # the summaries stay; the tensors not asked for go
+        ds = ds.drop_vars([name for name in pairwise_tensors(ds) if name not in save])
+    return ds
+
+
 def pairwise_tensors(ds: xr.Dataset) -> list[str]:
     """The n x n x n variables of ``ds`` (dims interval, seed, k, j, i), which ``save`` selects."""
     return [name for name in ds.data_vars if ds[name].dims == results.PAIRS]

@@ -8,9 +8,8 @@ import numpy as np
 import xarray as xr
 
 from toolkit import probes as probing, results
-from toolkit.metrics import apply_metric, pairwise_tensors
 from toolkit.errors import ToolkitError
-from toolkit.plugins import blamed_on
+from toolkit.metrics import run_chain
 from toolkit.stages.context import Run
 from toolkit.stages.synthesize import initial_noise
 from toolkit.training import Stage
@@ -40,15 +39,11 @@ def dataset(run: Run, stages: Sequence[Stage], units: Units) -> xr.Dataset:
 def measure(run: Run, ds: xr.Dataset) -> xr.Dataset:
     """The metric chain applied in order; then the pairwise tensors not asked for (``--save``) go."""
     clock = time.perf_counter()
-    for registration in run.plan.metrics:
-        try:
-            with blamed_on(registration, "failed"):
-                ds = apply_metric(ds, registration, run.config.metric_options.get(registration.name, {}))
-        except ToolkitError as exc:
-            raise type(exc)(f"{exc}{_kept_hint(run)}") from exc
+    try:
+        ds = run_chain(ds, run.plan.metrics, run.config.metric_options, run.config.save)
+    except ToolkitError as exc:
+        raise type(exc)(f"{exc}{_kept_hint(run)}") from exc
     run.seconds["metrics"] = time.perf_counter() - clock
-    if run.config.save is not None:  # the summaries stay; the tensors not asked for go
-        ds = ds.drop_vars([name for name in pairwise_tensors(ds) if name not in run.config.save])
     return ds
 
 
