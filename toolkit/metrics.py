@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
-from toolkit import probes as probing, results
+from toolkit import probes as probing, results, schema
 from toolkit.errors import PluginError, UsageError
 from toolkit.plugins import Registration, blamed_on
 
@@ -79,7 +79,8 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
     return ds.assign(produced)
 
 
-KNOWN_DIMS = ("interval", "seed", "k", "j", "i", "class", "feature", "channel", "y", "x")
+# The dimensions of the core's variables and of C and R: every results file knows them.
+KNOWN_DIMS = frozenset(results.PAIRS) | {d for v in schema.CORE.values() for d in v.dims}
 
 
 def _check_description(registration: Registration, name: str, value: xr.DataArray,
