@@ -41,6 +41,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import socket
 import time
 import zipfile
@@ -163,12 +164,19 @@ class WorkDir:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK_FILE
+        ending_until = None
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
+                # A holder that was just killed keeps its lock until the system has ended it (and a
+                # killed torchrun's ranks end a moment after it): wait for that, never for a live run.
+                if _ending(lock) and time.monotonic() < (ending_until := ending_until or
+                                                         time.monotonic() + ENDING_GRACE_S):
+                    time.sleep(0.05)
+                    continue
                 raise UsageError(f"{self.path} is in use by another run ({_holder(lock)}); wait for it "
                                  "to finish or stop it, or choose another --out") from None
             try:  # the file we locked is still the one named lock (the last holder may remove it)
@@ -314,6 +322,32 @@ class WorkDir:
             path.unlink()
         if not any(self.path.glob("interval-*.pt")):
             self.clear()
+
+
+# How long a lock whose holder is ending (dead, a zombie, or being killed) may take to free.
+ENDING_GRACE_S = 30.0
+
+
+def _ending(lock: Path) -> bool:
+    """Whether the process that holds ``lock`` on this host is gone or on its way out: no such
+    process, a zombie, or one with SIGKILL pending (whose files the system is about to close)."""
+    try:
+        pid, _, host = lock.read_text().strip().partition(" ")
+        pid = int(pid)
+    except (OSError, ValueError):
+        return False
+    if host and host != socket.gethostname():
+        return False
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True  # already gone
+    except OSError:
+        return False  # no /proc here: never guess
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    state = fields.get("State", "").split()
+    pending = int(fields.get("ShdPnd", "0"), 16) | int(fields.get("SigPnd", "0"), 16)
+    return (bool(state) and state[0] in ("Z", "X")) or bool(pending & (1 << (signal.SIGKILL - 1)))
 
 
 def _holder(lock: Path) -> str:

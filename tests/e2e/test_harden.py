@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -171,6 +173,33 @@ def test_a_second_run_on_a_work_directory_in_use_is_refused_at_once_naming_the_f
             toolkit.analyze(out=tmp_path / "r.nc", **RUN)
         assert (work / "lock").read_text().split()[0] == str(os.getpid())
     assert not work.exists()  # the lock goes with the run, and the empty folder with it
+
+
+def test_a_lock_whose_holder_is_ending_is_waited_for_not_refused(tmp_path):
+    # A killed run's lock frees only when every process sharing it has ended (torchrun's ranks end
+    # a moment after torchrun): the holder named in the lock is gone, so the next run waits.
+    from toolkit.workdir import WorkDir, _ending
+
+    work = tmp_path / "r.work"
+    work.mkdir()
+    holder = textwrap.dedent(f"""
+        import fcntl, os, socket, time
+        fd = os.open({str(work / "lock")!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, f"{{os.getpid()}} {{socket.gethostname()}}\\n".encode())
+        if os.fork() == 0:  # a child that shares the lock outlives the holder by a second
+            time.sleep(1.0)
+            os._exit(0)
+        print("held", flush=True)
+    """)
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", holder], check=True, stdout=subprocess.DEVNULL)
+    assert _ending(work / "lock")
+    with WorkDir(work).locked():
+        assert time.monotonic() - started < 20
+    assert not work.exists()
+    (tmp_path / "lock").write_text(f"{os.getpid()} {socket.gethostname()}\n")
+    assert not _ending(tmp_path / "lock")  # a live holder is never waited for
 
 
 @pytest.mark.slow
