@@ -20,10 +20,11 @@ def analyze(config=None, **options):
     misspelt one is a ``UsageError`` naming the closest."""
     import inspect
 
-    from toolkit.config import OPTIONS
+    from toolkit.config import OPTIONS, renamed
     from toolkit.options import closest
     from toolkit.pipeline import analyze as _analyze
 
+    options = renamed(options)
     known = {opt.name for opt in OPTIONS} | set(inspect.signature(_analyze).parameters) - {"options"}
     for name in options:
         if name not in known:
@@ -38,8 +39,10 @@ def rank(weights, *, dataset, model=None, by="C_minus_R_converged", out=None, wo
     """Rank classifiers by data-free scores, no test set needed, and return the
     :class:`toolkit.ranking.RankReport` (``toolkit.ranking.rank_table`` prints it); see
     :func:`toolkit.ranking.rank`, which this imports on first use."""
+    from toolkit.config import renamed
     from toolkit.ranking import rank as _rank
 
+    options = renamed(options)
     return _rank(weights, dataset=dataset, model=model, by=by, out=out, work_dir=work_dir,
                  seeds=seeds, overwrite=overwrite, fresh=fresh, progress=progress,
                  resamples=resamples, **options)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
 import textwrap
 
 from toolkit.cli import GLOBAL_OPTIONS, METAVARS, RANK_PASSED, WIDTH, Toolkit, unknown_option
-from toolkit.config import OPTION, OPTIONS, RUN_OPTIONS
+from toolkit.config import OPTION, OPTIONS, RENAMED, RUN_OPTIONS, deprecation
 from toolkit.errors import UsageError
 from toolkit.options import Option, closest
 
@@ -99,6 +100,9 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
                                  + (f"is ambiguous ({', '.join('--' + n for n in starting)}); spell it out"
                                     if starting else "is unknown"))
             key = starting[0]
+        if key in RENAMED and RENAMED[key] in known and key not in known:
+            print(f"toolkit: warning: {deprecation(key)}", file=sys.stderr)
+            key = RENAMED[key]
         if key.startswith("no_") and key[3:] in flags:  # --no-plots, --no_plots: Fire's --noplots
             key = "no" + key[3:]
         if key not in known and not (key.startswith("no") and key[2:] in flags):

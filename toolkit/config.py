@@ -6,6 +6,7 @@ import json
 import math
 import os
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -59,8 +60,10 @@ class AnalysisConfig:
                            metavar="NAME")
     seeds: int = option(5, "independent prototype initialisations per interval (the poster: 5).",
                         low=1, high=10_000)
-    seed: int = option(0, "the first seed; the seeds are seed, seed+1, ..., and the last must be at "
-                       f"most {MAX_SEED}. It also seeds training.", low=0, high=MAX_SEED)
+    seed_start: int = option(0, "the first seed; the seeds are seed_start, seed_start+1, ... "
+                             "(--seeds of them), and the last must be at most "
+                             f"{MAX_SEED}. It also seeds training. Formerly --seed.",
+                             low=0, high=MAX_SEED)
     epochs: int | None = option(None, "training epochs per interval (schedule data) or in all (schedule "
                                 "epochs); default from the dataset, else 10.", low=1, high=10_000,
                                 fallback=10)
@@ -160,12 +163,12 @@ class AnalysisConfig:
             raise UsageError(f"unknown --nonfinite {self.nonfinite!r}; allowed: {', '.join(NONFINITE)}")
         if self.schedule not in SCHEDULES:
             raise UsageError(f"unknown --schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
-        for name in ("seeds", "seed", "epochs", "train_batch_size", "max_steps", "fixed_steps",
+        for name in ("seeds", "seed_start", "epochs", "train_batch_size", "max_steps", "fixed_steps",
                      "crop_padding"):
-            check_int(OPTION[name], getattr(self, name), optional=name not in ("seeds", "seed"))
-        if self.seed + self.seeds - 1 > MAX_SEED:
-            raise UsageError(f"--seed {self.seed} with --seeds {self.seeds}: the last seed "
-                             f"{self.seed + self.seeds - 1} must be at most {MAX_SEED}")
+            check_int(OPTION[name], getattr(self, name), optional=name not in ("seeds", "seed_start"))
+        if self.seed_start + self.seeds - 1 > MAX_SEED:
+            raise UsageError(f"--seed_start {self.seed_start} with --seeds {self.seeds}: the last seed "
+                             f"{self.seed_start + self.seeds - 1} must be at most {MAX_SEED}")
         for name in ("batch_size", "block_rows"):
             value = getattr(self, name)
             if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -212,14 +215,43 @@ class AnalysisConfig:
 
     @property
     def seed_values(self) -> list[int]:
-        return list(range(self.seed, self.seed + self.seeds))
+        return list(range(self.seed_start, self.seed_start + self.seeds))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "AnalysisConfig":
-        return cls(**json.loads(text))
+        """The configuration a results file records (under old option names too: ``RENAMED``)."""
+        return cls(**renamed(json.loads(text), warn=False))
+
+
+# Options renamed, old name -> new. The old name is still taken, with a warning (FutureWarning),
+# and read silently in results files and work directories written before the rename.
+RENAMED = {"seed": "seed_start"}  # "--seed 3" was too easily read as "3 seeds"
+
+
+def renamed(options: Mapping[str, Any], *, warn: bool = True) -> dict[str, Any]:
+    """``options`` with every old name of ``RENAMED`` replaced by its new one; giving both is a
+    ``UsageError``."""
+    out = dict(options)
+    for old, new in RENAMED.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise UsageError(f"--{old} and --{new} both given; --{old} is the old name of --{new}: "
+                             f"give only --{new}")
+        if warn:
+            warnings.warn(deprecation(old), FutureWarning, stacklevel=3)
+        out[new] = out.pop(old)
+    return out
+
+
+def deprecation(old: str) -> str:
+    """What a user giving the old name ``old`` of ``RENAMED`` is told."""
+    new = RENAMED[old]
+    return f"--{old} is deprecated, use --{new} ({OPTION[new].help.split('; ')[0]}" + (
+        "; the number of seeds is --seeds)" if new == "seed_start" else ")")
 
 
 OPTIONS = table(AnalysisConfig)

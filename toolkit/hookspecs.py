@@ -60,7 +60,7 @@ def register_models(register: Register[ModelFactory]) -> None:
     - ``forward(x)`` returns the logits.
 
     The three arguments are positional ints; ``image_size`` is the images' height. The factory is
-    called after ``torch.manual_seed(seed)``, so its initialisation is reproducible; it should not
+    called after ``torch.manual_seed(seed_start)``, so its initialisation is reproducible; it should not
     download weights. The toolkit moves the model to the device, trains it with its own loop (SGD,
     cross-entropy on the logits) and probes it in ``eval()`` mode with frozen weights.
 

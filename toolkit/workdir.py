@@ -51,6 +51,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from toolkit.config import renamed
 from toolkit.errors import UsageError
 from toolkit.files import atomic_write
 
@@ -211,7 +212,8 @@ class WorkDir:
         if marker.is_file():
             try:
                 recorded = json.loads(marker.read_text())
-            except (OSError, ValueError):
+                recorded["config"] = renamed(recorded["config"], warn=False)  # older option names
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError):
                 recorded = {}
             differences = _differences(recorded, identity)
             if [d.split(":")[0] for d in differences] == ["data"]:

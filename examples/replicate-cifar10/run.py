@@ -27,7 +27,7 @@ ROOT = HERE.parents[1]
 # (4.65 x 2 passes over the 10,000 images in all), SGD 0.05 at batch 64 with CIFAR's crop and flip.
 PROTOCOL = dict(
     model="resnet18", dataset="imagefolder", schedule="data",
-    intervals=(0.25, 0.40, 0.60, 0.70, 0.80, 0.90, 1.00), seeds=5, seed=0,
+    intervals=(0.25, 0.40, 0.60, 0.70, 0.80, 0.90, 1.00), seeds=5, seed_start=0,
     epochs=2, train_lr=0.05, train_batch_size=64, crop_padding=4, flip=True,
     loss_threshold=0.01, metrics=("cosine", "zscore", "mg"), precision="fp32", save_images=True,
 )

@@ -141,7 +141,7 @@ def study(tmp_path_factory):
     with register_plugin(recorder):
         ds = toolkit.analyze(model="rec-model", dataset="rec-data", synthesizer="rec-synth",
                              metrics="cosine,zscore,rec-metric", metric_options={"rec-metric": {"scale": 3}},
-                             intervals=(1.0,), seeds=2, seed=4, train_lr=0.1, train_batch_size=16,
+                             intervals=(1.0,), seeds=2, seed_start=4, train_lr=0.1, train_batch_size=16,
                              max_steps=15, batch_size=4, data_root=str(root), download=False)
     return recorder.calls, ds, root
 

@@ -1,6 +1,7 @@
 """One option surface (issue 17 part 3, issue 18): every option declared once; unknown options
 refused before any work with the closest one named; limits, booleans and help from the table."""
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 import pytest
 
 import toolkit
+import toolkit.pipeline
 from toolkit.__main__ import main
 from toolkit.arguments import help_text
 from toolkit.cli import Toolkit
@@ -111,8 +113,8 @@ def test_a_word_that_is_not_a_boolean_is_refused(capsys):
 HUGE = 10**23
 LIMITS = [
     ("seeds", HUGE, f"--seeds must be at most 10000; got {HUGE}"),
-    ("seed", 10**24, f"--seed must be at most {2**31 - 1}; got {10**24}"),
-    ("seed", 2**31, f"--seed must be at most {2**31 - 1}; got {2**31}"),
+    ("seed_start", 10**24, f"--seed_start must be at most {2**31 - 1}; got {10**24}"),
+    ("seed_start", 2**31, f"--seed_start must be at most {2**31 - 1}; got {2**31}"),
     ("epochs", HUGE, f"--epochs must be at most 10000; got {HUGE}"),
     ("max_steps", HUGE, f"--max_steps must be at most 1000000; got {HUGE}"),
     ("fixed_steps", HUGE, f"--fixed_steps must be at most 1000000; got {HUGE}"),
@@ -136,8 +138,37 @@ def test_huge_numbers_are_refused_before_any_work(tmp_path, monkeypatch, capsys,
 
 def test_every_seed_must_fit_32_bits():
     with pytest.raises(toolkit.UsageError, match="the last seed 2147483648 must be at most 2147483647"):
-        AnalysisConfig(seed=2**31 - 1, seeds=2)
-    assert AnalysisConfig(seed=2**31 - 1, seeds=1).seed_values == [2**31 - 1]
+        AnalysisConfig(seed_start=2**31 - 1, seeds=2)
+    assert AnalysisConfig(seed_start=2**31 - 1, seeds=1).seed_values == [2**31 - 1]
+
+
+def test_the_first_seed_is_seed_start_and_the_old_seed_still_works_with_a_warning(
+        tmp_path, monkeypatch, capsys, no_work):
+    # "--seed 3" read as "3 seeds" ran one seed numbered 3: the first seed is now --seed_start.
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "--seed", str(2**31), "--out", "r.nc"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["toolkit: warning: --seed is deprecated, use --seed_start (the first seed; the "
+                   "number of seeds is --seeds)",
+                   f"toolkit: error: --seed_start must be at most {2**31 - 1}; got {2**31}"]
+    # Files written before the rename still read: their config records "seed".
+    old = json.loads(AnalysisConfig(seed_start=4).to_json())
+    old["seed"] = old.pop("seed_start")
+    assert AnalysisConfig.from_json(json.dumps(old)).seed_values[0] == 4
+    assert "--seed_start" in help_text("analyze") and "\n  --seed " not in help_text("analyze")
+    assert main(["plot", "x.nc", "--seed", "1"]) == 2  # plot's own --seed (which seed to draw) stays
+    assert "deprecated" not in capsys.readouterr().err
+
+
+def test_the_old_seed_option_in_python_warns_and_passes_seed_start(tmp_path, monkeypatch):
+    given = {}
+    monkeypatch.setattr(toolkit.pipeline, "analyze", functools.wraps(toolkit.pipeline.analyze)(
+        lambda config=None, **options: given.update(options)))
+    with pytest.warns(FutureWarning, match="--seed is deprecated, use --seed_start"):
+        toolkit.analyze(seed=3, out=tmp_path / "r.nc")
+    assert given["seed_start"] == 3 and "seed" not in given
+    with pytest.raises(toolkit.UsageError, match="--seed and --seed_start both given"):
+        toolkit.analyze(seed=1, seed_start=1, out=tmp_path / "r.nc")
 
 
 def test_the_limits_are_stated_in_help():
@@ -233,7 +264,7 @@ def test_the_json_record_is_unchanged():
         '"fixed_steps": null, "flip": null, "intervals": [0.25, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0], '
         '"loss_threshold": 0.01, "lr": null, "max_steps": null, "metric_options": {}, '
         '"metrics": ["cosine", "zscore"], "model": "resnet18", "momentum": 0.9, "nonfinite": "stop", '
-        '"precision": "fp32", "save": null, "save_images": null, "schedule": "data", "seed": 0, '
+        '"precision": "fp32", "save": null, "save_images": null, "schedule": "data", "seed_start": 0, '
         '"seeds": 5, "synthesizer": "prototype", "train_batch_size": null, "train_lr": null, '
         '"weight_decay": 0.0005}')
 

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from toolkit import distributed, probes as probing, results
-from toolkit.config import AnalysisConfig
+from toolkit.config import AnalysisConfig, renamed
 from toolkit.data import ImageDataset
 from toolkit.errors import PluginError, UsageError
 from toolkit.metrics import check_metrics
@@ -69,6 +69,7 @@ def resolve_device(name: str) -> torch.device:
 def configuration(config: AnalysisConfig | None, options: Mapping[str, Any]) -> AnalysisConfig:
     """``config``, or one made of ``options`` (the fields of :class:`AnalysisConfig`), not both."""
     if config is None:
+        options = renamed(options)
         fields = {f.name for f in dataclasses.fields(AnalysisConfig)}
         unknown = sorted(set(options) - fields)
         if unknown:

@@ -77,7 +77,7 @@ def check_features(model: NormalizedClassifier, registration: Registration, data
 
 def new_model(run: Run) -> NormalizedClassifier:
     """The run's model before any training, its initial weights drawn from the run's seed."""
-    torch.manual_seed(run.config.seed)
+    torch.manual_seed(run.config.seed_start)
     model = build_model(run.plan.model, run.data).to(run.device)
     return model.to(memory_format=torch.channels_last)
 
@@ -91,7 +91,7 @@ def intervals(run: Run, model: NormalizedClassifier, work: WorkDir,
     """
     config = run.config
     trainer = None if checkpoints is not None else Trainer(
-        model, run.data, config.intervals, config.schedule, training_settings(config), config.seed,
+        model, run.data, config.intervals, config.schedule, training_settings(config), config.seed_start,
         run.device, world=run.world)
     for fraction in config.intervals:
         clock = time.perf_counter()
