@@ -2,7 +2,8 @@
 
 The page needs nothing but itself: figures are PNG data URIs, the style sheet is inline, and it
 holds no script and loads nothing. Several results files are shown side by side, one column each,
-so runs of different models or datasets compare at a glance.
+so runs of different models or datasets compare at a glance; their tables are one table each, a group
+of rows per run, so the columns line up and fit the page's width.
 """
 from __future__ import annotations
 
@@ -35,13 +36,16 @@ h3 { font-size: 1rem; margin: 0.4rem 0; }
 .meta, .how { color: #444; font-size: 0.92rem; max-width: 70rem; }
 .runs { display: grid; gap: 1.5rem; grid-template-columns: repeat(var(--runs), minmax(0, 1fr)); }
 .run { min-width: 0; overflow-x: auto; }
+.wide { overflow-x: auto; }
+tr.group th { text-align: left; background: #fff; padding-top: 0.7rem; font-size: 0.9rem; }
+tr.group .note { font-weight: normal; color: #444; margin-left: 0.8rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.3rem 0 0.8rem; }
 th, td { padding: 0.2rem 0.55rem; border-bottom: 1px solid #e2e2e2; text-align: right; }
 th { background: #f3f3f3; }
 table.config td, table.config th { text-align: left; vertical-align: top; }
 table.config td { font-family: ui-monospace, monospace; word-break: break-all; }
 figure { margin: 0; }
-figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; box-sizing: border-box; }
 .missing { color: #8a4b00; background: #fff6e5; padding: 0.5rem 0.8rem; border-radius: 4px; }
 nav a { margin-right: 0.9rem; }
 """
@@ -108,14 +112,11 @@ def render_page(runs: Sequence[tuple[str, xr.Dataset]], dpi: int = 110, seed: in
                   for name, spec in figures.items())
         + '<a href="#quality">Quality</a><a href="#runs">Configuration</a></nav>',
         '<section id="summary"><h2>Summary per interval</h2>',
-        f'<p class="how">{_e(SUMMARY_HOW_TO_READ)}</p>', f'<div class="runs"{columns}>',
-        *(f'<div class="run"><h3>{_e(label)}</h3><p class="meta">{_e(plotting.run_title(ds))}; '
-          f"{_e(summary_note(ds))}</p>{summary_html(ds)}</div>" for label, ds in runs),
-        "</div></section>",
+        f'<p class="how">{_e(SUMMARY_HOW_TO_READ)}</p>', f'<div class="wide">{summary_html(runs)}</div>',
+        "</section>",
         '<section id="convergence-statistics"><h2>Convergence statistics</h2>',
-        f'<p class="how">{_e(CONVERGENCE_HOW_TO_READ)}</p>', f'<div class="runs"{columns}>',
-        *(f'<div class="run"><h3>{_e(label)}</h3>{convergence_html(ds)}</div>' for label, ds in runs),
-        "</div></section>",
+        f'<p class="how">{_e(CONVERGENCE_HOW_TO_READ)}</p>',
+        f'<div class="wide">{convergence_html(runs)}</div>', "</section>",
     ]
     for name, spec in figures.items():
         parts += [f'<section id="figure-{name}"><h2>{_e(spec.heading)}</h2>',
@@ -207,23 +208,39 @@ def config_table(ds: xr.Dataset) -> str:
     return f'<table class="config">{body}</table>'
 
 
-def summary_html(ds: xr.Dataset) -> str:
-    """``toolkit.table.summary_rows`` as an HTML table; each cell keeps its exact value in
-    ``data-value``, shown with the plain-text table's format."""
+def summary_html(runs: Sequence[tuple[str, xr.Dataset]]) -> str:
+    """``toolkit.table.summary_rows`` of every run as one HTML table, a group of rows per run
+    (aligned columns to compare, and the width of the page rather than a column of it); each cell
+    keeps its exact value in ``data-value``, shown with the plain-text table's format."""
     table = columns()
-    head = "".join(f"<th>{_e(column)}</th>" for column in table)
-    body = []
-    for row in summary_rows(ds):
-        cells = []
-        for column, (_, fmt) in table.items():
-            value = row[column]
-            if value is None:
-                cells.append(f'<td data-column="{column}">-</td>')
-            else:
-                cells.append(f'<td data-column="{column}" data-value="{value!r}">'
-                             f"{_e(fmt.format(value))}</td>")
-        body.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    groups = []
+    for label, ds in runs:
+        rows = []
+        for row in summary_rows(ds):
+            cells = []
+            for column, (_, fmt) in table.items():
+                value = row[column]
+                if value is None:
+                    cells.append(f'<td data-column="{column}">-</td>')
+                else:
+                    cells.append(f'<td data-column="{column}" data-value="{value!r}">'
+                                 f"{_e(fmt.format(value))}</td>")
+            rows.append("".join(cells))
+        note = "; ".join(filter(None, (plotting.run_title(ds), summary_note(ds))))
+        groups.append((label, note, rows))
+    return _grouped_table("summary", list(table), groups)
+
+
+def _grouped_table(css_class: str, head: Sequence[str],
+                   groups: Sequence[tuple[str, str, Sequence[str]]]) -> str:
+    """One table, a ``<tbody>`` per (label, note, rows of cells) group under a heading row."""
+    bodies = "".join(
+        f'<tbody data-run="{_e(label)}"><tr class="group"><th colspan="{len(head)}" '
+        f'scope="rowgroup">{_e(label)}<span class="note">{_e(note)}</span></th></tr>'
+        + "".join(f"<tr>{row}</tr>" for row in rows) + "</tbody>"
+        for label, note, rows in groups)
+    header = "".join(f"<th>{_e(column)}</th>" for column in head)
+    return f'<table class="{css_class}"><thead><tr>{header}</tr></thead>{bodies}</table>'
 
 
 def convergence_rows(ds: xr.Dataset) -> list[dict[str, float]]:
@@ -248,13 +265,13 @@ CONVERGENCE_COLUMNS = {"interval": "{:.0%}", "images": "{:d}", "converged": "{:d
                        "loss_max": "{:.2e}"}
 
 
-def convergence_html(ds: xr.Dataset) -> str:
-    head = "".join(f"<th>{_e(column)}</th>" for column in CONVERGENCE_COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f'<td data-column="{c}">{_e(fmt.format(row[c]))}</td>'
-                         for c, fmt in CONVERGENCE_COLUMNS.items()) + "</tr>"
-        for row in convergence_rows(ds))
-    return f'<table class="convergence"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+def convergence_html(runs: Sequence[tuple[str, xr.Dataset]]) -> str:
+    """``convergence_rows`` of every run as one HTML table, a group of rows per run."""
+    groups = [(label, "", ["".join(f'<td data-column="{c}">{_e(fmt.format(row[c]))}</td>'
+                                   for c, fmt in CONVERGENCE_COLUMNS.items())
+                           for row in convergence_rows(ds)])
+              for label, ds in runs]
+    return _grouped_table("convergence", list(CONVERGENCE_COLUMNS), groups)
 
 
 def _e(text: Any) -> str:

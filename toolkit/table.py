@@ -6,11 +6,12 @@ import json
 import xarray as xr
 
 # column -> (variable, format); the core's own columns, around those the plugins declare
-# (``Variable.column``). Variables a file lacks (a run without zscore, say) show as "-".
-HEAD = {"interval": ("interval", "{:.0%}"), "test_acc": ("test_accuracy", "{:.3f}")}
+# (``Variable.column``). Variables a file lacks (a run without zscore, say) show as "-". Every
+# share is a percentage; ``images`` is a count, the number each row's shares rest on.
+HEAD = {"interval": ("interval", "{:.0%}"), "test_acc": ("test_accuracy", "{:.1%}")}
 TAIL = {
     "converged": ("converged", "{:.1%}"),
-    "unconverged": ("converged", "{:.0f}"),  # a count: images that never reached the threshold
+    "images": ("converged", "{:.0f}"),
     "steps": ("steps", "{:.1f}"),
 }
 
@@ -36,20 +37,21 @@ SUMMARY_HOW_TO_READ = (
     "One row per training interval. test_acc: accuracy on the held-out test split. C_mean, C_std, "
     "R_mean, R_std: mean and standard deviation of the dissimilarities over ordered pairs, per seed, "
     "then averaged over seeds. C_out, R_out: share of values with |z| above the threshold. "
-    "converged: share of synthesised images whose loss reached the threshold; steps: mean "
-    "input-gradient steps per image. A dash marks a number this file does not hold.")
+    "converged: share of synthesised images whose loss reached the threshold, out of images (over "
+    "every seed and grid cell); steps: mean input-gradient steps per image. Shares are "
+    "percentages. A dash marks a number this file does not hold.")
 
 def summary_rows(ds: xr.Dataset) -> list[dict[str, float | None]]:
     """Per interval: test accuracy, C/R mean and std, outlier fractions, converged fraction, the
-    number of unconverged images and mean steps per image (over seeds and the whole grid)."""
+    number of images it rests on and mean steps per image (over seeds and the whole grid)."""
     per_interval, table = {}, columns()
     for column, (variable, _) in table.items():
         if variable not in ds.variables:
             continue
         values = ds[variable]
         extra = [d for d in values.dims if d != "interval"]
-        if column == "unconverged":
-            per_interval[column] = (~values.astype(bool)).sum(extra)
+        if column == "images":
+            per_interval[column] = values.notnull().sum(extra)
         else:
             per_interval[column] = values.astype(float).mean(extra) if extra else values
     return [{column: float(per_interval[column][t]) if column in per_interval else None

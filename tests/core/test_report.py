@@ -41,7 +41,7 @@ def expected_cells(path):
             at = ds.isel(interval=t)
             values = {"interval": float(at["interval"]), "test_acc": float(at["test_accuracy"]),
                       "converged": float(at["converged"].mean()), "steps": float(at["steps"].mean()),
-                      "unconverged": float((~at["converged"]).sum())}
+                      "images": float(at["converged"].size)}
             for column, (variable, _) in columns().items():
                 if column not in values:
                     values[column] = float(at[variable]) if variable in ds else None
@@ -80,12 +80,15 @@ def test_report_has_config_summary_convergence_and_every_figure_with_how_to_read
 
 def test_summary_and_convergence_tables_hold_the_files_numbers(page, files):
     text = page.read_text()
-    tables = re.findall(r'<table class="summary">(.*?)</table>', text, re.S)
-    assert len(tables) == 2
-    for table, path in zip(tables, files):
+    # one table for every run, a group of rows each, so the columns line up to compare
+    (table,) = re.findall(r'<table class="summary">(.*?)</table>', text, re.S)
+    groups = re.findall(r'<tbody data-run="([^"]*)">(.*?)</tbody>', table, re.S)
+    assert [label for label, _ in groups] == [path.name for path in files]
+    for (_, group), path in zip(groups, files):
         shown = [dict(re.findall(r'<td data-column="(\w+)"[^>]*>([^<]*)</td>', row))
-                 for row in re.findall(r"<tr>(<td.*?)</tr>", table)]
+                 for row in re.findall(r"<tr>(<td.*?)</tr>", group)]
         assert shown == expected_cells(path)
+    assert "self-pairs" in groups[0][1]  # each group is headed by its run's note
     with toolkit.open_results(files[0]) as ds:
         unconverged = int((~ds["converged"].isel(interval=0)).sum())
     first = re.search(r'<table class="convergence">.*?<td data-column="unconverged">(\d+)</td>', text, re.S)
@@ -190,15 +193,24 @@ def test_report_in_headless_chromium(browser, page, files, tmp_path):
     assert len(images) == 8 + 4 + 1  # the figures of both runs and the quality section's
     assert all(complete and width > 0 for complete, width in images)
     shown = browser.execute_script("""
-        return Array.from(document.querySelectorAll('#summary .run table.summary')).map(table =>
-            Array.from(table.tBodies[0].rows).map(row => Object.fromEntries(
-                Array.from(row.cells).map(cell => [cell.dataset.column, cell.textContent]))));""")
+        return Array.from(document.querySelectorAll('#summary table.summary tbody')).map(group =>
+            Array.from(group.rows).filter(row => !row.classList.contains('group')).map(row =>
+                Object.fromEntries(Array.from(row.cells).map(cell =>
+                    [cell.dataset.column, cell.textContent]))));""")
     assert shown == [expected_cells(path) for path in files]
     # side by side: the two runs' first figures sit next to each other, not one under the other
     boxes = browser.execute_script("""
         return Array.from(document.querySelectorAll('#figure-accuracy img'))
             .map(i => { const r = i.getBoundingClientRect(); return [r.left, r.top, r.width]; });""")
     assert len(boxes) == 2 and boxes[1][0] >= boxes[0][0] + boxes[0][2] and boxes[0][2] > 300
+    # on a 1280 px screen nothing needs scrolling sideways: no table is wider than its box
+    browser.set_window_size(1280, 1000)
+    overflowing = browser.execute_script("""
+        return Array.from(document.querySelectorAll('.run, .wide, table')).filter(box =>
+            box.scrollWidth > box.clientWidth + 1 || box.getBoundingClientRect().right >
+            document.documentElement.clientWidth).map(box => box.className + " in " + box.closest("section").id + " " + box.scrollWidth + ">" + box.clientWidth);""")
+    assert overflowing == []
+    browser.set_window_size(1400, 1000)
     screenshot = tmp_path / "report.png"
     assert browser.save_screenshot(str(screenshot))
     from matplotlib.image import imread
