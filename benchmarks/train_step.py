@@ -1,20 +1,66 @@
-"""Training throughput of a model at CIFAR's size: the bare forward + backward + SGD step.
+"""Training throughput of a model: the bare forward + backward + SGD step, against the GEMM limit.
 
     python benchmarks/train_step.py [--model resnet18] [--threads 2] [--batch 128] [--size 32]
+                                    [--precision fp32,bf16] [--device cpu]
 
 Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32),
-channels-last as the trainer runs it; 3 warm-up steps, then the best of 3 timings of 5 steps.
-The rate bounds what ``analyze`` can train per second on this machine.
+channels-last as the trainer runs it, under bf16 autocast as the trainer runs ``--precision bf16``;
+3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also given in GFLOP/s (the
+step's FLOPs counted by ``torch.utils.flop_counter``) as a fraction of the same precision's GEMM
+limit, measured right before it. The rate bounds what ``analyze`` can train per second here.
 """
 from __future__ import annotations
 
 import argparse
-import time
+import contextlib
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from toolkit.plugins import get_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import best_time, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,
+               precision: str = "fp32", device: str = "cpu") -> tuple[float, float]:
+    """(images per second, FLOPs per image) of ``model``'s training step on ``device``."""
+    torch.manual_seed(0)
+    net = get_registry("model").get(model).obj(classes, 3, size)
+    net = net.to(device, memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    images = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, classes, (batch,), device=device)
+    autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+                if precision == "bf16" else contextlib.nullcontext())
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        with autocast:
+            loss = F.cross_entropy(net(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops() / batch
+    for _ in range(3):
+        step()
+    sync()
+
+    def five() -> None:
+        for _ in range(5):
+            step()
+        sync()
+
+    return 5 * batch / best_time(five, 3), flops
 
 
 def main() -> None:
@@ -24,31 +70,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--precision", default="fp32", help="fp32, bf16 or both: fp32,bf16")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    net = get_registry("model").get(args.model).obj(args.classes, 3, args.size)
-    net = net.to(memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    images = torch.rand(args.batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last)
-    labels = torch.randint(0, args.classes, (args.batch,))
-
-    def step() -> None:
-        loss = F.cross_entropy(net(images), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(3):
-        step()
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(5):
-            step()
-        best = min(best, time.perf_counter() - start)
-    print(f"{args.model} {args.size}x{args.size}, batch {args.batch}, {args.threads} thread(s): "
-          f"{5 * args.batch / best:.1f} images/s")
+    print(machine())
+    for precision in args.precision.split(","):
+        limit = gemm_gflops(DTYPES[precision], device=args.device)
+        rate, flops = train_rate(args.model, args.batch, args.size, args.classes, precision, args.device)
+        print(f"{args.model} {args.size}x{args.size}, batch {args.batch}, {precision}, {args.device}, "
+              f"{args.threads} thread(s): {rate:.1f} images/s, {rate * flops / 1e9:,.1f} GFLOP/s = "
+              f"{rate * flops / 1e9 / limit:.0%} of the {precision} GEMM limit measured just before "
+              f"it ({limit:,.1f} GFLOP/s; {flops / 1e6:,.0f} MFLOP per image)")
 
 
 if __name__ == "__main__":

@@ -73,6 +73,17 @@ class TinyPlugin:
         register("gap", gap_metric, description="C mean minus R mean")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` run only where a CUDA device exists."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device, and this machine has none "
+                                   "(benchmarks/gpu.sh runs these on a GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tiny_plugin():
     pm = get_plugin_manager()

@@ -1,0 +1,147 @@
+"""Everything a GPU machine should show, in one go: its tests, a short study, its rates.
+
+    python benchmarks/gpu.py [--out benchmarks/results-gpu.md] [--archive cifar10-jpeg.zip]
+                             [--skip_tests] [--device cuda]
+
+(``benchmarks/gpu.sh`` is the same, for a shell.) On a CUDA machine it
+
+1. runs the test suite's CUDA-marked tests (``pytest -m cuda``: pinned memory, bf16 autocast under
+   ``--precision auto``, the GPU's micro-batch size, device checks, NCCL where there are 2 GPUs);
+2. measures the GPU's own GEMM limits (8192 x 8192 matmul, fp32 with TF32 off, and bf16);
+3. times the ``prototype`` synthesizer (ResNet18, CIFAR-sized 3x32x32 images, random weights, the
+   GPU's automatic micro-batch) and the training step (forward, backward, SGD) in fp32 and bf16,
+   each in GFLOP/s as a fraction of the same precision's limit;
+4. runs a short CIFAR-sized study end to end with ``--precision auto`` (the CIFAR-10 archive with
+   ``--archive``, else a made-up 10-class 3x32x32 dataset that needs no file) and prints its
+   summary and speed line.
+
+It writes a Markdown report to ``--out``. Without CUDA it says so and exits 1.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import toolkit
+from toolkit.model import frozen
+from toolkit.plugins import get_plugin_manager, get_registry
+from toolkit.synthesis import auto_batch_size
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import best_time, gemm_gflops, machine, resnet18, step_flops  # noqa: E402
+from train_step import DTYPES, train_rate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def synthesis_rate(device: str, precision: str, steps: int = 20) -> tuple[float, int, float]:
+    """(image-steps per second, micro-batch, FLOPs per image-step) of ``prototype`` at 3x32x32."""
+    model = resnet18(10, 3, 32)
+    flops = step_flops(model, 3, 32)
+    model = model.to(device)
+    batch = auto_batch_size(device, (3, 32, 32))
+    synth = get_registry("synthesizer").get("prototype").obj
+    start = torch.rand(batch, 3, 32, 32, device=device)
+    targets = torch.arange(batch, device=device) % 10
+    settings = toolkit.SynthesisSettings(fixed_steps=steps, batch_size=batch, precision=precision)
+    with frozen(model):
+        synth(model, start, targets, dataclasses.replace(settings, fixed_steps=2))  # warm up
+        seconds = best_time(lambda: synth(model, start, targets, settings), 2)
+    return batch * (steps + 1) / seconds, batch, flops
+
+
+class MadeUpCifar:
+    """A CIFAR-shaped dataset that needs no file: 10 classes, each a colour and a stripe, plus noise."""
+
+    __name__ = "gpu-benchmark-data"
+
+    @toolkit.hookimpl
+    def register_datasets(self, register):
+        register("made-up-cifar", self.load, description="10 classes of 3x32x32 stripes (benchmark)")
+
+    @staticmethod
+    def load(root, download) -> toolkit.ImageDataset:
+        g = torch.Generator().manual_seed(0)
+
+        def split(per_class):
+            labels = torch.arange(10).repeat_interleave(per_class)
+            images = torch.rand(len(labels), 3, 32, 32, generator=g) * 0.5
+            for index, label in enumerate(labels.tolist()):
+                images[index, label % 3, 3 * label:3 * label + 3, :] += 0.5
+            return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+        train_x, train_y = split(500)
+        test_x, test_y = split(100)
+        return toolkit.ImageDataset("made-up-cifar", train_x, train_y, test_x, test_y,
+                                    class_names=[f"stripe{c}" for c in range(10)])
+
+
+def study(device: str, archive: Path | None, folder: Path) -> str:
+    options = dict(model="resnet18", intervals=(0.5, 1.0), seeds=2, epochs=2, max_steps=100,
+                   device=device, precision="auto", progress=False, plots=False)
+    if archive:
+        options.update(dataset="imagefolder", data_root=str(archive))
+    else:
+        get_plugin_manager().register(MadeUpCifar(), name="gpu-benchmark-data")
+        options.update(dataset="made-up-cifar")
+    began = time.perf_counter()
+    ds = toolkit.analyze(out=folder / "study.nc", **options)
+    return (f"{toolkit.summary(ds)}\nwall {time.perf_counter() - began:.0f} s; precision "
+            f"{ds.attrs['precision']} ({ds.attrs.get('precision_reason', 'asked for')})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results-gpu.md")
+    parser.add_argument("--archive", type=Path, default=None, help="CIFAR-10 zip, ImageFolder layout")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--skip_tests", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu.py: no CUDA device here; run this on a GPU machine", file=sys.stderr)
+        return 1
+    began = time.perf_counter()
+    name = torch.cuda.get_device_name(args.device)
+    header = f"{name} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(args.device)))}); host {machine()}"
+    print(header, flush=True)
+    sections = []
+    if not args.skip_tests:
+        tests = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p",
+                                "no:cacheprovider", str(ROOT / "tests")], cwd=ROOT,
+                               capture_output=True, text=True)
+        tail = (tests.stdout + tests.stderr).strip().splitlines()[-1:]
+        sections.append(f"CUDA-marked tests (`pytest -m cuda`): exit {tests.returncode}; {' '.join(tail)}")
+        print(sections[-1], flush=True)
+    rows = ["| measurement | precision | result | GFLOP/s | of the GEMM limit |", "|---|---|---|---|---|"]
+    for precision, dtype in DTYPES.items():
+        limit = gemm_gflops(dtype, device=args.device)
+        rows.append(f"| GEMM 8192x8192 | {precision} | | {limit:,.0f} | 100% |")
+        rate, batch, flops = synthesis_rate(args.device, precision)
+        rows.append(f"| synthesis, ResNet18 3x32x32, batch {batch} | {precision} | {rate:,.0f} "
+                    f"image-steps/s | {rate * flops / 1e9:,.0f} | {rate * flops / 1e9 / limit:.0%} |")
+        rate, flops = train_rate(batch=512, precision=precision, device=args.device)
+        rows.append(f"| training step, ResNet18 3x32x32, batch 512 | {precision} | {rate:,.0f} "
+                    f"images/s | {rate * flops / 1e9:,.0f} | {rate * flops / 1e9 / limit:.0%} |")
+        print("\n".join(rows[-3:]), flush=True)
+    sections.append("\n".join(rows))
+    with tempfile.TemporaryDirectory() as folder:
+        sections.append("Short study (`--precision auto`):\n\n```\n" + study(args.device, args.archive,
+                                                                            Path(folder)) + "\n```")
+    print(sections[-1], flush=True)
+    text = (f"Machine: {header}.\nCommand: `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
+            f"({time.perf_counter() - began:.0f} s).\n\n" + "\n\n".join(sections) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"written: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

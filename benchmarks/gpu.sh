@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# On a CUDA machine: the CUDA-marked tests, the GPU's GEMM limits, synthesis and training rates
+# against them, and a short CIFAR-sized study; see benchmarks/gpu.py. Arguments go to gpu.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+exec "$PYTHON" benchmarks/gpu.py "$@"
