@@ -67,6 +67,15 @@ def accepted(command: str | None) -> tuple[set[str], set[str]]:
 _FLAG = re.compile(r"^--?[A-Za-z_]")
 
 
+def positional_limit(command: str) -> float:
+    """How many positional arguments ``command`` takes (``inf`` for one of ``*args``)."""
+    kinds = [p.kind for p in inspect.signature(commands()[command]).parameters.values()
+             if p.name != "self"]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return float("inf")
+    return kinds.count(inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
 def prepare(argv: list[str]) -> tuple[list[str], str | None]:
     """Check ``argv`` before Fire sees it. Returns the arguments for Fire (dashes in option names
     turned into underscores) and, when help was asked for (``-h``, ``--help``, or no command),
@@ -75,6 +84,7 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
     cut = argv.index("--") if "--" in argv else len(argv)
     args, tail = argv[:cut], argv[cut:]
     command, out, wants_help, i = None, [], False, 0
+    value_of, positionals = None, 0  # the option a bare next token is the value of (Fire's rule)
     while i < len(args):
         token = args[i]
         i += 1
@@ -88,8 +98,19 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
                     raise UsageError(f"unknown command {token!r}" + (f"; did you mean {near}?" if near else "")
                                      + f" (commands: {', '.join(commands())})")
                 command = token
+            elif value_of is None:
+                positionals += 1
+                limit = positional_limit(command)
+                if positionals > limit and not wants_help:  # Fire would say so only after the work
+                    after = f" after {args[i - 3]} {args[i - 2]}" if i >= 3 and args[i - 3].startswith("-") else ""
+                    raise UsageError(f"unexpected argument {token!r} for {command}{after}: each option "
+                                     f"takes one value, and {command} takes "
+                                     + ("no positional argument" if not limit else
+                                        f"{int(limit)} positional argument{'s' if limit > 1 else ''}"))
+            value_of = None
             out.append(token)
             continue
+        value_of = None
         key, eq, value = token.lstrip("-").partition("=")
         key = key.replace("-", "_")
         known, flags = accepted(command)
@@ -110,9 +131,11 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
                 raise UsageError(unknown_option(token.partition("=")[0], command,
                                           known | {"no" + name for name in flags}))
         out.append(f"--{key}{eq}{value}")
+        value_of = None if eq else key
         if key in GLOBAL_OPTIONS and not eq and i < len(args):
             out.append(args[i])  # the value of a global option, never the command
             i += 1
+            value_of = None
     if wants_help or command is None:
         return out + tail, help_text(command)
     return out + tail, None

@@ -178,7 +178,7 @@ class Toolkit:
                 where its test split is present).
             model: the architecture of every bare PATH.
             by: the score to rank by (see toolkit plugins --all, scores).
-            seeds: prototype seeds per model.
+            seeds: prototype seeds per model (1 to 10,000).
             out: ranking file (.nc) with a model dimension; work in progress beside it.
             overwrite: replace an existing ranking file.
             fresh: discard the work an earlier ranking of this --out left, and start over.
@@ -191,7 +191,7 @@ class Toolkit:
             raise UsageError(unknown_option(f"--{unknown[0]}", "rank", set(RANK_PASSED)))
         config = {k: v for k, v in vars(AnalysisConfig(**options)).items() if k in options}
         report = rank(list(weights), dataset=dataset, model=model, by=by,
-                      seeds=int(seeds), out=out, overwrite=parse_bool("overwrite", overwrite),
+                      seeds=seeds, out=out, overwrite=parse_bool("overwrite", overwrite),
                       fresh=parse_bool("fresh", fresh), progress=parse_bool("progress", progress),
                       **config)
         print(rank_table(report))

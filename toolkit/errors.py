@@ -2,7 +2,7 @@
 
 Every message is one line that names what is wrong and what is allowed, so the command line can
 print it as it is (``toolkit: error: ...``) and exit: with status 2 for bad input (``UsageError``,
-``PluginError``), 1 for a run that failed on the way (``NumericalError``).
+``PluginError``), 1 for a run that failed on the way (``NumericalError``, ``WriteError``).
 """
 
 
@@ -16,6 +16,12 @@ class UsageError(ToolkitError, ValueError):
 
 class PluginError(ToolkitError):
     """A plugin broke its contract (a duplicate name, a wrong return value, ...)."""
+
+
+class WriteError(ToolkitError):
+    """A file could not be written (a full disk, say); the message says what was kept."""
+
+    exit_status = 1
 
 
 class NumericalError(ToolkitError):

@@ -6,14 +6,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.errors import UsageError, WriteError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, hint: str = "") -> Path:
     """Call ``write(tmp)`` for a temporary file beside ``path``, then rename it into place.
 
     The file gets the permissions of an ordinary new file (``mkstemp`` makes it private). A failed
-    write (a full disk, say) leaves no file and raises a one-line ``ToolkitError``, followed by
+    write (a full disk, say) leaves no file and raises a one-line ``WriteError``, followed by
     ``hint`` when given.
     """
     path = Path(path)
@@ -27,7 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *, hint
         os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except OSError as exc:
-        raise ToolkitError(f"could not write {path} ({exc.strerror or exc})"
+        raise WriteError(f"could not write {path} ({exc.strerror or exc})"
                            + (f"; {hint}" if hint else "")) from exc
     finally:
         if tmp is not None and os.path.exists(tmp):

@@ -248,8 +248,8 @@ def check_folder(out: str | os.PathLike, formats: Sequence[str] = ("png",),
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"figure folder {str(out)!r} is a file; choose a folder with --out")
-    if not out.parent.is_dir():
-        raise UsageError(f"folder {str(out.parent)!r} of the figure folder does not exist")
+    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
+        raise UsageError(f"figure folder {str(out)!r} lies under a file; choose a folder with --out")
     if out.is_dir() and not overwrite:
         clash = [f"{name}.{fmt}" for name in (figures or registered_figures()) for fmt in formats
                  if (out / f"{name}.{fmt}").exists()]
@@ -311,6 +311,7 @@ def plot(results: xr.Dataset | str | os.PathLike, out: str | os.PathLike | None 
         options = dict(seed=seed, interval=interval, classes=classes)
         # All or nothing: every figure is drawn and saved in a staging folder beside ``out``, and
         # moved in only once all of them are; a failure leaves ``out`` as it was.
+        out.parent.mkdir(parents=True, exist_ok=True)  # a missing folder is created, as for analyze
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         try:
             staged = []

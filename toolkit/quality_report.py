@@ -262,7 +262,8 @@ def check_figure(out: str | os.PathLike, overwrite: bool = False) -> None:
     from toolkit.files import check_output
     from toolkit.plotting import FORMATS
 
-    check_output(Path(out), tuple(f".{f}" for f in FORMATS), "a .png, .pdf or .svg file", overwrite)
+    check_output(Path(out), tuple(f".{f}" for f in FORMATS), "a .png, .pdf or .svg file", overwrite,
+                 folder_may_be_missing=True)  # created when the figure is written
 
 
 def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool = False,
@@ -274,6 +275,7 @@ def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool 
     check_figure(out, overwrite)
     with plain_text():
         fig = quality_figure(report)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     return save_figure(fig, Path(out), dpi)
 
 

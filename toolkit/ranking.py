@@ -242,8 +242,11 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
     is 1.0 and ``seeds`` prototype seeds are drawn per model. With ``out``, the ranking is written
     there (work in ``<out without .nc>.work/``, kept for a resume until the file is written).
     """
+    from toolkit.config import AnalysisConfig
     from toolkit.pipeline import analyze
 
+    # every value checked before any work (huge or wrong numbers: one line)
+    AnalysisConfig(dataset=dataset, intervals=(1.0,), seeds=seeds, **options)
     entries = parse_entries(weights, model)
     get_registry("dataset").get(dataset)
     get_registry("score").get(by)  # an unknown score: the one-line error listing the scores

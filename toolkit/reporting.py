@@ -68,7 +68,7 @@ def report(results: xr.Dataset | str | os.PathLike | Sequence[xr.Dataset | str |
         UsageError: a missing or foreign results file, a bad ``out``, an existing page.
     """
     out = Path(out)
-    check_output(out, (".html", ".htm"), "an .html file", overwrite)
+    check_output(out, (".html", ".htm"), "an .html file", overwrite, folder_may_be_missing=True)
     items = [results] if isinstance(results, (xr.Dataset, str, os.PathLike)) else list(results)
     if not items:
         raise UsageError("give at least one results file")
@@ -282,4 +282,5 @@ def _write_text(out: Path, text: str, overwrite: bool) -> Path:
     """Write atomically; refuse if ``out`` appeared while the page was made."""
     if out.exists() and not overwrite:
         raise UsageError(f"{out} appeared while the report was made; pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -33,7 +33,7 @@ import numpy as np
 import xarray as xr
 
 from toolkit import schema
-from toolkit.errors import ToolkitError, UsageError
+from toolkit.errors import UsageError, WriteError
 from toolkit.files import check_output, umask
 from toolkit.limits import env_limit
 
@@ -274,8 +274,8 @@ def write_results(ds: xr.Dataset, path: str | os.PathLike, overwrite: bool = Fal
             if streamed:
                 _write_streamed(tmp, ds, streamed)
         except OSError as exc:
-            raise ToolkitError(f"could not write {path} ({exc.strerror or exc}); nothing was written, "
-                               "and rerunning the same command resumes from its work directory") from exc
+            raise WriteError(f"could not write {path} ({exc.strerror or exc}); nothing was written, "
+                             "and rerunning the same command resumes from its work directory") from exc
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes it private; results are ordinary files
         if overwrite:
             os.replace(tmp, path)

@@ -58,6 +58,13 @@ UNKNOWN = [
     (["--disable-plugin", "x", "plugins"], "unknown option --disable-plugin before the command; did you "
                                            "mean --disable_plugins?"),
     (["analyse", "--seeds", "3"], "unknown command 'analyse'; did you mean analyze?"),
+    (["metrics", "x.nc", "--metircs", "mg"], "unknown option --metircs for metrics; did you mean --metrics?"),
+    (["rank", "a.pt", "--datset", "digits"], "unknown option --datset for rank; did you mean --dataset?"),
+    # a stray value: Fire would refuse it only after the whole study
+    (["analyze", "--seeds", "3", "5"], "unexpected argument '5' for analyze after --seeds 3: each option "
+                                       "takes one value, and analyze takes no positional argument"),
+    (["summary", "a.nc", "b.nc"], "unexpected argument 'b.nc' for summary: each option takes one value, "
+                                  "and summary takes 1 positional argument"),
 ]
 
 

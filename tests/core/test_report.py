@@ -220,3 +220,18 @@ def test_report_in_headless_chromium(browser, page, files, tmp_path):
     assert np.std(pixels[..., :3]) > 0.05  # text and figures, not a blank page
     if os.environ.get("TOOLKIT_KEEP_SCREENSHOT"):
         shutil.copy(screenshot, os.environ["TOOLKIT_KEEP_SCREENSHOT"])
+
+
+def test_report_plot_and_quality_create_a_missing_output_folder(files, tmp_path):
+    # as analyze does: a new user's --out results/run.html need not exist beforehand
+    page = toolkit.report(files[1], tmp_path / "new" / "deep" / "r.html")
+    assert page.is_file() and page.read_text().startswith("<!DOCTYPE html>")
+    drawn = toolkit.plot(files[1], tmp_path / "other" / "figs", figures=["accuracy"])
+    assert [p.name for p in drawn] == ["accuracy.png"] and drawn[0].parent == tmp_path / "other" / "figs"
+    toolkit.quality(files[0], tmp_path / "third" / "q.png")
+    assert (tmp_path / "third" / "q.png").stat().st_size > 0
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    with pytest.raises(toolkit.UsageError, match="lies under a file"):
+        toolkit.plot(files[1], blocker / "figs")
+    assert blocker.read_text() == "mine"

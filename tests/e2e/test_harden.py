@@ -33,6 +33,14 @@ class IgnoresPreLogits(TinyCNN):
         return self.fc(x.mean((2, 3)))
 
 
+class WrongWidth(TinyCNN):
+    num_features = 16
+
+    def forward_head(self, x, pre_logits=False):
+        x = x.mean((2, 3))
+        return x[:, :7] if pre_logits else self.fc(x)
+
+
 class BadModels:
     __name__ = "bad-models"
 
@@ -40,6 +48,7 @@ class BadModels:
     def register_models(self, register):
         register("no-pre-logits", NoPreLogits)
         register("ignores-pre-logits", IgnoresPreLogits)
+        register("wrong-width", WrongWidth)
 
 
 @pytest.fixture
@@ -57,6 +66,8 @@ def bad_models(tiny_plugin):
     ("ignores-pre-logits", "model 'ignores-pre-logits' \\(plugin 'bad-models'\\): forward_head\\(x, "
                            "pre_logits=True\\) returns the logits \\(3 values, one per class\\), not the "
                            "penultimate features \\(16 = its num_features\\)"),
+    ("wrong-width", "model 'wrong-width' \\(plugin 'bad-models'\\): forward_head\\(x, pre_logits=True\\) "
+                    "returns 7 values per image, but its num_features says 16"),
 ])
 def test_a_model_without_features_is_one_line_before_training(bad_models, monkeypatch, model, message):
     from toolkit.stages import train
@@ -151,6 +162,7 @@ def test_a_full_disk_while_writing_the_results_file_keeps_the_work_for_the_rerun
                                                    "finished work: free the space and rerun") as info:
         toolkit.analyze(out=out, **RUN)
     assert "\n" not in str(info.value) and not out.exists()
+    assert info.value.exit_status == 1  # a run that failed on the way, not bad input (2)
     assert [p.name for p in tmp_path.iterdir()] == ["r.work"]
     monkeypatch.setattr(xr.Dataset, "to_netcdf", real)
     toolkit.analyze(out=out, **RUN)
@@ -337,7 +349,7 @@ def test_the_run_says_what_runs_and_each_bar_which_interval_of_how_many(tmp_path
     monkeypatch.setattr("toolkit.pipeline.interactive", lambda: True)  # as in a terminal or notebook
     toolkit.analyze(out=tmp_path / "r.nc", **{**RUN, "intervals": (0.5, 1.0)})
     err = capsys.readouterr().err
-    assert err.startswith("toolkit: tiny-cnn on tiny, 2 intervals (0.5,1), 1 seed(s), synthesizer "
+    assert err.startswith("toolkit: tiny-cnn on tiny, 2 intervals (0.5,1), 1 seed (0), synthesizer "
                           f"prototype, on cpu; results -> {tmp_path / 'r.nc'} (work in "
                           f"{tmp_path / 'r.work'})\n")
     assert [d for d, _ in shown] == ["train 50% (interval 1/2)", "probe 50% (interval 1/2, acc 1.000)",

@@ -95,6 +95,11 @@ def test_bad_weight_files_are_one_line_errors_before_any_work(tiny_plugin, zoo, 
         rank([f"nonet={zoo[0]}"], **FAST)
     with pytest.raises(toolkit.UsageError, match=r"rank needs weight files"):
         rank([], **FAST)
+    with pytest.raises(toolkit.UsageError, match=r"--seeds must be at most 10000; got 10{23}"):
+        rank([f"tiny-cnn={zoo[0]}"], **{**FAST, "seeds": 10 ** 23}, out=tmp_path / "r.nc")
+    with pytest.raises(toolkit.UsageError, match=r"--max_steps must be a whole number >= 1"):
+        rank([f"tiny-cnn={zoo[0]}"], **{**FAST, "max_steps": 0}, out=tmp_path / "r.nc")
+    assert not (tmp_path / "r.nc").exists() and not (tmp_path / "r.work").exists()
 
 
 @pytest.mark.slow

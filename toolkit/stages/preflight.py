@@ -216,8 +216,12 @@ def announce(run: Run, out: str | os.PathLike | None) -> None:
     seeds = config.seed_values
     ranks = f" x {run.world.size} ranks" if run.world.distributed else ""
     target = f"results -> {out}" if out is not None else "no results file"
-    print(f"toolkit: {config.model} on {config.dataset}, {len(config.intervals)} intervals "
-          f"({','.join(f'{t:g}' for t in config.intervals)}), {len(seeds)} seed(s), "
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
+    print(f"toolkit: {config.model} on {config.dataset}, {count(len(config.intervals), 'interval')} "
+          f"({','.join(f'{t:g}' for t in config.intervals)}), {count(len(seeds), 'seed')} "
+          f"({seeds[0]}{f'-{seeds[-1]}' if len(seeds) > 1 else ''}), "
           f"synthesizer {config.synthesizer}, on {run.device}{ranks}; {target}"
           + (f" (work in {run.work_dir})" if run.work_dir is not None else ""), file=sys.stderr)
 

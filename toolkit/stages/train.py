@@ -67,12 +67,18 @@ def check_features(model: NormalizedClassifier, registration: Registration, data
         model.train(was_training)
     features = features.flatten(1)
     width = getattr(model.model, "num_features", None)
+    # timm's models with a hidden head layer (MobileNetV3) give its width, head_hidden_size
+    widths = {w for w in (width, getattr(model.model, "head_hidden_size", None)) if isinstance(w, int)}
     same = features.shape == logits.shape and torch.equal(features, logits)
-    if same or (isinstance(width, int) and features.shape[1] == data.num_classes != width):
+    if same or (widths and features.shape[1] == data.num_classes and features.shape[1] not in widths):
         raise PluginError(f"{name}: forward_head(x, pre_logits=True) returns the logits "
                           f"({features.shape[1]} values, one per class), not the penultimate "
                           f"features{f' ({width} = its num_features)' if isinstance(width, int) else ''}; "
                           "it must return the input of the final classifier layer")
+    if widths and features.shape[1] not in widths:
+        raise PluginError(f"{name}: forward_head(x, pre_logits=True) returns {features.shape[1]} "
+                          f"values per image, but its num_features says {width}; the features must "
+                          "be the input of the final classifier layer, num_features wide")
 
 
 def new_model(run: Run) -> NormalizedClassifier:

@@ -7,7 +7,7 @@ from pathlib import Path
 import xarray as xr
 
 from toolkit import results
-from toolkit.errors import ToolkitError
+from toolkit.errors import WriteError
 from toolkit.metrics import streamable
 from toolkit.stages.context import Run
 from toolkit.workdir import WorkDir, write_failure
@@ -25,9 +25,9 @@ def results_file(run: Run, ds: xr.Dataset, out: str | os.PathLike, work: WorkDir
         if isinstance(exc, RuntimeError) and not str(exc).startswith("NetCDF"):
             raise
         failure = write_failure(exc, Path(out).parent) if isinstance(exc, RuntimeError) else exc
-        raise ToolkitError(f"could not write {out} ({failure.strerror or failure}); nothing was "
-                           f"written, and {work.path} keeps all the finished work: free the space "
-                           "and rerun the same command to write the file without redoing it") from exc
+        raise WriteError(f"could not write {out} ({failure.strerror or failure}); nothing was "
+                         f"written, and {work.path} keeps all the finished work: free the space "
+                         "and rerun the same command to write the file without redoing it") from exc
     if streamed:
         ds = ds.assign({name: xr.open_dataset(out, engine="netcdf4")[name] for name in streamed})
     work.discard_units()
