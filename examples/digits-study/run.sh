@@ -14,8 +14,13 @@ for model in resnet18 timm:mobilenetv3_small_050; do
         --checkpoints "results/train-$name.work" --out "results/study-$name.nc" --noplots
 done
 python -m toolkit quality results/study-resnet18.nc results/study-timm-mobilenetv3_small_050.nc \
-    --out examples/digits-study/quality.png
+    --out examples/digits-study/quality.png --overwrite
 for name in resnet18 timm-mobilenetv3_small_050; do
     python -m toolkit plot "results/study-$name.nc" --out "results/study-$name.figures" \
-        --figures means,spreads,boundary
+        --figures means,spreads,boundary --overwrite
 done
+cp results/study-resnet18.figures/means.png examples/digits-study/means-resnet18.png
+cp results/study-timm-mobilenetv3_small_050.figures/means.png examples/digits-study/means-mobilenetv3.png
+cp results/study-resnet18.figures/boundary.png examples/digits-study/boundary-resnet18.png
+# 4. The README's tables and summary.json, from the two study files.
+python examples/digits-study/summarize.py --write
