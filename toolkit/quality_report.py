@@ -216,6 +216,11 @@ def quality_table(report: QualityReport) -> str:
         lines.append(f"nan: {len(short)} score(s) have fewer than 3 intervals with a value, and a "
                      "correlation needs at least 3; run analyze with more --intervals (e.g. "
                      "0.25,0.5,0.75,1) or pass several results files")
+    flat = sorted({f"{c.score} ({c.scope})" for c in report.correlations
+                   if c.points >= 3 and math.isnan(c.spearman)})
+    if flat:
+        lines.append(f"nan: {', '.join(flat)}: the score (or test accuracy) takes one value over "
+                     "those intervals, and a correlation needs both to vary")
     return "\n".join(lines)
 
 

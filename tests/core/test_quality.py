@@ -120,3 +120,12 @@ def test_two_intervals_say_why_there_is_no_correlation_and_the_figure_names_the_
     assert "fewer than 3 intervals with a value" in text and "--intervals" in text
     fig = quality_figure(report)
     assert "resnet18 on digits" in fig._suptitle.get_text()
+
+
+def test_a_constant_score_says_why_its_correlation_is_nan():
+    flat = run([0.2, 0.5, 0.6, 0.8], [0.3, 0.3, 0.3, 0.3], [0.1, 0.12, 0.09, 0.1])
+    text = quality_table(quality([flat], labels=["flat"]))
+    last = text.splitlines()[-1]
+    assert last.startswith("nan: ") and "C_mean (flat)" in last
+    assert "the score (or test accuracy) takes one value over those intervals" in last
+    assert "R_mean (flat)" not in last  # a score that varies is not listed
