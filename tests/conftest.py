@@ -1,6 +1,9 @@
 """Shared fixtures: a throwaway plugin with a tiny model and dataset, registered per test."""
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import xarray as xr
@@ -111,3 +114,18 @@ def trained_tiny():
                                           TrainingSettings(epochs=30, lr=0.1, batch_size=16), 0, "cpu"))
     assert stages[-1].test_accuracy == 1.0
     return model.eval(), data
+
+
+def load_script(path: Path):
+    """A script of ``examples/`` imported as a module (the examples are not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_readme_block(script, folder: Path, summary: dict) -> None:
+    """The README of ``folder`` shows, between its results markers, ``script.render(summary)``."""
+    block = script.readme_block((folder / "README.md").read_text())
+    assert block is not None, "README.md lacks the results markers"
+    assert block == script.render(summary).strip()

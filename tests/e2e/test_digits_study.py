@@ -2,7 +2,6 @@
 there is that of the per-interval values it lists (no number typed by hand)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,15 +9,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tests.conftest import check_readme_block, load_script
+
 FOLDER = Path(__file__).resolve().parents[2] / "examples" / "digits-study"
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("digits_study", FOLDER / "summarize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(FOLDER / "summarize.py")
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +25,7 @@ def summary():
 
 
 def test_the_readme_block_is_rendered_from_the_summary(study, summary):
-    block = study.readme_block((FOLDER / "README.md").read_text())
-    assert block is not None, "README.md lacks the results markers"
-    assert block == study.render(summary).strip()
+    check_readme_block(study, FOLDER, summary)
 
 
 def test_each_correlation_is_that_of_its_values(summary):

@@ -2,22 +2,20 @@
 correlations are those of its own per-model values (no number typed by hand)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import check_readme_block, load_script
+
 FOLDER = Path(__file__).resolve().parents[2] / "examples" / "zoo-digits"
 
 
 @pytest.fixture(scope="module")
 def study():
-    spec = importlib.util.spec_from_file_location("zoo_study", FOLDER / "study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(FOLDER / "study.py")
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +24,7 @@ def summary():
 
 
 def test_the_readme_block_is_rendered_from_the_summary(study, summary):
-    block = study.readme_block((FOLDER / "README.md").read_text())
-    assert block is not None, "README.md lacks the results markers"
-    assert block == study.render(summary).strip()
+    check_readme_block(study, FOLDER, summary)
 
 
 def test_every_tau_is_that_of_the_per_model_values(study, summary):
