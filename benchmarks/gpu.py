@@ -107,6 +107,9 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu.py: no CUDA device here; run this on a GPU machine", file=sys.stderr)
         return 1
+    # fp32 means fp32 (no TF32 in matmuls or convolutions), so fp32 rates compare with the fp32 limit
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     began = time.perf_counter()
     name = torch.cuda.get_device_name(args.device)
     header = f"{name} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(args.device)))}); host {machine()}"

@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 from toolkit.cli import GLOBAL_OPTIONS, METAVARS, RANK_PASSED, WIDTH, Toolkit, unknown_option
-from toolkit.config import OPTION, OPTIONS, RENAMED, RUN_OPTIONS, deprecation
+from toolkit.config import OPTION, OPTIONS, RENAMED, RUN_OPTIONS, deprecation, renamed
 from toolkit.errors import UsageError
 from toolkit.options import Option, closest
 
@@ -68,12 +68,15 @@ _FLAG = re.compile(r"^--?[A-Za-z_]")
 
 
 def positional_limit(command: str) -> float:
-    """How many positional arguments ``command`` takes (``inf`` for one of ``*args``)."""
-    kinds = [p.kind for p in inspect.signature(commands()[command]).parameters.values()
-             if p.name != "self"]
-    if inspect.Parameter.VAR_POSITIONAL in kinds:
+    """How many positional arguments ``command`` takes (``inf`` for one of ``*args``): those
+    without a default. Fire would fill the others from further bare values too (``plot r.nc
+    --figures means spreads`` would write into ./spreads/), which the help never offers."""
+    parameters = [p for p in inspect.signature(commands()[command]).parameters.values()
+                  if p.name != "self"]
+    if any(p.kind == inspect.Parameter.VAR_POSITIONAL for p in parameters):
         return float("inf")
-    return kinds.count(inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD and p.default is inspect.Parameter.empty
+               for p in parameters)
 
 
 def prepare(argv: list[str]) -> tuple[list[str], str | None]:
@@ -101,7 +104,8 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
             elif value_of is None:
                 positionals += 1
                 limit = positional_limit(command)
-                if positionals > limit and not wants_help:  # Fire would say so only after the work
+                if positionals > limit and not (wants_help or "-h" in args or "--help" in args):
+                    # Fire would say so only after the work
                     after = f" after {args[i - 3]} {args[i - 2]}" if i >= 3 and args[i - 3].startswith("-") else ""
                     raise UsageError(f"unexpected argument {token!r} for {command}{after}: each option "
                                      f"takes one value, and {command} takes "
@@ -122,6 +126,9 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
                                     if starting else "is unknown"))
             key = starting[0]
         if key in RENAMED and RENAMED[key] in known and key not in known:
+            given = {a.lstrip("-").partition("=")[0].replace("-", "_") for a in args if _FLAG.match(a)}
+            if RENAMED[key] in given:
+                renamed({key: None, RENAMED[key]: None})  # both names given: its one-line error
             print(f"toolkit: warning: {deprecation(key)}", file=sys.stderr)
             key = RENAMED[key]
         if key.startswith("no_") and key[3:] in flags:  # --no-plots, --no_plots: Fire's --noplots

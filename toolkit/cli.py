@@ -13,6 +13,7 @@ from pathlib import Path
 
 from toolkit.config import OPTIONS, RUN_OPTIONS, AnalysisConfig, RunOptions
 from toolkit.errors import UsageError
+from toolkit.files import check_new_folder
 from toolkit.options import closest, parse_bool
 
 GLOBAL_OPTIONS = ("plugins_dir", "disable_plugins")
@@ -50,7 +51,7 @@ class Toolkit:
 
         config, run = analyze_options(options)
         path = Path(run.out) if run.out is not None else default_output(config)
-        _check_new_folder(path.parent)
+        check_new_folder(path.parent)
         ds = analyze(config, out=path, checkpoints=run.checkpoints, fresh=run.fresh,
                      overwrite=run.overwrite, progress=run.progress, make_folder=True,
                      plots=run.plots)
@@ -253,19 +254,6 @@ def _signature() -> inspect.Signature:
     return inspect.Signature(
         [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
         + [inspect.Parameter(opt.name, keyword, default=opt.default) for opt in OPTIONS + RUN_OPTIONS])
-
-
-def _check_new_folder(folder: Path) -> None:
-    """A folder ``--out`` will create must lie below an existing, writable folder."""
-    if folder.exists():
-        return
-    parent = folder
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out folder {str(folder)!r} cannot be created: {str(parent)!r} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(f"--out folder {str(folder)!r} cannot be created: {str(parent)!r} is not writable")
 
 
 Toolkit.analyze.__signature__ = _signature()

@@ -1,10 +1,11 @@
 """Writing files so that a reader sees the old file or the new one, never a torn one."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from toolkit.errors import UsageError, WriteError
 
@@ -45,6 +46,7 @@ def check_output(path: Path, suffixes: tuple[str, ...], kind: str, overwrite: bo
     if path.suffix.lower() not in suffixes:
         raise UsageError(f"--out must name {kind}; got {str(path)!r}")
     if folder_may_be_missing and not path.parent.exists():
+        check_new_folder(path.parent)
         return
     if not path.parent.is_dir():
         raise UsageError(f"--out folder {str(path.parent)!r} does not exist; create it or choose another")
@@ -58,6 +60,42 @@ def check_output(path: Path, suffixes: tuple[str, ...], kind: str, overwrite: bo
         os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"--out folder {str(path.parent)!r} is not writable ({exc.strerror})") from None
+
+
+def check_new_folder(folder: Path) -> None:
+    """``UsageError`` unless the missing ``folder`` (an ``--out`` folder) could be created: it must
+    lie below an existing, writable folder."""
+    if folder.exists():
+        return
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out folder {str(folder)!r} cannot be created: {str(parent)!r} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"--out folder {str(folder)!r} cannot be created: {str(parent)!r} is not writable")
+
+
+@contextlib.contextmanager
+def created_folder(folder: Path) -> Iterator[Path]:
+    """``folder`` with its missing parents created for the block; those it created are removed
+    again if the block fails, so a refused or failed command leaves no empty folder behind."""
+    folder = Path(folder)
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if missing:
+        missing[0].mkdir(parents=True, exist_ok=True)
+    try:
+        yield missing[0] if missing else folder
+    except BaseException:
+        for made in missing:  # the deepest first; one that is no longer empty stays
+            try:
+                made.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def umask() -> int:

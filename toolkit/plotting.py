@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from toolkit.contracts import FigureSpec
 from toolkit.errors import UsageError
-from toolkit.files import atomic_write
+from toolkit.files import atomic_write, check_new_folder, created_folder
 
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision
 # Okabe & Ito (2008), "Color Universal Design": distinguishable with every common colour-vision
@@ -248,8 +248,7 @@ def check_folder(out: str | os.PathLike, formats: Sequence[str] = ("png",),
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"figure folder {str(out)!r} is a file; choose a folder with --out")
-    if any(parent.exists() and not parent.is_dir() for parent in out.parents):
-        raise UsageError(f"figure folder {str(out)!r} lies under a file; choose a folder with --out")
+    check_new_folder(out.parent)
     if out.is_dir() and not overwrite:
         clash = [f"{name}.{fmt}" for name in (figures or registered_figures()) for fmt in formats
                  if (out / f"{name}.{fmt}").exists()]
@@ -311,29 +310,34 @@ def plot(results: xr.Dataset | str | os.PathLike, out: str | os.PathLike | None 
         options = dict(seed=seed, interval=interval, classes=classes)
         # All or nothing: every figure is drawn and saved in a staging folder beside ``out``, and
         # moved in only once all of them are; a failure leaves ``out`` as it was.
-        out.parent.mkdir(parents=True, exist_ok=True)  # a missing folder is created, as for analyze
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        try:
-            staged = []
-            known = registered_figures()
-            for name in names:
-                try:
-                    fig = render(ds, name, **options)
-                except MissingData as missing:
-                    if not (figures is None and known[name].optional):
-                        (on_skip or _warn_skip)(name, str(missing))
-                    continue
-                for fmt in formats:
-                    staged.append(save_figure(fig, staging / f"{name}.{fmt}", dpi).name)
-            out.mkdir(exist_ok=True)
-            for file in staged:
-                os.replace(staging / file, out / file)
-            return [out / file for file in staged]
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with created_folder(out.parent):  # created as for analyze; removed again if this fails
+            return _draw_into(out, ds, names, formats, figures, options, dpi, on_skip)
     finally:
         if path is not None:
             ds.close()
+
+
+def _draw_into(out: Path, ds: xr.Dataset, names, formats, figures, options, dpi, on_skip) -> list[Path]:
+    """Draw every figure into a staging folder beside ``out``, then move them in together."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        staged = []
+        known = registered_figures()
+        for name in names:
+            try:
+                fig = render(ds, name, **options)
+            except MissingData as missing:
+                if not (figures is None and known[name].optional):
+                    (on_skip or _warn_skip)(name, str(missing))
+                continue
+            for fmt in formats:
+                staged.append(save_figure(fig, staging / f"{name}.{fmt}", dpi).name)
+        out.mkdir(exist_ok=True)
+        for file in staged:
+            os.replace(staging / file, out / file)
+        return [out / file for file in staged]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _warn_skip(name: str, reason: str) -> None:

@@ -275,13 +275,14 @@ def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool 
                  dpi: int = 120) -> Path:
     """Save :func:`quality_figure` to ``out`` (png, pdf or svg), atomically; an existing file is
     kept unless ``overwrite``."""
+    from toolkit.files import created_folder
     from toolkit.plotting import plain_text, save_figure
 
     check_figure(out, overwrite)
     with plain_text():
         fig = quality_figure(report)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return save_figure(fig, Path(out), dpi)
+    with created_folder(Path(out).parent):  # removed again if the figure cannot be written
+        return save_figure(fig, Path(out), dpi)
 
 
 def run_quality(results, out=None, *, overwrite: bool = False, labels=None) -> "QualityReport":

@@ -245,8 +245,11 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
     from toolkit.config import AnalysisConfig
     from toolkit.pipeline import analyze
 
-    # every value checked before any work (huge or wrong numbers: one line)
-    AnalysisConfig(dataset=dataset, intervals=(1.0,), seeds=seeds, **options)
+    # every value checked before any work (huge or wrong numbers: one line); run options
+    # (plots, progress, ...) go on to analyze as they are
+    fields = {f.name for f in dataclasses.fields(AnalysisConfig)}
+    AnalysisConfig(dataset=dataset, intervals=(1.0,), seeds=seeds,
+                   **{k: v for k, v in options.items() if k in fields})
     entries = parse_entries(weights, model)
     get_registry("dataset").get(dataset)
     get_registry("score").get(by)  # an unknown score: the one-line error listing the scores

@@ -20,7 +20,7 @@ import xarray as xr
 
 from toolkit import plotting
 from toolkit.errors import UsageError
-from toolkit.files import atomic_write, check_output
+from toolkit.files import atomic_write, check_output, created_folder
 from toolkit.table import SUMMARY_HOW_TO_READ, columns, summary_note, summary_rows
 
 CONVERGENCE_HOW_TO_READ = (
@@ -282,5 +282,5 @@ def _write_text(out: Path, text: str, overwrite: bool) -> Path:
     """Write atomically; refuse if ``out`` appeared while the page was made."""
     if out.exists() and not overwrite:
         raise UsageError(f"{out} appeared while the report was made; pass --overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    with created_folder(out.parent):  # removed again if the page cannot be written
+        return atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -65,6 +65,10 @@ UNKNOWN = [
                                        "takes one value, and analyze takes no positional argument"),
     (["summary", "a.nc", "b.nc"], "unexpected argument 'b.nc' for summary: each option takes one value, "
                                   "and summary takes 1 positional argument"),
+    (["plot", "r.nc", "--figures", "means", "spreads"], "unexpected argument 'spreads' for plot after "
+                                                        "--figures means: each option takes one value"),
+    (["analyze", "--seed", "3", "--seed_start", "4"], "--seed and --seed_start both given"),
+    (["analyze", "--seed_start=4", "--seed", "3"], "--seed and --seed_start both given"),
 ]
 
 
@@ -301,3 +305,8 @@ def test_an_ambiguous_one_letter_option_is_refused():
 
     with pytest.raises(toolkit.UsageError, match=r"option -s for analyze is ambiguous \(--save, "):
         prepare(["analyze", "-s", "3"])
+
+
+def test_help_wins_over_a_stray_value(capsys):
+    assert main(["analyze", "--seeds", "3", "5", "--help"]) == 0
+    assert "--seed_start" in capsys.readouterr().out

@@ -232,6 +232,19 @@ def test_report_plot_and_quality_create_a_missing_output_folder(files, tmp_path)
     assert (tmp_path / "third" / "q.png").stat().st_size > 0
     blocker = tmp_path / "a-file"
     blocker.write_text("mine")
-    with pytest.raises(toolkit.UsageError, match="lies under a file"):
-        toolkit.plot(files[1], blocker / "figs")
+    for call in (lambda: toolkit.plot(files[1], blocker / "sub" / "figs"),
+                 lambda: toolkit.report(files[1], blocker / "sub" / "r.html"),
+                 lambda: toolkit.quality(files[0], blocker / "sub" / "q.png")):
+        with pytest.raises(toolkit.UsageError, match="cannot be created: .*a-file' is not a folder"):
+            call()
     assert blocker.read_text() == "mine"
+
+
+def test_a_failed_figure_leaves_no_folder_it_created(files, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the renderer broke")
+
+    monkeypatch.setattr(plotting, "save_figure", broken)
+    with pytest.raises(RuntimeError, match="the renderer broke"):
+        toolkit.plot(files[1], tmp_path / "new" / "deeper" / "figs", figures=["accuracy"])
+    assert list(tmp_path.iterdir()) == []

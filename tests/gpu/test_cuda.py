@@ -6,6 +6,7 @@ the GPU's automatic micro-batch size, the device checks, and NCCL with SyncBatch
 """
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -25,23 +26,23 @@ pytestmark = pytest.mark.cuda
 TINY_CLI = Path(__file__).resolve().parents[1] / "tiny_cli.py"
 
 
-def test_synthesis_on_cuda_follows_the_cpu(trained_tiny):
+def test_synthesis_on_cuda_follows_the_cpu(trained_tiny, monkeypatch):
     """The same weights and starts give the same images on both devices in fp32 (the CUDA queue
     reads its counts through pinned memory, one iteration late)."""
     model, data = trained_tiny
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # fp32 means fp32 on both
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     synth = get_registry("synthesizer").get("prototype").obj
     torch.manual_seed(0)
     start, targets = torch.rand(12, 1, 6, 6), torch.arange(12) % 3
     settings = toolkit.SynthesisSettings(max_steps=100, batch_size=5, precision="fp32")
     with frozen(model):
-        cpu = synth(model, start, targets, settings)
-    gpu_model = model.to("cuda")
-    try:
-        with frozen(gpu_model):
-            gpu = synth(gpu_model, start.to("cuda"), targets.to("cuda"), settings)
-    finally:
-        model.to("cpu")
-    assert gpu.images.device.type == "cpu"  # results come back to the host
+        cpu = synth(model, start, targets, settings).check(start, "prototype")
+    gpu_model = copy.deepcopy(model).to("cuda")  # its own BatchNorm-folded view, on the GPU
+    with frozen(gpu_model):
+        gpu = synth(gpu_model, start.to("cuda"), targets.to("cuda"), settings)
+    gpu = gpu.check(start, "prototype")  # the contract's CPU copy
+    assert gpu.images.device.type == "cpu"
     same = gpu.steps == cpu.steps
     assert same.float().mean() >= 0.9, (cpu.steps, gpu.steps)
     torch.testing.assert_close(gpu.images[same], cpu.images[same], atol=2e-3, rtol=0)
