@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -216,6 +217,12 @@ class AnalysisConfig:
         return dataclasses.replace(self, save_images=num_classes <= SAVE_IMAGES_UP_TO)
 
     @property
+    def seed(self) -> int:
+        """Deprecated: the first seed is ``seed_start``."""
+        warnings.warn(deprecation("seed"), FutureWarning, stacklevel=2)
+        return self.seed_start
+
+    @property
     def seed_values(self) -> list[int]:
         return list(range(self.seed_start, self.seed_start + self.seeds))
 
@@ -256,6 +263,15 @@ def deprecation(old: str) -> str:
         "; the number of seeds is --seeds)" if new == "seed_start" else ")")
 
 
+def _taking_old_names(init):
+    """``AnalysisConfig(seed=3)`` as before the rename, with the warning (``RENAMED``)."""
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **renamed(kwargs))
+    return __init__
+
+
+AnalysisConfig.__init__ = _taking_old_names(AnalysisConfig.__init__)
 OPTIONS = table(AnalysisConfig)
 OPTION = {opt.name: opt for opt in OPTIONS}
 # Options a dataset plugin may give defaults for (its ``defaults`` metadata). Left at None by the

@@ -310,3 +310,13 @@ def test_an_ambiguous_one_letter_option_is_refused():
 def test_help_wins_over_a_stray_value(capsys):
     assert main(["analyze", "--seeds", "3", "5", "--help"]) == 0
     assert "--seed_start" in capsys.readouterr().out
+
+
+def test_the_config_takes_and_gives_the_old_seed_name_with_a_warning():
+    with pytest.warns(FutureWarning, match="--seed is deprecated, use --seed_start"):
+        config = toolkit.AnalysisConfig(seed=3)
+    assert config.seed_start == 3
+    with pytest.warns(FutureWarning, match="--seed is deprecated"):
+        assert config.seed == 3
+    with pytest.raises(toolkit.UsageError, match="--seed and --seed_start both given"):
+        toolkit.AnalysisConfig(seed=3, seed_start=4)
