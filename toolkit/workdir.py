@@ -330,9 +330,13 @@ class WorkDir:
 ENDING_GRACE_S = 30.0
 
 
+PF_EXITING = 0x4  # Linux's per-task flag, set once a process has begun to exit (/proc/PID/stat)
+
+
 def _ending(lock: Path) -> bool:
     """Whether the process that holds ``lock`` on this host is gone or on its way out: no such
-    process, a zombie, or one with SIGKILL pending (whose files the system is about to close)."""
+    process, a zombie, one with SIGKILL pending, or one already exiting (its SIGKILL taken, its
+    memory and files being released: a large process can take a moment)."""
     try:
         pid, _, host = lock.read_text().strip().partition(" ")
         pid = int(pid)
@@ -349,7 +353,12 @@ def _ending(lock: Path) -> bool:
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     state = fields.get("State", "").split()
     pending = int(fields.get("ShdPnd", "0"), 16) | int(fields.get("SigPnd", "0"), 16)
-    return (bool(state) and state[0] in ("Z", "X")) or bool(pending & (1 << (signal.SIGKILL - 1)))
+    try:  # the fields after the command name, which may hold spaces and parentheses
+        flags = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[6])
+    except (OSError, ValueError, IndexError):
+        flags = 0
+    return ((bool(state) and state[0] in ("Z", "X")) or bool(pending & (1 << (signal.SIGKILL - 1)))
+            or bool(flags & PF_EXITING))
 
 
 def _holder(lock: Path) -> str:

@@ -1,4 +1,5 @@
 """torchrun: the same study on several processes gives the same file; resume with another rank count."""
+import contextlib
 import itertools
 import os
 import re
@@ -140,12 +141,42 @@ def test_a_two_rank_run_killed_midway_resumes_with_one_rank(single, blocked, tmp
         assert job.poll() is None, job.communicate()[1]
         assert time.monotonic() < deadline, "no unit was ever written"
         time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # torchrun and both ranks, as a scheduler would
-    job.wait()
+    _kill_job(job)  # torchrun and both ranks, as a scheduler would
     finished = sorted(p.name for p in work.glob("unit-*.npz"))
     assert 0 < len(finished) < 18 and not out.exists()  # of 2 intervals x 3 seeds x 3 rows
     launch(out, *given)  # the same command, one process
     xr.testing.assert_identical(data_of(out), data_of(blocked))
+
+
+def _processes() -> dict[int, tuple[str, int]]:
+    """Every process: pid -> (state, parent pid), from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        found[int(stat.parent.name)] = (fields[0], int(fields[1]))
+    return found
+
+
+def _kill_job(job, timeout: float = 60.0) -> None:
+    """SIGKILL a torchrun job whole, as a scheduler kills its cgroup, and wait until every process
+    has ended: torchrun starts each rank in a session of its own, so killing torchrun's process
+    group leaves the ranks running (they hold the work directory until they notice)."""
+    table, family, grew = _processes(), {job.pid}, True
+    while grew:
+        more = {pid for pid, (_, parent) in table.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    for pid in family:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    job.wait()
+    deadline = time.monotonic() + timeout
+    while any(_processes().get(pid, ("X",))[0] not in ("Z", "X") for pid in family):
+        assert time.monotonic() < deadline, f"the killed job's processes {sorted(family)} did not end"
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
