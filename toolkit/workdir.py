@@ -328,8 +328,6 @@ class WorkDir:
 
 # How long a lock whose holder is ending (dead, a zombie, or being killed) may take to free.
 ENDING_GRACE_S = 30.0
-
-
 PF_EXITING = 0x4  # Linux's per-task flag, set once a process has begun to exit (/proc/PID/stat)
 
 
@@ -346,19 +344,15 @@ def _ending(lock: Path) -> bool:
         return False
     try:
         status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # after the name
     except FileNotFoundError:
         return True  # already gone
     except OSError:
         return False  # no /proc here: never guess
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    state = fields.get("State", "").split()
     pending = int(fields.get("ShdPnd", "0"), 16) | int(fields.get("SigPnd", "0"), 16)
-    try:  # the fields after the command name, which may hold spaces and parentheses
-        flags = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[6])
-    except (OSError, ValueError, IndexError):
-        flags = 0
-    return ((bool(state) and state[0] in ("Z", "X")) or bool(pending & (1 << (signal.SIGKILL - 1)))
-            or bool(flags & PF_EXITING))
+    exiting = len(stat) > 6 and stat[6].isdigit() and int(stat[6]) & PF_EXITING
+    return (stat[:1] in (["Z"], ["X"])) or bool(pending & (1 << (signal.SIGKILL - 1))) or bool(exiting)
 
 
 def _holder(lock: Path) -> str:
