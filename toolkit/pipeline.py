@@ -77,7 +77,11 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             stages.append(stage)
             units.append(synthesize.synthesize_interval(run, model, stage, work))
         if not run.add_up():
-            return None  # rank 0 gathered the units; it alone measures, writes and prints
+            # Rank 0 gathered the units; it alone measures, writes and prints. The others wait for
+            # it, so that the job's ranks leave the process group together: a rank that left early
+            # could be aborted by its communication threads when rank 0 left, failing the job.
+            run.world.barrier()
+            return None
         ds = assemble.dataset(run, stages, units)
         ds = assemble.measure(run, ds)
         ds = assemble.describe(run, ds)
@@ -85,4 +89,5 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
             ds = write.results_file(run, ds, out, work, overwrite=overwrite)
             if plots:
                 figures.draw(ds, out, overwrite=overwrite)
+        run.world.barrier()
     return ds
