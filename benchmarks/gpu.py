@@ -20,7 +20,6 @@ It writes a Markdown report to ``--out``. Without CUDA it says so and exits 1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -30,31 +29,21 @@ from pathlib import Path
 import torch
 
 import toolkit
-from toolkit.model import frozen
-from toolkit.plugins import get_plugin_manager, get_registry
-from toolkit.synthesis import auto_batch_size
+from toolkit.plugins import get_plugin_manager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import best_time, gemm_gflops, machine, resnet18, step_flops  # noqa: E402
-from train_step import DTYPES, train_rate  # noqa: E402
+from grid import DTYPES, gemm_gflops, machine, resnet18, step_flops, synthesis_rate  # noqa: E402
+from train_step import train_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthesis_rate(device: str, precision: str, steps: int = 20) -> tuple[float, int, float]:
+def gpu_synthesis_rate(device: str, precision: str, steps: int = 20) -> tuple[float, int, float]:
     """(image-steps per second, micro-batch, FLOPs per image-step) of ``prototype`` at 3x32x32."""
     model = resnet18(10, 3, 32)
     flops = step_flops(model, 3, 32)
-    model = model.to(device)
-    batch = auto_batch_size(device, (3, 32, 32))
-    synth = get_registry("synthesizer").get("prototype").obj
-    start = torch.rand(batch, 3, 32, 32, device=device)
-    targets = torch.arange(batch, device=device) % 10
-    settings = toolkit.SynthesisSettings(fixed_steps=steps, batch_size=batch, precision=precision)
-    with frozen(model):
-        synth(model, start, targets, dataclasses.replace(settings, fixed_steps=2))  # warm up
-        seconds = best_time(lambda: synth(model, start, targets, settings), 2)
-    return batch * (steps + 1) / seconds, batch, flops
+    rate, batch, _ = synthesis_rate(model.to(device), 3, 32, steps, precision, device=device, repeats=2)
+    return rate, batch, flops
 
 
 class MadeUpCifar:
@@ -126,7 +115,7 @@ def main() -> int:
     for precision, dtype in DTYPES.items():
         limit = gemm_gflops(dtype, device=args.device)
         rows.append(f"| GEMM 8192x8192 | {precision} | | {limit:,.0f} | 100% |")
-        rate, batch, flops = synthesis_rate(args.device, precision)
+        rate, batch, flops = gpu_synthesis_rate(args.device, precision)
         rows.append(f"| synthesis, ResNet18 3x32x32, batch {batch} | {precision} | {rate:,.0f} "
                     f"image-steps/s | {rate * flops / 1e9:,.0f} | {rate * flops / 1e9 / limit:.0%} |")
         rate, flops = train_rate(batch=512, precision=precision, device=args.device)

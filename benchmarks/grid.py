@@ -60,7 +60,8 @@ from toolkit.training import TrainingSettings, augment, to_pixels, train_through
 from toolkit_plugins import synthesis as synthesis_plugin
 from toolkit_plugins.metrics import cosine, zscore
 
-PRECISIONS = ("fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = tuple(DTYPES)
 
 
 def resnet18(num_classes: int, channels: int, size: int, mean=None, std=None) -> NormalizedClassifier:
@@ -98,6 +99,11 @@ def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.
     return 2 * size ** 3 * count / best_time(lambda: calls(count), 3) / 1e9
 
 
+def gemm_limits(device: str | torch.device = "cpu") -> dict[str, float]:
+    """The GEMM limit of each precision of ``DTYPES`` on ``device``, GFLOP/s."""
+    return {p: gemm_gflops(dtype, device=device) for p, dtype in DTYPES.items()}
+
+
 def step_flops(model: nn.Module, channels: int, size: int) -> float:
     """FLOPs of one image's input-gradient step: forward, per-sample CE, backward to the input."""
     x = torch.rand(8, channels, size, size).contiguous(memory_format=torch.channels_last)
@@ -133,18 +139,26 @@ class RowCounter(nn.Module):
 
 
 def synthesis_rate(model, channels: int, size: int, steps: int, precision: str,
-                   compile: bool = False, fold: bool = True) -> tuple[float, int, float]:
-    """(image-steps per second, batch size, seconds of the warm-up call, which compiles)."""
+                   compile: bool = False, fold: bool = True, device: str = "cpu",
+                   repeats: int = 1) -> tuple[float, int, float]:
+    """(image-steps per second, batch size, seconds of the warm-up call, which compiles) of the
+    ``prototype`` synthesizer on ``model``, which lies on ``device``, at the device's own batch."""
     synthesis_plugin.FOLD_BATCHNORM = fold
-    batch = auto_batch_size("cpu", (channels, size, size))
+    batch = auto_batch_size(device, (channels, size, size))
     synth = get_registry("synthesizer").get("prototype").obj
-    start, targets = torch.rand(batch, channels, size, size), torch.arange(batch) % 10
+    start = torch.rand(batch, channels, size, size, device=device)
+    targets = torch.arange(batch, device=device) % 10
     settings = toolkit.SynthesisSettings(fixed_steps=steps, batch_size=batch, precision=precision,
                                          compile=compile)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def run(settings) -> None:
+        synth(model, start, targets, settings)
+        sync()
+
     with frozen(model):
-        warm_up = best_time(lambda: synth(model, start, targets, dataclasses.replace(
-            settings, fixed_steps=1)), 1)
-        seconds = best_time(lambda: synth(model, start, targets, settings), 1)
+        warm_up = best_time(lambda: run(dataclasses.replace(settings, fixed_steps=1)), 1)
+        seconds = best_time(lambda: run(settings), repeats)
     synthesis_plugin.FOLD_BATCHNORM = True
     # steps + 1 model runs per image (the last: its test)
     return batch * (steps + 1) / seconds, batch, warm_up
@@ -376,7 +390,7 @@ def main() -> None:
     rows: list[tuple[str, str, str]] = []
     notes: list[str] = []
 
-    limits = {p: gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16) for p in PRECISIONS}
+    limits = gemm_limits()
     for p in PRECISIONS:
         rows.append((f"GEMM limit {p} (1024x1024 matmul), at the start", f"{limits[p]:,.2f} GFLOP/s", ""))
     for label, channels, size in (("32x32x3, random weights", 3, 32), ("8x8x1, random weights", 1, 8)):
@@ -387,7 +401,7 @@ def main() -> None:
         runs = [("fp32", False, False)] + [(p, False, True) for p in PRECISIONS]
         runs += [("fp32", True, True)] if args.compile and size == 32 else []
         for p, compile, fold in runs:
-            limit = gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16)  # right beside it
+            limit = gemm_gflops(DTYPES[p])  # right beside it
             rate, batch, warm_up = synthesis_rate(model, channels, size, args.steps, p, compile, fold)
             if size == 32 and p == "fp32" and fold and not compile:
                 per_unit = 100 * 100 / rate  # a lower bound: one step per image, fp32
@@ -412,8 +426,7 @@ def main() -> None:
     rows.append(("metrics (cosine + zscore), one unit n=100, 512 features", f"{seconds:.2f} s",
                  f"{seconds / per_unit:.2%} of that unit's synthesis at one step per image in fp32 "
                  f"({per_unit:,.0f} s), a lower bound on it"))
-    for p in PRECISIONS:
-        end = gemm_gflops(torch.float32 if p == "fp32" else torch.bfloat16)
+    for p, end in gemm_limits().items():
         rows.append((f"GEMM limit {p} (1024x1024 matmul), at the end", f"{end:,.2f} GFLOP/s", ""))
     rows.append(("GPU", "not measured", "no GPU in this run" if not torch.cuda.is_available() else
                  "run this script with CUDA to fill it in"))

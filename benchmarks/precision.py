@@ -36,17 +36,13 @@ import torch
 import toolkit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
+from grid import gemm_limits, machine  # noqa: E402 (the benchmarks' shared helpers)
 
 ROOT = Path(__file__).resolve().parents[1]
 # the issue's tolerances; ``converged`` is the share of images whose flag differs (same seeds),
 # ``converged_share`` the difference of each interval's converged share (any seeds)
 TOLERANCE = {"C_mean": 0.01, "R_mean": 0.01, "converged": 0.01, "converged_share": 0.01,
              "test_accuracy": 0.01}
-
-
-def limits() -> dict[str, float]:
-    return {p: gemm_gflops(dtype) for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
 def run(out: Path, **options) -> tuple[dict, float]:
@@ -128,7 +124,7 @@ def main() -> None:
     began = time.perf_counter()
     header = machine()
     print(header, flush=True)
-    start = limits()
+    start = gemm_limits()
     work = args.work or Path(tempfile.mkdtemp(prefix="precision-"))
     work.mkdir(parents=True, exist_ok=True)
     speed = ["| run | precision | training | synthesis | image-steps | image-steps/s | wall |",
@@ -181,7 +177,7 @@ def main() -> None:
         verdict += verdict_rows("CIFAR-10, trained and synthesised in each", compare(c32, ct), c32, True)
         print("\n".join(verdict[-4:]), flush=True)
 
-    end = limits()
+    end = gemm_limits()
     gemm = (f"GEMM limits (1024x1024 matmul, GFLOP/s): fp32 {start['fp32']:,.1f} at the start, "
             f"{end['fp32']:,.1f} at the end; bf16 {start['bf16']:,.1f} and {end['bf16']:,.1f}.")
     text = (f"Machine: {header}.\nCommand: `python benchmarks/precision.py {' '.join(sys.argv[1:])}` "

@@ -23,9 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from toolkit.plugins import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import best_time, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from grid import DTYPES, best_time, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
 
 
 def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,

@@ -58,7 +58,8 @@ def summary_rows(ds: xr.Dataset) -> list[dict[str, float | None]]:
              for column in table} for t in range(ds.sizes["interval"])]
 
 
-def _count(number: int | None, one: str, many: str) -> str:
+def count(number: int | None, one: str, many: str) -> str:
+    """``1 seed``, ``5 seeds``; ``? seeds`` for an unknown number."""
     return f"? {many}" if number is None else f"{number} {one if number == 1 else many}"
 
 
@@ -66,8 +67,8 @@ def summary_table(ds: xr.Dataset) -> str:
     """The summary as aligned text, under a line naming the run and how its numbers were made."""
     config = json.loads(ds.attrs.get("config", "{}"))
     head = (f"{ds.attrs.get('model', '?')} on {ds.attrs.get('dataset', '?')}: "
-            f"{_count(ds.sizes.get('k'), 'class', 'classes')}, "
-            f"{_count(ds.sizes.get('seed'), 'seed', 'seeds')}, "
+            f"{count(ds.sizes.get('k'), 'class', 'classes')}, "
+            f"{count(ds.sizes.get('seed'), 'seed', 'seeds')}, "
             f"schedule {config.get('schedule', '?')}")
     if (pairs := _noted(ds, "self_pairs")) is not None:
         head += f"; self-pairs {pairs.get('self_pairs', '?')}"

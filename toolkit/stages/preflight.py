@@ -30,6 +30,7 @@ from toolkit.stages import figures
 from toolkit.stages.context import Run, plan
 from toolkit.hardware import resolve_precision
 from toolkit.synthesis import SynthesisSettings, auto_batch_size
+from toolkit.table import count
 from toolkit.version import __version__
 from toolkit.workdir import NOT_IN_IDENTITY, WorkDir, checkpoint_name, run_identity
 
@@ -216,11 +217,9 @@ def announce(run: Run, out: str | os.PathLike | None) -> None:
     seeds = config.seed_values
     ranks = f" x {run.world.size} ranks" if run.world.distributed else ""
     target = f"results -> {out}" if out is not None else "no results file"
-    def count(n: int, noun: str) -> str:
-        return f"{n} {noun}{'' if n == 1 else 's'}"
-
-    print(f"toolkit: {config.model} on {config.dataset}, {count(len(config.intervals), 'interval')} "
-          f"({','.join(f'{t:g}' for t in config.intervals)}), {count(len(seeds), 'seed')} "
+    print(f"toolkit: {config.model} on {config.dataset}, "
+          f"{count(len(config.intervals), 'interval', 'intervals')} "
+          f"({','.join(f'{t:g}' for t in config.intervals)}), {count(len(seeds), 'seed', 'seeds')} "
           f"({seeds[0]}{f'-{seeds[-1]}' if len(seeds) > 1 else ''}), "
           f"synthesizer {config.synthesizer}, on {run.device}{ranks}; {target}"
           + (f" (work in {run.work_dir})" if run.work_dir is not None else ""), file=sys.stderr)
