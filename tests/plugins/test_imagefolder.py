@@ -305,3 +305,25 @@ def test_the_decoded_dataset_has_a_memory_budget(tmp_path, monkeypatch):
     with pytest.raises(toolkit.UsageError, match=r"train/cat/000.png holds \d+ is over the limit of "
                        r"10 bytes of one image file"):
         load(root)
+
+
+def test_a_zip_is_decoded_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    imagefolder = sys.modules[get_registry("dataset").get("imagefolder").obj.__module__]
+    decoded = []
+    real = imagefolder._decode
+    monkeypatch.setattr(imagefolder, "_decode", lambda *a: decoded.append(a) or real(*a))
+    monkeypatch.setattr(imagefolder, "_LAST_ZIP", [])
+    files = images()
+    archive = write_zip(tmp_path / "d.zip", files)
+    first, second = load(archive), load(archive)
+    assert len(decoded) == 1  # rank's second model reads the zip from memory
+    assert torch.equal(first.train_images, second.train_images)
+    assert first.mean == second.mean and first.class_names == second.class_names
+    second.train_images.zero_()  # each caller owns its tensors
+    assert torch.equal(load(archive).train_images, first.train_images)
+    assert len(decoded) == 1
+    files["train/cat/000.png"] = np.zeros((6, 6, 3), np.uint8)  # a changed archive is read again
+    write_zip(archive, files)
+    changed = load(archive)
+    assert len(decoded) == 2
+    assert not torch.equal(changed.train_images, first.train_images)
