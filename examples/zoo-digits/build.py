@@ -73,15 +73,65 @@ def training_data(data: ImageDataset, recipe: Recipe) -> ImageDataset:
                         data.class_names)
 
 
-def train(model_name: str, recipe: Recipe, data: ImageDataset) -> tuple[NormalizedClassifier, float]:
-    """The trained classifier and its test accuracy."""
+def train(model_name: str, recipe: Recipe, data: ImageDataset,
+          training: dict | None = None) -> tuple[NormalizedClassifier, float]:
+    """The trained classifier and its test accuracy (``training``: TrainingSettings' values,
+    default :data:`TRAINING`)."""
     data = training_data(data, recipe)
     torch.manual_seed(recipe.seed)
     net = get_registry("model").get(model_name).obj(len(data.class_names), data.in_chans, data.image_size)
     model = NormalizedClassifier(net, data.mean, data.std)
-    settings = TrainingSettings(epochs=recipe.epochs, **TRAINING)
+    settings = TrainingSettings(epochs=recipe.epochs, **(TRAINING if training is None else training))
     *_, stage = train_through_intervals(model, data, [1.0], "data", settings, recipe.seed, "cpu")
     return model.eval(), stage.test_accuracy
+
+
+def build(models: dict[str, tuple[str, Recipe]], data: ImageDataset, out: Path,
+          only: list[str] | None = None, training: dict | None = None, after=None) -> None:
+    """Train every model of ``models`` (or ``only`` those) whose file is missing from ``out``,
+    writing ``out/<name>.pt`` and its row of ``out/zoo.json`` as each one finishes; ``after(name,
+    row)`` is called for each of them once its weights exist (the CIFAR-10 zoo scores it there)."""
+    chosen = list(models) if only is None else only
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "zoo.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    for number, name in enumerate(chosen, 1):
+        path = out / f"{name}.pt"
+        if not (path.is_file() and name in manifest):
+            manifest[name] = _train_one(*models[name], data, path, training)
+            manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
+            print(f"[{number}/{len(chosen)}] {name}: test accuracy {manifest[name]['test_accuracy']:.3f} "
+                  f"({manifest[name]['train_seconds']:.1f} s)", file=sys.stderr)
+        if after is not None:
+            after(name, manifest[name])
+
+
+def _train_one(model_name: str, recipe: Recipe, data: ImageDataset, path: Path,
+               training: dict | None) -> dict:
+    """Train one model, write its weights to ``path`` (atomically) and return its manifest row."""
+    clock = time.perf_counter()
+    model, test_accuracy = train(model_name, recipe, data, training)
+    seconds = time.perf_counter() - clock
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    row = {"model": model_name, **dataclasses.asdict(recipe), "file": path.name,
+           "test_accuracy": round(test_accuracy, 6), "train_seconds": round(seconds, 1),
+           "threads": torch.get_num_threads()}
+    if training and "precision" in training:
+        row["precision"] = training["precision"]
+    return row
+
+
+def chosen_models(parser: argparse.ArgumentParser, models: dict, only: str | None) -> list[str] | None:
+    """The names of ``--only`` (None: all), or the parser's error naming the zoo's models."""
+    if only is None:
+        return None
+    chosen = [n.strip() for n in only.split(",")]
+    unknown = [name for name in chosen if name not in models]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join(models)}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,35 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     models = zoo()
-    chosen = list(models) if args.only is None else [n.strip() for n in args.only.split(",")]
-    unknown = [name for name in chosen if name not in models]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; the zoo has {', '.join(models)}")
+    only = chosen_models(parser, models, args.only)
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    manifest_path = args.out / "zoo.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    data = get_registry("dataset").get("digits").obj(None, False)
-    for number, name in enumerate(chosen, 1):
-        path = args.out / f"{name}.pt"
-        if path.is_file() and name in manifest:
-            continue
-        model_name, recipe = models[name]
-        clock = time.perf_counter()
-        model, test_accuracy = train(model_name, recipe, data)
-        seconds = time.perf_counter() - clock
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, path)
-        manifest[name] = {"model": model_name, **dataclasses.asdict(recipe), "file": path.name,
-                          "test_accuracy": round(test_accuracy, 6), "train_seconds": round(seconds, 1),
-                          "threads": torch.get_num_threads()}
-        manifest_path.write_text(json.dumps(dict(sorted(manifest.items())), indent=1) + "\n")
-        print(f"[{number}/{len(chosen)}] {name}: test accuracy {test_accuracy:.3f} ({seconds:.1f} s)",
-              file=sys.stderr)
+    build(models, get_registry("dataset").get("digits").obj(None, False), args.out, only)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

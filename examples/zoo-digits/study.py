@@ -191,7 +191,13 @@ def subset_taus(table, expected, accuracy, keep) -> dict[str, float]:
 
 
 def analyse_arm(arm: str, zoo: dict[str, dict]) -> tuple[dict, dict]:
-    names, table, expected = load(arm, zoo)
+    return analyse_table(*ARMS[arm], *load(arm, zoo), zoo)
+
+
+def analyse_table(what: str, options: dict, names: list[str], table: dict[str, np.ndarray],
+                  expected: dict[str, int], zoo: dict[str, dict]) -> tuple[dict, dict]:
+    """One arm's statistics (every score against accuracy, overall, in the top cluster and per
+    architecture) and its per-model values, from the arm's table of scores."""
     accuracy = np.array([zoo[n]["test_accuracy"] for n in names])
     architectures = np.array([zoo[n]["model"] for n in names])
     stats = correlate(table, expected, accuracy)
@@ -200,9 +206,8 @@ def analyse_arm(arm: str, zoo: dict[str, dict]) -> tuple[dict, dict]:
     within = {g: subset_taus(table, expected, accuracy, keep) for g, keep in groups.items()}
     for name in stats:
         stats[name]["within"] = {g: within[g][name] for g in groups}
-    arm_summary = {"options": {k: list(v) if isinstance(v, tuple) else v
-                               for k, v in ARMS[arm][1].items()},
-                   "what": ARMS[arm][0], "models": len(names),
+    arm_summary = {"options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+                   "what": what, "models": len(names),
                    "groups": {g: int(keep.sum()) for g, keep in groups.items()}, "scores": stats}
     values = {n: {s: (None if not np.isfinite(v[i]) else float(v[i])) for s, v in table.items()}
               for i, n in enumerate(names)}
@@ -290,31 +295,37 @@ def out_of_sample(arm: str = "main") -> dict:
     found = candidates(chosen_on)
     taus = {k: float(kendall_tau_b(oriented(v, 1), accuracy[~held])) for k, v in found.items()}
     best = max((k for k in taus if np.isfinite(taus[k])), key=taus.get)
-    tested = candidates({k: v[held] for k, v in table.items()})[best]
+    held_table = {k: v[held] for k, v in table.items()}
+    return {"chosen_on": int((~held).sum()), "held_out": int(held.sum()),
+            "held_out_models": [n for n, h in zip(names, held) if h],
+            "candidates": len(found), "chosen": best, "tau_where_chosen": taus[best],
+            **test_unchanged(candidates(held_table)[best], held_table, expected, accuracy[held])}
+
+
+def test_unchanged(tested: np.ndarray, table: dict[str, np.ndarray], expected: dict[str, int],
+                   accuracy: np.ndarray) -> dict:
+    """A score chosen elsewhere (higher is better) on these models: its tau with ``accuracy``
+    against each baseline's (pre-set direction), with paired bootstrap intervals."""
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    idx = rng.integers(0, held.sum(), (RESAMPLES, held.sum()))
-    y = accuracy[held]
-    score_draws = kendall_tau_b(oriented(tested, 1)[idx], y[idx])
+    idx = rng.integers(0, len(accuracy), (RESAMPLES, len(accuracy)))
+    score_draws = kendall_tau_b(oriented(tested, 1)[idx], accuracy[idx])
     baselines = {}
     for b in BASELINES:
-        x = oriented(table[b][held], expected[b])
-        draws = kendall_tau_b(x[idx], y[idx])
-        tau = float(kendall_tau_b(x, y))
+        x = oriented(table[b], expected[b])
+        draws = kendall_tau_b(x[idx], accuracy[idx])
+        tau = float(kendall_tau_b(x, accuracy))
         if expected[b] == 0:
             tau, draws = abs(tau), np.abs(draws)
         baselines[b] = {"tau": tau, "tau_ci": interval(draws),
                         "difference_ci": interval(score_draws - draws)}
-    return {"chosen_on": int((~held).sum()), "held_out": int(held.sum()),
-            "held_out_models": [n for n, h in zip(names, held) if h],
-            "candidates": len(found), "chosen": best, "tau_where_chosen": taus[best],
-            "tau_held_out": float(kendall_tau_b(oriented(tested, 1), y)),
+    return {"tau_held_out": float(kendall_tau_b(oriented(tested, 1), accuracy)),
             "tau_held_out_ci": interval(score_draws), "baselines_held_out": baselines,
             "beats_every_baseline": all(v["difference_ci"][0] > 0 for v in baselines.values())}
 
 
 # --- figures and the README block -------------------------------------------------------------
 
-def figure(summary: dict, arm: str, path: Path) -> None:
+def figure(summary: dict, arm: str, path: Path, zoo_name: str = "Digits zoo") -> None:
     """One scatter panel per score: score (oriented) against test accuracy, by architecture."""
     import matplotlib
     matplotlib.use("Agg")
@@ -349,7 +360,7 @@ def figure(summary: dict, arm: str, path: Path) -> None:
     handles = [Line2D([], [], marker="o", linestyle="", color=colours[n % len(colours)], label=a)
                for n, a in enumerate(architectures)]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(architectures), fontsize=8)
-    fig.suptitle(f"Digits zoo, arm {arm}: each score against test accuracy "
+    fig.suptitle(f"{zoo_name}, arm {arm}: each score against test accuracy "
                  f"({summary['arms'][arm]['models']} models; tau: Kendall, in the score's "
                  "pre-set direction, 95 % bootstrap interval)", fontsize=10)
     path.parent.mkdir(exist_ok=True)
@@ -364,6 +375,12 @@ def fmt_ci(value, ci) -> str:
 
 def render(summary: dict) -> str:
     """The README's results block, from ``summary`` alone."""
+    return "\n".join([render_analysis(summary), "", render_out_of_sample(summary["out_of_sample"]), "",
+                      render_seconds(summary)])
+
+
+def render_analysis(summary: dict) -> str:
+    """The analysis of record: the claim, every score's correlations, within groups, per arm."""
     main = summary["arms"]["main"]
     v = summary["verdict"]
     lines = [f"### The pre-registered claim: {'holds' if v['claim_holds'] else 'does not hold'}", "",
@@ -407,23 +424,34 @@ def render(summary: dict) -> str:
         cells = [fmt_ci(a["scores"][name]["tau"], a["scores"][name]["tau_ci"])
                  if name in a["scores"] else "-" for a in summary["arms"].values()]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-    o = summary["out_of_sample"]
-    lines += ["", f"Towards a score that works (chosen after seeing the results, so only its held-out "
-              f"numbers count): the best of {o['candidates']} candidates (every score in either "
-              f"direction, and every sum of two as average ranks) on the {o['chosen_on']} models of "
-              f"training seed 0 is `{o['chosen']}` (tau {o['tau_where_chosen']:+.2f} there). On the "
-              f"{o['held_out']} held-out models (training seeds 1 and 2) its tau is "
-              f"**{fmt_ci(o['tau_held_out'], o['tau_held_out_ci'])}**; it "
-              f"{'beats' if o['beats_every_baseline'] else 'does not beat'} every baseline there "
-              "(paired 95 % interval of the difference above 0):", "",
-              "| baseline | held-out tau [95 % CI] | chosen minus baseline [95 % CI] |", "|---|---|---|"]
+    return "\n".join(lines)
+
+
+def render_out_of_sample(o: dict) -> str:
+    lines = [f"Towards a score that works (chosen after seeing the results, so only its held-out "
+             f"numbers count): the best of {o['candidates']} candidates (every score in either "
+             f"direction, and every sum of two as average ranks) on the {o['chosen_on']} models of "
+             f"training seed 0 is `{o['chosen']}` (tau {o['tau_where_chosen']:+.2f} there). On the "
+             f"{o['held_out']} held-out models (training seeds 1 and 2) its tau is "
+             f"**{fmt_ci(o['tau_held_out'], o['tau_held_out_ci'])}**; it "
+             f"{'beats' if o['beats_every_baseline'] else 'does not beat'} every baseline there "
+             "(paired 95 % interval of the difference above 0):", ""]
+    return "\n".join(lines + held_out_rows(o))
+
+
+def held_out_rows(o: dict) -> list[str]:
+    """The table of a score tested unchanged against each baseline."""
+    lines = ["| baseline | held-out tau [95 % CI] | chosen minus baseline [95 % CI] |", "|---|---|---|"]
     for name, b in o["baselines_held_out"].items():
         lines.append(f"| `{name}` | {fmt_ci(b['tau'], b['tau_ci'])} | "
                      f"{fmt_ci(o['tau_held_out'] - b['tau'], b['difference_ci'])} |")
-    lines += ["", "Seconds per arm (all models, this machine): " + ", ".join(
+    return lines
+
+
+def render_seconds(summary: dict) -> str:
+    return "Seconds per arm (all models, this machine): " + ", ".join(
         f"{arm} {a['seconds']:.0f} s" if a.get("seconds") else f"{arm} -"
-        for arm, a in summary["arms"].items()) + "."]
-    return "\n".join(lines)
+        for arm, a in summary["arms"].items()) + "."
 
 
 def fmt_tau(value) -> str:
