@@ -1,5 +1,6 @@
-"""The digits zoo's README shows what its committed summary.json holds, and the summary's
-correlations are those of its own per-model values (no number typed by hand)."""
+"""Each zoo's README shows what its committed summary.json holds, the summary's correlations are
+those of its own per-model values (no number typed by hand), and the CIFAR-10 zoo's build-and-score
+loop works on a tiny archive of CIFAR's layout."""
 from __future__ import annotations
 
 import json
@@ -10,21 +11,27 @@ import pytest
 
 from tests.conftest import check_readme_block, load_script
 
-FOLDER = Path(__file__).resolve().parents[2] / "examples" / "zoo-digits"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+FOLDER = EXAMPLES / "zoo-digits"
+
+
+@pytest.fixture(scope="module", params=["zoo-digits", "zoo-cifar10"])
+def zoo(request):
+    return EXAMPLES / request.param
 
 
 @pytest.fixture(scope="module")
-def study():
-    return load_script(FOLDER / "study.py")
+def study(zoo):
+    return load_script(zoo / "study.py")
 
 
 @pytest.fixture(scope="module")
-def summary():
-    return json.loads((FOLDER / "summary.json").read_text())
+def summary(zoo):
+    return json.loads((zoo / "summary.json").read_text())
 
 
-def test_the_readme_block_is_rendered_from_the_summary(study, summary):
-    check_readme_block(study, FOLDER, summary)
+def test_the_readme_block_is_rendered_from_the_summary(study, summary, zoo):
+    check_readme_block(study, zoo, summary)
 
 
 def test_every_tau_is_that_of_the_per_model_values(study, summary):
@@ -54,7 +61,8 @@ def test_the_verdict_follows_the_preregistered_rule(summary):
     assert v["best_baseline"] == max(strength, key=strength.get)
 
 
-def test_statistics_agree_with_scipy(study):
+def test_statistics_agree_with_scipy():
+    study = load_script(FOLDER / "study.py")
     from scipy import stats
 
     rng = np.random.default_rng(3)
@@ -63,3 +71,50 @@ def test_statistics_agree_with_scipy(study):
     assert study.spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
     assert study.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
     assert list(study.oriented(np.array([1.0, np.nan, 3.0]), -1)) == [-1.0, -4.0, -3.0]
+
+
+@pytest.mark.slow
+def test_the_cifar10_zoo_builds_scores_and_resumes_model_by_model(tmp_path, monkeypatch):
+    """study.py run on a tiny archive of the real one's layout: each model is trained, scored and
+    committed as it finishes; the toolkit's test accuracy is the build's; a rerun does nothing."""
+    from tests.plugins.test_imagefolder import images, write_zip
+
+    study = load_script(EXAMPLES / "zoo-cifar10" / "study.py")
+    archive = write_zip(tmp_path / "tiny-cifar.zip", images(size=16, per_class=(12, 6)),
+                        top="tiny-cifar/")
+    Recipe = study.build.Recipe
+    monkeypatch.setattr(study.build, "ZOO", {"fast-a": ("fast:2", Recipe(epochs=1)),
+                                             "mlp-b": ("mlp:8", Recipe(epochs=2, noise=0.5))})
+    monkeypatch.setattr(study.build, "TRAINING", {**study.build.TRAINING, "batch_size": 8})
+    main = dict(study.ARMS["main"][1], max_steps=3)
+    monkeypatch.setattr(study, "ARMS", {"main": (study.ARMS["main"][0], main)})
+    for name in ("RESULTS", "SCORES", "MANIFEST"):
+        monkeypatch.setattr(study, name, tmp_path / getattr(study, name).name)
+    weights = tmp_path / "weights"
+
+    study.run(["main"], weights, archive, None)
+    zoo, scores = json.loads(study.MANIFEST.read_text()), json.loads(study.SCORES.read_text())
+    assert list(zoo) == list(scores) == ["fast-a", "mlp-b"]
+    for name, row in scores.items():
+        arm = row["main"]
+        assert arm["test_accuracy"] == pytest.approx(zoo[name]["test_accuracy"], abs=1e-6)
+        assert arm["expected"]["C_minus_R_converged"] == 1
+        assert set(arm["scores"]) >= {"C_minus_R_converged", "unconverged_fraction", "ww_alpha", "Mg"}
+        assert arm["precision"] in ("fp32", "bf16") and arm["machine"]
+    names, table, expected = study.arm_table("main", zoo, scores)
+    assert names == ["fast-a", "mlp-b"] and len(table["C_mean"]) == 2
+
+    ranked = []
+    monkeypatch.setattr("toolkit.ranking.rank", lambda *a, **k: ranked.append(a))
+    study.run(["main"], weights, archive, None)  # everything is there: no training, no ranking
+    assert ranked == [] and json.loads(study.SCORES.read_text()) == scores
+
+
+def test_the_poster_claims_on_strong_models_are_rendered_from_the_cifar10_summary():
+    folder = EXAMPLES / "zoo-cifar10"
+    study = load_script(folder / "study.py")
+    summary = json.loads((folder / "summary.json").read_text())
+    for readme in (folder / "README.md", study.REPLICATION):
+        found = study.CLAIMS.search(readme.read_text())
+        assert found is not None, f"{readme} lacks the strong-models markers"
+        assert found.group(2).strip() == study.render_claims(summary).strip(), readme

@@ -1,0 +1,108 @@
+"""Build the CIFAR-10 zoo: 14 classifiers, trained deterministically (design: PREREGISTRATION.md).
+
+    python examples/zoo-cifar10/build.py                     # all 14, into examples/zoo-cifar10/weights/
+    python examples/zoo-cifar10/build.py --only mlp512-ep2 --out /tmp/zoo
+
+The data are ``../shared/data/cifar10-jpeg.zip`` (``--archive``), read by the ``imagefolder``
+dataset; without it the script says so and stops. The recipes and the bookkeeping are the digits
+zoo's (``examples/zoo-digits/build.py``: ``OUT/<name>.pt`` holds the normalising wrapper's
+``state_dict``, ``OUT/zoo.json`` the recipe, test accuracy and cost of each model; a model whose
+file exists is not trained again). Training: SGD at 0.2 with momentum 0.9, weight decay 5e-4,
+batch 512, one cosine schedule, crop and flip, bfloat16 autocast where the CPU has bf16 matrix
+units (``--precision auto``), fp32 elsewhere. ``study.py run`` builds and scores the zoo one model
+at a time through :func:`build`.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
+os.environ["TOOLKIT_PLUGINS"] = ",".join(filter(None, [
+    os.environ.get("TOOLKIT_PLUGINS"), str(HERE / "zoo_models.py"),
+    str(ROOT / "examples" / "zoo-digits" / "zoo_models.py")]))
+
+
+def load_script(path: Path):
+    """A sibling example's script as a module (the folders' names are not importable)."""
+    spec = importlib.util.spec_from_file_location(f"zoo_{path.parent.name}_{path.stem}".replace("-", "_"),
+                                                  path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+digits = load_script(ROOT / "examples" / "zoo-digits" / "build.py")
+Recipe = digits.Recipe
+
+ARCHITECTURES = {"fast64": "fast:64", "fast32": "fast:32", "mlp512": "mlp:512"}
+BASE = Recipe(epochs=8)
+# In the order they are built and scored (PREREGISTRATION.md): cheapest architecture first.
+ZOO: dict[str, tuple[str, Recipe]] = {
+    "mlp512-base-s0": ("mlp:512", BASE),
+    "mlp512-ep2": ("mlp:512", Recipe(epochs=2)),
+    "mlp512-noise20": ("mlp:512", Recipe(epochs=8, noise=0.2)),
+    "fast32-base-s0": ("fast:32", BASE),
+    "fast32-base-s1": ("fast:32", Recipe(epochs=8, seed=1)),
+    "fast32-ep2": ("fast:32", Recipe(epochs=2)),
+    "fast32-noise50": ("fast:32", Recipe(epochs=8, noise=0.5)),
+    "fast32-data25": ("fast:32", Recipe(epochs=8, fraction=0.25)),
+    "fast64-base-s0": ("fast:64", BASE),
+    "fast64-base-s1": ("fast:64", Recipe(epochs=8, seed=1)),
+    "fast64-base-s2": ("fast:64", Recipe(epochs=8, seed=2)),
+    "fast64-ep2": ("fast:64", Recipe(epochs=2)),
+    "fast64-noise20": ("fast:64", Recipe(epochs=8, noise=0.2)),
+    "fast64-data25": ("fast:64", Recipe(epochs=8, fraction=0.25)),
+}
+TRAINING = dict(lr=0.2, batch_size=512, crop_padding=4, flip=True, weight_decay=5e-4)
+
+
+def training_settings() -> dict:
+    """:data:`TRAINING` with the precision ``auto`` picks on this CPU."""
+    import torch
+
+    from toolkit.hardware import resolve_precision
+
+    precision, _ = resolve_precision("auto", torch.device("cpu"))
+    return {**TRAINING, "precision": precision}
+
+
+def load_data(archive: Path):
+    from toolkit.plugins import get_registry
+
+    if not archive.is_file():
+        raise SystemExit(f"build.py: no CIFAR-10 archive at {archive}; pass --archive PATH "
+                         "(the zoo needs the real images)")
+    return get_registry("dataset").get("imagefolder").obj(archive, False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE / "weights")
+    parser.add_argument("--archive", type=Path, default=ARCHIVE)
+    parser.add_argument("--only", default=None, help="comma-separated model names (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    args = parser.parse_args(argv)
+    only = digits.chosen_models(parser, ZOO, args.only)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    build(args.out, args.archive, only)
+    return 0
+
+
+def build(out: Path, archive: Path, only: list[str] | None = None, after=None) -> None:
+    """Train the models of the zoo (or ``only`` those) missing from ``out``; ``after(name, row)``
+    is called for each once its weights exist."""
+    digits.build(ZOO, load_data(archive), out, only, training_settings(), after)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

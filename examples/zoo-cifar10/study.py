@@ -1,0 +1,262 @@
+"""The CIFAR-10 zoo's study of record: build and score each model, then the pre-registered analysis.
+
+    python examples/zoo-cifar10/study.py run                # train and score what is missing
+    python examples/zoo-cifar10/study.py run --only fast32-ep2
+    python examples/zoo-cifar10/study.py analyze            # summary.json, figures/, README tables
+
+``run`` goes through the zoo in its pre-registered order (``build.py``): each model is trained
+if its weights are missing, then scored by ``toolkit.rank`` in every arm (:data:`ARMS`), and its
+row goes into the committed ``scores.json`` (each arm's score values, the test accuracy the
+toolkit measured, seconds, the machine) and ``zoo.json`` (its recipe, test accuracy and training
+cost) as soon as it is done, so a build spread over several sessions (the weights stay out of
+git) loses nothing. ``analyze`` runs the digits zoo's analysis of record, the same code
+(``examples/zoo-digits/study.py``), on the models scored so far, and tests the score the digits
+zoo chose unchanged; it writes ``summary.json``, ``figures/*.png`` and the README block between
+the ``results`` markers, which ``tests/e2e/test_zoo_study.py`` checks against the JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS, FIGURES = HERE / "results", HERE / "figures"
+SUMMARY, README, SCORES, MANIFEST = (HERE / "summary.json", HERE / "README.md", HERE / "scores.json",
+                                     HERE / "zoo.json")
+_spec = importlib.util.spec_from_file_location("zoo_cifar10_build", HERE / "build.py")
+build = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = build
+_spec.loader.exec_module(build)  # sets TOOLKIT_PLUGINS for the zoo's models
+digits = build.load_script(build.ROOT / "examples" / "zoo-digits" / "study.py")
+
+PRIMARY, SEEDS = digits.PRIMARY, 3
+kendall_tau_b, oriented, readme_block = digits.kendall_tau_b, digits.oriented, digits.readme_block
+ARMS = {  # name: (what it is, rank options); "main" is the pre-registered protocol
+    "main": ("step 0.1, at most 100 steps per image; synthesizer boundary (P exactly as prototype, "
+             "then B); metrics for Mg, Madv and the baselines",
+             dict(lr=0.1, max_steps=100, synthesizer="boundary", metrics=digits.METRICS)),
+    "max_steps_400": ("step 0.1, at most 400 steps per image", dict(lr=0.1, max_steps=400)),
+    "fixed_steps_250": ("every image takes exactly 250 steps of 0.01 (the authors' code)",
+                        dict(lr=0.01, fixed_steps=250, max_steps=250)),
+}
+COMMON = dict(precision="auto")  # bf16 where the CPU has bf16 matrix units (PREREGISTRATION.md)
+# The digits zoo's candidate (examples/zoo-digits/summary.json, out_of_sample.chosen), tested here.
+DIGITS_CHOSEN = "+noise_confidence & -C_std"
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write(path: Path, content: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1, allow_nan=True) + "\n")
+    tmp.replace(path)
+
+
+def machine() -> str:
+    from toolkit.hardware import cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "unknown CPU")
+    bf16 = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+    return f"{model} ({', '.join(bf16) or 'no bf16 units'})"
+
+
+def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -> None:
+    """Score one trained model in every arm it lacks; its rows go to scores.json and zoo.json."""
+    import torch
+    import xarray as xr
+
+    from toolkit.ranking import rank
+
+    zoo = read(MANIFEST)
+    zoo[name] = row
+    write(MANIFEST, dict(sorted(zoo.items())))
+    for arm in arms:
+        if arm in read(SCORES).get(name, {}):
+            continue
+        clock = time.perf_counter()
+        out = RESULTS / arm / f"{name}.nc"
+        rank([f"{row['model']}={weights / row['file']}"], dataset="imagefolder", data_root=str(archive),
+             seeds=SEEDS, out=out, overwrite=True, progress=True, **COMMON, **ARMS[arm][1])
+        seconds = time.perf_counter() - clock
+        with xr.open_dataset(out) as ds:
+            values = {str(s): float(v) for s, v in zip(ds["score"].values, ds["scores"].values[0])}
+            expected = {str(s): int(e) for s, e in zip(ds["score"].values, ds["score_expected"].values)}
+            accuracy = float(ds["test_accuracy"].values[0])
+            precision = json.loads(ds["model_config"].values[0]).get("precision")
+        scores = read(SCORES)
+        scores.setdefault(name, {})[arm] = {
+            "scores": {k: (None if not np.isfinite(v) else v) for k, v in values.items()},
+            "expected": expected, "test_accuracy": accuracy, "seconds": round(seconds, 1),
+            "precision": precision, "threads": torch.get_num_threads(), "machine": machine()}
+        write(SCORES, dict(sorted(scores.items())))
+        print(f"{name}, arm {arm}: {seconds:.0f} s", file=sys.stderr)
+
+
+def run(arms: list[str], weights: Path, archive: Path, only: list[str] | None) -> None:
+    build.build(weights, archive, only, after=lambda name, row: score(name, row, weights, archive, arms))
+
+
+# --- the analysis of record (the digits zoo's code) ---------------------------------------------
+
+def arm_table(arm: str, zoo: dict, scores: dict) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
+    """Model names (the zoo's order), score values and expected signs of the models scored in ``arm``."""
+    names = [n for n in build.ZOO if n in zoo and arm in scores.get(n, {})]
+    first = scores[names[0]][arm]
+    table = {s: np.array([np.nan if scores[n][arm]["scores"].get(s) is None
+                          else scores[n][arm]["scores"][s] for n in names]) for s in first["scores"]}
+    return names, table, first["expected"]
+
+
+def analyse(arms: list[str]) -> dict:
+    zoo, scores = read(MANIFEST), read(SCORES)
+    arms = [a for a in arms if any(a in scores.get(n, {}) for n in zoo)]
+    summary = {"preregistration": "PREREGISTRATION.md", "resamples": digits.RESAMPLES,
+               "bootstrap_seed": digits.BOOTSTRAP_SEED, "top_cluster_points": digits.TOP_CLUSTER * 100,
+               "seeds": SEEDS, "zoo_size": len(build.ZOO), "arms": {}, "models": {}}
+    for arm in arms:
+        names, table, expected = arm_table(arm, zoo, scores)
+        arm_summary, values = digits.analyse_table(*ARMS[arm], names, table, expected, zoo)
+        if arm == "main":
+            summary["verdict"] = digits.primary_verdict(arm_summary["scores"])
+            secondary = {n: s["p"] for n, s in arm_summary["scores"].items()
+                         if n != PRIMARY and n not in digits.BASELINES and np.isfinite(s["p"])}
+            for name, adjusted in digits.holm(secondary).items():
+                arm_summary["scores"][name]["p_holm"] = adjusted
+            accuracy = np.array([zoo[n]["test_accuracy"] for n in names])
+            tested = digits.candidates(table)[DIGITS_CHOSEN]
+            summary["out_of_sample"] = {"chosen": DIGITS_CHOSEN, "models": len(names),
+                                        **digits.test_unchanged(tested, table, expected, accuracy)}
+        for s in arm_summary["scores"].values():
+            s.pop("_draws")
+        arm_summary["seconds"] = sum(scores[n][arm]["seconds"] for n in names)
+        summary["arms"][arm] = arm_summary
+        for name, scored in values.items():
+            entry = summary["models"].setdefault(name, {
+                "architecture": zoo[name]["model"], "test_accuracy": zoo[name]["test_accuracy"],
+                "train_seconds": zoo[name]["train_seconds"]})
+            entry[arm] = scored
+    return summary
+
+
+def render(summary: dict) -> str:
+    """The README's results block, from ``summary`` alone."""
+    done = summary["arms"]["main"]["models"]
+    analysis = digits.render_analysis(summary)
+    head = []
+    if done < summary["zoo_size"]:
+        head = [f"**Interim: {done} of the {summary['zoo_size']} pre-registered models are scored.** "
+                "The verdict of record is that of the whole zoo; these numbers will change.", ""]
+        title, rest = analysis.split("\n", 1)
+        analysis = f"### The pre-registered claim on {done} models (interim, no verdict)\n{rest}"
+    o = summary["out_of_sample"]
+    tail = [f"Out of sample: the digits zoo's candidate `{o['chosen']}`, tested unchanged on these "
+            f"{o['models']} models, has tau **{digits.fmt_ci(o['tau_held_out'], o['tau_held_out_ci'])}**; "
+            f"it {'beats' if o['beats_every_baseline'] else 'does not beat'} every baseline here "
+            "(paired 95 % interval of the difference above 0):", "", *digits.held_out_rows(o)]
+    models = ["| model | architecture | test accuracy | training (s) |", "|---|---|---|---|"]
+    models += [f"| {n} | `{m['architecture']}` | {m['test_accuracy']:.1%} | {m['train_seconds']:.0f} |"
+               for n, m in summary["models"].items()]
+    return "\n".join([*head, analysis, "", *tail, "", "The models:", "", *models, "",
+                      digits.render_seconds(summary)])
+
+
+# --- the poster's claims on the strong models (issue 16, section 4) ---------------------------
+
+STRONG = 0.85  # the poster's claims at 85 % test accuracy or more
+CLAIMS = re.compile(r"(<!-- strong-models:begin -->\n)(.*?)(<!-- strong-models:end -->)", re.S)
+REPLICATION = build.ROOT / "examples" / "replicate-cifar10" / "README.md"
+
+
+def render_claims(summary: dict) -> str:
+    """The poster's claims checked on the zoo's models at :data:`STRONG` accuracy or more, per arm
+    (the block of this README and of ``examples/replicate-cifar10/README.md``)."""
+    strong = {n: m for n, m in summary["models"].items() if m["test_accuracy"] >= STRONG}
+    if not strong:
+        return f"No model of the zoo scored so far reaches {STRONG:.0%} test accuracy."
+    lines = [f"The {len(strong)} models of the CIFAR-10 zoo (`examples/zoo-cifar10/`) at "
+             f"{STRONG:.0%} test accuracy or more, probed at one interval with 3 seeds, in each arm "
+             "of the zoo (step 0.1 with at most 100 or 400 steps; exactly 250 steps of 0.01, the "
+             "authors' code). Means and standard deviations over ordered pairs without self-pairs; "
+             "outliers: |z| > 3 against the pooled reference.", "",
+             "| arm | model | accuracy | unconverged | C mean | R mean | std C | std R | C outliers "
+             "| R outliers |", "|---|---|---|---|---|---|---|---|---|---|"]
+    verdicts = []
+    for arm in summary["arms"]:
+        rows = {n: m[arm] for n, m in strong.items() if arm in m}
+        for name, v in rows.items():
+            lines.append(f"| {arm} | {name} | {strong[name]['test_accuracy']:.1%} | "
+                         f"{v['unconverged_fraction']:.0%} | {v['C_mean']:.3f} | {v['R_mean']:.3f} | "
+                         f"{v['C_std']:.3f} | {v['R_std']:.3f} | {v['C_outlier_fraction']:.1%} | "
+                         f"{v['R_outlier_fraction']:.1%} |")
+        below = sum(v["R_mean"] < v["C_mean"] for v in rows.values())
+        spread = sum(v["R_std"] < v["C_std"] for v in rows.values())
+        poster = sum(0.25 <= v["C_outlier_fraction"] <= 0.42 for v in rows.values())
+        verdicts.append(f"- `{arm}`: R below C in {below} of {len(rows)}; std R below std C in "
+                        f"{spread} of {len(rows)}; C outliers in the poster's range (25 to 42 %) in "
+                        f"{poster} of {len(rows)}.")
+    c_mean, mg = (summary["arms"]["main"]["scores"].get(k) for k in ("C_mean", "Mg"))
+    lines += ["", *verdicts, "", "Across the whole zoo (arm `main`, "
+              f"{summary['arms']['main']['models']} models, accuracy "
+              f"{min(m['test_accuracy'] for m in summary['models'].values()):.0%} to "
+              f"{max(m['test_accuracy'] for m in summary['models'].values()):.0%}), the poster's "
+              "\"C rises with quality\" is Kendall tau of `C_mean` with test accuracy "
+              f"{digits.fmt_ci(c_mean['tau'], c_mean['tau_ci'])}, and the authors' `Mg` "
+              f"{digits.fmt_ci(mg['tau'], mg['tau_ci'])}."]
+    return "\n".join(lines)
+
+
+def write_block(path: Path, pattern: re.Pattern, block: str) -> None:
+    text = path.read_text()
+    if not pattern.search(text):
+        raise SystemExit(f"study.py: {path} lacks the markers of its generated block")
+    path.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("run", "analyze"))
+    parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
+    parser.add_argument("--weights", type=Path, default=HERE / "weights")
+    parser.add_argument("--archive", type=Path, default=build.ARCHIVE)
+    parser.add_argument("--only", default=None, help="comma-separated model names (run only)")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",")]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}")
+    if args.command == "run":
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        run(arms, args.weights, args.archive, build.digits.chosen_models(parser, build.ZOO, args.only))
+        return 0
+    if not any("main" in row for row in read(SCORES).values()):
+        parser.error(f"no model scored in the main arm in {SCORES}: run first")
+    summary = analyse(arms)
+    write(SUMMARY, summary)
+    for arm in summary["arms"]:
+        digits.figure(summary, arm, FIGURES / f"scores-{arm}.png", "CIFAR-10 zoo")
+    block = render(summary)
+    write_block(README, digits.BLOCK, block)
+    claims = render_claims(summary)
+    for path in (README, REPLICATION):
+        write_block(path, CLAIMS, claims)
+    print(block, claims, sep="\n\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
