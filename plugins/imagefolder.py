@@ -21,8 +21,8 @@ decoded); ``--dataset imagefolder:N`` resizes every image to N x N (bilinear, an
 Untrusted archives cannot exhaust memory: before anything is decompressed or decoded, each file's
 size (a zip member's uncompressed size, which ``zipfile`` also enforces while reading), each
 image's pixel count (from its header) and the whole dataset's decoded size are checked against
-``LIMITS``. A user with bigger data raises a limit through the environment variable that the
-error names, e.g. ``TOOLKIT_MAX_IMAGE_PIXELS=100000000``.
+``LIMITS``. A user with bigger data raises the limit that the error names, with ``--limits
+TOOLKIT_MAX_IMAGE_PIXELS=100000000`` or the environment variable of that name.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 import toolkit
-from toolkit.limits import env_limit
+from toolkit.limits import declare, env_limit, how_to_raise
 
 SPLITS = ("train", "test")
 LAYOUT = "ROOT/train/<class>/<image> and ROOT/test/<class>/<image>"
@@ -54,6 +54,7 @@ LIMITS = {
     "TOOLKIT_MAX_IMAGE_PIXELS": (4096 * 4096, "pixels of one image (width x height)"),
     "TOOLKIT_MAX_DATASET_BYTES": (8 * 2**30, "bytes of the decoded dataset (uint8 tensors)"),
 }
+declare(LIMITS)
 
 
 def limit(name: str) -> int:
@@ -63,7 +64,7 @@ def limit(name: str) -> int:
 
 def _over(what: str, amount: int, name: str) -> toolkit.UsageError:
     return toolkit.UsageError(f"{what} {amount:,} is over the limit of {limit(name):,} "
-                              f"{LIMITS[name][1]}; raise it with {name}=N if you trust the data")
+                              f"{LIMITS[name][1]}; {how_to_raise(name)}")
 
 
 def _extensions() -> tuple[str, ...]:
@@ -238,8 +239,8 @@ class _Reader:
                 raise toolkit.UsageError(
                     f"{self.source.where}: image {name} is {width}x{height}, "
                     f"{width * height:,} pixels, over the limit of "
-                    f"{limit('TOOLKIT_MAX_IMAGE_PIXELS'):,} per image; raise it with "
-                    "TOOLKIT_MAX_IMAGE_PIXELS=N if you trust the data")
+                    f"{limit('TOOLKIT_MAX_IMAGE_PIXELS'):,} per image; "
+                    + how_to_raise("TOOLKIT_MAX_IMAGE_PIXELS"))
             return image.size, self._grey(image)
 
     @staticmethod

@@ -16,8 +16,8 @@ from toolkit.errors import UsageError
 from toolkit.files import check_new_folder
 from toolkit.options import closest, parse_bool
 
-GLOBAL_OPTIONS = ("plugins_dir", "disable_plugins")
-METAVARS = {"plugins_dir": "FOLDER", "disable_plugins": "NAMES", "out": "PATH", "format": "FORMATS",
+GLOBAL_OPTIONS = ("plugins_dir", "disable_plugins", "limits")
+METAVARS = {"plugins_dir": "FOLDER", "disable_plugins": "NAMES", "limits": "NAME=N,...", "out": "PATH", "format": "FORMATS",
             "figures": "NAMES", "seed": "N", "interval": "T", "hook": "NAME"}
 WIDTH = 96
 
@@ -30,13 +30,22 @@ class Toolkit:
             (as does the environment variable TOOLKIT_PLUGINS=FILE.py,DIR,...).
         disable_plugins: plugin names (as `toolkit plugins` shows them) or distribution names not
             to load, comma-separated (as does TOOLKIT_DISABLE_PLUGINS).
+        limits: raise limits that guard memory against hostile input, for data you trust:
+            NAME=N pairs, comma-separated, e.g. TOOLKIT_MAX_IMAGE_PIXELS=100000000 (as does the
+            environment variable NAME). An error that hits a limit names it.
     """
 
-    def __init__(self, plugins_dir: str | None = None, disable_plugins=None):
+    def __init__(self, plugins_dir: str | None = None, disable_plugins=None, limits=None):
         if plugins_dir is not None or disable_plugins is not None:
             from toolkit.plugins import configure
 
             configure(plugins_dir=plugins_dir, disable=disable_plugins)
+        if limits is not None:
+            from toolkit.limits import raise_limits
+            from toolkit.plugins import get_plugin_manager
+
+            get_plugin_manager()  # the plugins declare their limits when loaded
+            raise_limits(limits)
 
     def analyze(self, **options) -> None:
         """Run the whole study and write one results file (netCDF), and its figures.

@@ -35,7 +35,7 @@ import xarray as xr
 from toolkit import schema
 from toolkit.errors import UsageError, WriteError
 from toolkit.files import check_output, umask
-from toolkit.limits import env_limit
+from toolkit.limits import declare, env_limit, how_to_raise
 
 SCHEMA_VERSION = 1
 CONVENTIONS = "CF-1.8"
@@ -343,6 +343,7 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
 
 MAX_RESULTS_BYTES = ("TOOLKIT_MAX_RESULTS_BYTES", 16 * 2**30,
                      "bytes a results file's variables may declare, read or not")
+declare({MAX_RESULTS_BYTES[0]: MAX_RESULTS_BYTES[1:]})
 
 
 def check_declared_size(ds: xr.Dataset, path: Path) -> None:
@@ -354,4 +355,4 @@ def check_declared_size(ds: xr.Dataset, path: Path) -> None:
         sizes = ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items())
         raise UsageError(f"{path} declares {declared:,} bytes of variables ({sizes}; "
                          f"{path.stat().st_size:,} bytes on disk), over the limit of {limit:,}; "
-                         f"raise it with {MAX_RESULTS_BYTES[0]}=N if you trust the file")
+                         f"{how_to_raise(MAX_RESULTS_BYTES[0])}")

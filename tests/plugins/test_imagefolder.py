@@ -265,7 +265,8 @@ def test_huge_images_are_refused_from_their_header_before_any_decoding(tmp_path,
     real_empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, **k: allocated.append(a) or real_empty(*a, **k))
     with pytest.raises(toolkit.UsageError, match=r"huge.png is 10000x10000, 100,000,000 pixels, over "
-                       r"the limit of 16,777,216 per image; raise it with TOOLKIT_MAX_IMAGE_PIXELS"):
+                       r"the limit of 16,777,216 per image; raise it with --limits TOOLKIT_MAX_IMAGE_PIXELS=N "
+                       r"\(or the environment variable TOOLKIT_MAX_IMAGE_PIXELS\)"):
         load(root)
     assert not allocated
     monkeypatch.setenv("TOOLKIT_MAX_IMAGE_PIXELS", "35")  # the user's own limit: 6x6 images pass...
@@ -327,3 +328,25 @@ def test_a_zip_is_decoded_once_per_process_until_it_changes(tmp_path, monkeypatc
     changed = load(archive)
     assert len(decoded) == 2
     assert not torch.equal(changed.train_images, first.train_images)
+
+
+def test_limits_are_raised_and_checked_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from toolkit.__main__ import main
+
+    for name in ("TOOLKIT_MAX_IMAGE_PIXELS", "TOOLKIT_MAX_RESULTS_BYTES"):
+        monkeypatch.setenv(name, "1000000")  # undone after the test, as --limits sets the variable
+    out = tmp_path / "r.nc"
+    argv = ["analyze", "--dataset", "imagefolder", "--data_root", str(write_zip(tmp_path / "d.zip", images())),
+            "--out", str(out), "--limits", "TOOLKIT_MAX_IMAGE_PIXELS=35"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "36 pixels, over the limit of 35 per image; raise it with --limits TOOLKIT_MAX_IMAGE_PIXELS=N" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["plugins", "--limits", "TOOLKIT_MAX_PIXELS=5"]) == 2
+    err = capsys.readouterr().err
+    assert "--limits: unknown limit 'TOOLKIT_MAX_PIXELS'; the limits are TOOLKIT_MAX_DATASET_BYTES (" in err
+    assert "TOOLKIT_MAX_RESULTS_BYTES (bytes a results file's variables may declare" in err
+    assert main(["--limits", "TOOLKIT_MAX_RESULTS_BYTES=lots", "summary", "x.nc"]) == 2
+    assert "--limits TOOLKIT_MAX_RESULTS_BYTES='lots': the limit must be a whole number >= 1" in capsys.readouterr().err
+    assert main(["plugins", "--limits", "TOOLKIT_MAX_IMAGE_PIXELS"]) == 2
+    assert "give NAME=N" in capsys.readouterr().err
