@@ -232,10 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated model names (run only)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",")]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        parser.error(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}")
+    arms = digits.chosen_arms(parser, args.arms, ARMS)
     if args.command == "run":
         import torch
 

@@ -466,6 +466,15 @@ def readme_block(text: str) -> str | None:
     return found.group(2).strip() if found else None
 
 
+def chosen_arms(parser: argparse.ArgumentParser, value: str, arms: dict) -> list[str]:
+    """The arms of ``--arms`` (comma-separated), or the parser's error naming the study's arms."""
+    chosen = [a.strip() for a in value.split(",")]
+    unknown = [a for a in chosen if a not in arms]
+    if unknown:
+        parser.error(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(arms)}")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("run", "partial", "analyze"))
@@ -474,10 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="comma-separated model names (run only)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    arms = [a.strip() for a in args.arms.split(",")]
-    unknown = [a for a in arms if a not in ARMS]
-    if unknown:
-        parser.error(f"unknown arm(s) {', '.join(unknown)}; arms: {', '.join(ARMS)}")
+    arms = chosen_arms(parser, args.arms, ARMS)
     if args.command == "run":
         run(arms, args.weights, args.only and args.only.split(","), args.threads)
         return 0
