@@ -68,6 +68,10 @@ def test_every_option_of_a_command_is_a_parameter_of_its_counterpart(command):
 def test_the_global_plugin_options_are_those_of_plugins_configure():
     from toolkit.plugins import configure
 
+    from toolkit.cli import GLOBAL_OPTIONS
+
     options = set(inspect.signature(Toolkit.__init__).parameters) - {"self"}
+    assert options == set(GLOBAL_OPTIONS)
+    options -= {"limits"}  # toolkit.limits.raise_limits, not a plugin option
     assert {o.replace("disable_plugins", "disable") for o in options} <= set(
         inspect.signature(configure).parameters)
