@@ -144,8 +144,11 @@ def analyse(arms: list[str]) -> dict:
         for name, scored in values.items():
             entry = summary["models"].setdefault(name, {
                 "architecture": zoo[name]["model"], "test_accuracy": zoo[name]["test_accuracy"],
-                "train_seconds": zoo[name]["train_seconds"]})
+                "train_seconds": zoo[name]["train_seconds"], "precision": zoo[name].get("precision")})
             entry[arm] = scored
+    summary["machines"] = sorted({row[arm]["machine"] for row in scores.values() for arm in row})
+    summary["threads"] = sorted({row[arm]["threads"] for row in scores.values() for arm in row})
+    summary["scoring_precision"] = sorted({row[arm]["precision"] for row in scores.values() for arm in row})
     return summary
 
 
@@ -164,11 +167,15 @@ def render(summary: dict) -> str:
             f"{o['models']} models, has tau **{digits.fmt_ci(o['tau_held_out'], o['tau_held_out_ci'])}**; "
             f"it {'beats' if o['beats_every_baseline'] else 'does not beat'} every baseline here "
             "(paired 95 % interval of the difference above 0):", "", *digits.held_out_rows(o)]
-    models = ["| model | architecture | test accuracy | training (s) |", "|---|---|---|---|"]
-    models += [f"| {n} | `{m['architecture']}` | {m['test_accuracy']:.1%} | {m['train_seconds']:.0f} |"
-               for n, m in summary["models"].items()]
-    return "\n".join([*head, analysis, "", *tail, "", "The models:", "", *models, "",
-                      digits.render_seconds(summary)])
+    models = ["| model | architecture | test accuracy | training (s) | precision |", "|---|---|---|---|---|"]
+    models += [f"| {n} | `{m['architecture']}` | {m['test_accuracy']:.1%} | {m['train_seconds']:.0f} "
+               f"| {m['precision']} |" for n, m in summary["models"].items()]
+    cost = (f"Built and scored on {', '.join(summary['machines'])} with "
+            f"{', '.join(map(str, summary['threads']))} torch threads, synthesis in "
+            f"{', '.join(summary['scoring_precision'])}; other work shared the two cores at times, so "
+            "the seconds are upper bounds. " + digits.render_seconds(summary))
+    return "\n".join([*head, analysis, "", *tail, "", "The models, in the order they were built:", "",
+                      *models, "", cost])
 
 
 # --- the poster's claims on the strong models (issue 16, section 4) ---------------------------
