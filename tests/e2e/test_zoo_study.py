@@ -118,3 +118,12 @@ def test_the_poster_claims_on_strong_models_are_rendered_from_the_cifar10_summar
         found = study.CLAIMS.search(readme.read_text())
         assert found is not None, f"{readme} lacks the strong-models markers"
         assert found.group(2).strip() == study.render_claims(summary).strip(), readme
+
+
+def test_the_cifar10_zoo_tests_the_digits_candidate_and_primary_unchanged():
+    study = load_script(EXAMPLES / "zoo-cifar10" / "study.py")
+    digits = json.loads((FOLDER / "summary.json").read_text())
+    assert study.DIGITS_CHOSEN == digits["out_of_sample"]["chosen"]
+    assert study.PRIMARY == digits["verdict"]["score"]
+    assert study.digits.BASELINES == ("unconverged_fraction", "mean_steps", "noise_confidence",
+                                      "weight_norm", "ww_alpha")
