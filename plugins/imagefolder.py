@@ -286,32 +286,10 @@ def _check_sizes(sizes: list[tuple[int, int]], names: list[str], where: str) -> 
     return width
 
 
-_LAST_ZIP: list = []  # [(key, dataset)]: the last zip decoded in this process
-
-
 def load_imagefolder(root: Path, download: bool = False, size: int | None = None,
                      threads: int | None = None) -> toolkit.ImageDataset:
-    """Images in ImageFolder layout from ``root``, a folder or a ``.zip`` (see the module's docstring).
-
-    The last zip read is kept for the process, keyed by its path, inode, size and modification
-    time, so ``rank`` decodes a zip once for all its models (a folder is read every time: a
-    change inside it would not show in the folder's own metadata). Each call gets its own copy of
-    the tensors."""
-    path = Path(root)
-    if not path.is_file():
-        return _decode(path, size, threads)
-    info = path.stat()
-    key = (str(path.resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, size)
-    if not _LAST_ZIP or _LAST_ZIP[0][0] != key:
-        _LAST_ZIP[:] = [(key, _decode(path, size, threads))]
-    kept = _LAST_ZIP[0][1]
-    return toolkit.ImageDataset(kept.name, kept.train_images.clone(), kept.train_labels.clone(),
-                                kept.test_images.clone(), kept.test_labels.clone(), kept.class_names,
-                                kept.mean, kept.std)
-
-
-def _decode(root: Path, size: int | None, threads: int | None) -> toolkit.ImageDataset:
-    source = _source(root)
+    """Images in ImageFolder layout from ``root``, a folder or a ``.zip`` (see the module's docstring)."""
+    source = _source(Path(root))
     folders = _split_folders(source)
     classes, samples = _listing(source, folders)
     files = [f for f, _ in samples["train"] + samples["test"]]

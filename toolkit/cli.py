@@ -41,10 +41,11 @@ class Toolkit:
 
             configure(plugins_dir=plugins_dir, disable=disable_plugins)
         if limits is not None:
+            import toolkit.results  # noqa: F401 (declares the results file's limit)
             from toolkit.limits import raise_limits
             from toolkit.plugins import get_plugin_manager
 
-            get_plugin_manager()  # the plugins declare their limits when loaded
+            get_plugin_manager()  # the plugins declare theirs when loaded
             raise_limits(limits)
 
     def analyze(self, **options) -> None:

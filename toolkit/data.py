@@ -1,8 +1,10 @@
 """The in-memory image dataset every dataset plugin returns."""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from typing import Sequence
+from typing import Callable, Hashable, Iterator, Sequence
 
 import torch
 
@@ -81,3 +83,30 @@ def _per_channel(values: Sequence[float], channels: int, what: str) -> tuple[flo
     if len(values) != channels:
         raise ValueError(f"{what} needs one value per channel ({channels}), got {len(values)}")
     return values
+
+
+_REUSED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("toolkit_reused_datasets", default=None)
+
+
+@contextlib.contextmanager
+def reusing_datasets() -> Iterator[None]:
+    """Within this block, a dataset is read once and handed out again to every run that asks for
+    the same one (the same plugin, root and download setting): ``rank`` reads CIFAR-10 once for all
+    its models instead of once per model. The runs share one :class:`ImageDataset`, which the
+    toolkit never modifies. Outside such a block every run reads its data afresh, and nothing is
+    kept once the block ends."""
+    token = _REUSED.set({} if _REUSED.get() is None else _REUSED.get())
+    try:
+        yield
+    finally:
+        _REUSED.reset(token)
+
+
+def reused(key: Hashable, load: Callable[[], ImageDataset]) -> ImageDataset:
+    """``load()``, or inside :func:`reusing_datasets` the dataset already loaded under ``key``."""
+    kept = _REUSED.get()
+    if kept is None:
+        return load()
+    if key not in kept:
+        kept[key] = load()
+    return kept[key]

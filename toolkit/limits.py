@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 from toolkit.errors import UsageError
 
 KNOWN: dict[str, str] = {}  # limit name -> what it bounds, for every limit declared so far
-_WHOLE = re.compile(r"[0-9][0-9_]*")
+_WHOLE = re.compile(r"[0-9]+(_[0-9]+)*")  # as Python writes whole numbers: 100000000, 100_000_000
 
 
 def env_limit(name: str, default: int, what: str) -> int:
@@ -46,6 +46,9 @@ def raise_limits(spec: str | Mapping[str, object] | Iterable[str]) -> None:
     if isinstance(spec, Mapping):
         pairs = [(str(k), str(v)) for k, v in spec.items()]
     else:
+        if not isinstance(spec, (str, list, tuple)):  # e.g. Fire's 5 for --limits 5
+            raise UsageError(f"--limits {spec!r}: give NAME=N pairs, comma-separated, e.g. "
+                             "TOOLKIT_MAX_IMAGE_PIXELS=100000000")
         items = spec.split(",") if isinstance(spec, str) else [str(s) for s in spec]
         pairs = []
         for item in filter(None, (s.strip() for s in items)):

@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from toolkit.data import reusing_datasets
 from toolkit.errors import UsageError
 from toolkit.plugins import get_registry
 from toolkit.results import check_writable, provenance, write_results
@@ -243,7 +244,6 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
     there (work in ``<out without .nc>.work/``, kept for a resume until the file is written).
     """
     from toolkit.config import AnalysisConfig
-    from toolkit.pipeline import analyze
 
     # every value checked before any work (huge or wrong numbers: one line); run options
     # (plots, progress, ...) go on to analyze as they are
@@ -261,18 +261,8 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
     try:
         _claim(work, entries, dataset, seeds, options, fresh)
         results = []
-        for number, entry in enumerate(entries, 1):
-            if progress:
-                print(f"rank: model {number} of {len(entries)}: {entry.name} ({entry.model})",
-                      file=sys.stderr)
-            folder = work / f"{number:03d}"
-            file = folder / "results.nc"
-            if not file.is_file():
-                analyze(model=entry.model, dataset=dataset, intervals=(1.0,), seeds=seeds,
-                        checkpoints=stage_weights(entry, folder / "weights"), out=file,
-                        progress=progress, **options)
-            with xr.open_dataset(file) as ds:
-                results.append(ds.load())
+        with reusing_datasets():  # the data are read once for all the models
+            _probe_each(entries, work, dataset, seeds, progress, options, results)
         combined = combine(entries, results, dataset, by, {"seeds": seeds, **options})
         report = RankReport(combined, by, correlations(combined, resamples))
         if out is not None:
@@ -282,6 +272,26 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
     finally:
         if temporary:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _probe_each(entries: Sequence[Entry], work: Path, dataset: str, seeds: int, progress: bool,
+                options: Mapping[str, Any], results: list[xr.Dataset]) -> None:
+    """Probe each model into ``work/NNN/results.nc`` (skipping those already there), appending
+    each one's results to ``results``."""
+    from toolkit.pipeline import analyze
+
+    for number, entry in enumerate(entries, 1):
+        if progress:
+            print(f"rank: model {number} of {len(entries)}: {entry.name} ({entry.model})",
+                  file=sys.stderr)
+        folder = work / f"{number:03d}"
+        file = folder / "results.nc"
+        if not file.is_file():
+            analyze(model=entry.model, dataset=dataset, intervals=(1.0,), seeds=seeds,
+                    checkpoints=stage_weights(entry, folder / "weights"), out=file,
+                    progress=progress, **options)
+        with xr.open_dataset(file) as ds:
+            results.append(ds.load())
 
 
 def _claim(work: Path, entries: Sequence[Entry], dataset: str, seeds: int,

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
-os.environ["TOOLKIT_PLUGINS"] = ",".join(filter(None, [
-    os.environ.get("TOOLKIT_PLUGINS"), str(HERE / "zoo_models.py"),
-    str(ROOT / "examples" / "zoo-digits" / "zoo_models.py")]))
+PLUGINS = (HERE / "zoo_models.py", ROOT / "examples" / "zoo-digits" / "zoo_models.py")  # fast:N, mlp:N
 
 
 def load_script(path: Path):
@@ -101,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def build(out: Path, archive: Path, only: list[str] | None = None, after=None) -> None:
     """Train the models of the zoo (or ``only`` those) missing from ``out``; ``after(name, row)``
     is called for each once its weights exist."""
+    digits.use_plugins(*PLUGINS)
     digits.build(ZOO, load_data(archive), out, only, training_settings(), after)
 
 

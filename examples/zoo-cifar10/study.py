@@ -34,7 +34,7 @@ SUMMARY, README, SCORES, MANIFEST = (HERE / "summary.json", HERE / "README.md", 
 _spec = importlib.util.spec_from_file_location("zoo_cifar10_build", HERE / "build.py")
 build = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = build
-_spec.loader.exec_module(build)  # sets TOOLKIT_PLUGINS for the zoo's models
+_spec.loader.exec_module(build)
 digits = build.load_script(build.ROOT / "examples" / "zoo-digits" / "study.py")
 
 PRIMARY, SEEDS = digits.PRIMARY, 3
@@ -79,6 +79,10 @@ def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -
     from toolkit.ranking import rank
 
     zoo = read(MANIFEST)
+    if zoo.get(name, row) != row:  # trained again (weights lost): its old scores are another model's
+        scores = read(SCORES)
+        scores.pop(name, None)
+        write(SCORES, dict(sorted(scores.items())))
     zoo[name] = row
     write(MANIFEST, dict(sorted(zoo.items())))
     for arm in arms:
@@ -104,7 +108,17 @@ def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -
 
 
 def run(arms: list[str], weights: Path, archive: Path, only: list[str] | None) -> None:
-    build.build(weights, archive, only, after=lambda name, row: score(name, row, weights, archive, arms))
+    """Train and score the models (or ``only`` those) that lack one of ``arms`` in scores.json; a
+    model scored in every arm is not trained again, even where its weights are gone."""
+    from toolkit.data import reusing_datasets
+
+    scores = read(SCORES)
+    missing = [n for n in (only or build.ZOO) if any(arm not in scores.get(n, {}) for arm in arms)]
+    if not missing:
+        return
+    with reusing_datasets():  # CIFAR-10 is decoded once for all the models' rankings
+        build.build(weights, archive, missing,
+                    after=lambda name, row: score(name, row, weights, archive, arms))
 
 
 # --- the analysis of record (the digits zoo's code) ---------------------------------------------
@@ -112,6 +126,11 @@ def run(arms: list[str], weights: Path, archive: Path, only: list[str] | None) -
 def arm_table(arm: str, zoo: dict, scores: dict) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
     """Model names (the zoo's order), score values and expected signs of the models scored in ``arm``."""
     names = [n for n in build.ZOO if n in zoo and arm in scores.get(n, {})]
+    for n in names:  # the scores and the accuracy must be those of one model
+        if abs(scores[n][arm]["test_accuracy"] - zoo[n]["test_accuracy"]) > 1e-6:
+            raise SystemExit(f"study.py: {n}: the test accuracy of its {arm} scores "
+                             f"({scores[n][arm]['test_accuracy']}) is not that of zoo.json "
+                             f"({zoo[n]['test_accuracy']}); score it again")
     first = scores[names[0]][arm]
     table = {s: np.array([np.nan if scores[n][arm]["scores"].get(s) is None
                           else scores[n][arm]["scores"][s] for n in names]) for s in first["scores"]}
@@ -124,6 +143,7 @@ def analyse(arms: list[str]) -> dict:
     summary = {"preregistration": "PREREGISTRATION.md", "resamples": digits.RESAMPLES,
                "bootstrap_seed": digits.BOOTSTRAP_SEED, "top_cluster_points": digits.TOP_CLUSTER * 100,
                "seeds": SEEDS, "zoo_size": len(build.ZOO), "arms": {}, "models": {}}
+    summary["interim"] = sum("main" in scores.get(n, {}) for n in zoo) < len(build.ZOO)
     for arm in arms:
         names, table, expected = arm_table(arm, zoo, scores)
         arm_summary, values = digits.analyse_table(*ARMS[arm], names, table, expected, zoo)
@@ -166,14 +186,15 @@ def render(summary: dict) -> str:
     tail = [f"Out of sample: the digits zoo's candidate `{o['chosen']}`, tested unchanged on these "
             f"{o['models']} models, has tau **{digits.fmt_ci(o['tau_held_out'], o['tau_held_out_ci'])}**; "
             f"it {'beats' if o['beats_every_baseline'] else 'does not beat'} every baseline here "
-            "(paired 95 % interval of the difference above 0):", "", *digits.held_out_rows(o)]
+            "(paired 95 % interval of the difference above 0):", "",
+            *digits.held_out_rows(o, "tau on this zoo")]
     models = ["| model | architecture | test accuracy | training (s) | precision |", "|---|---|---|---|---|"]
     models += [f"| {n} | `{m['architecture']}` | {m['test_accuracy']:.1%} | {m['train_seconds']:.0f} "
                f"| {m['precision']} |" for n, m in summary["models"].items()]
     cost = (f"Built and scored on {', '.join(summary['machines'])} with "
             f"{', '.join(map(str, summary['threads']))} torch threads, synthesis in "
             f"{', '.join(summary['scoring_precision'])}; other work shared the two cores at times, so "
-            "the seconds are upper bounds. " + digits.render_seconds(summary))
+            "the seconds are upper bounds. " + digits.render_seconds(summary, "the machines above"))
     return "\n".join([*head, analysis, "", *tail, "", "The models, in the order they were built:", "",
                       *models, "", cost])
 
@@ -202,13 +223,15 @@ def render_claims(summary: dict) -> str:
     for arm in summary["arms"]:
         rows = {n: m[arm] for n, m in strong.items() if arm in m}
         for name, v in rows.items():
-            lines.append(f"| {arm} | {name} | {strong[name]['test_accuracy']:.1%} | "
-                         f"{v['unconverged_fraction']:.0%} | {v['C_mean']:.3f} | {v['R_mean']:.3f} | "
-                         f"{v['C_std']:.3f} | {v['R_std']:.3f} | {v['C_outlier_fraction']:.1%} | "
-                         f"{v['R_outlier_fraction']:.1%} |")
-        below = sum(v["R_mean"] < v["C_mean"] for v in rows.values())
-        spread = sum(v["R_std"] < v["C_std"] for v in rows.values())
-        poster = sum(0.25 <= v["C_outlier_fraction"] <= 0.42 for v in rows.values())
+            cells = [_cell(v.get(k), f) for k, f in (("unconverged_fraction", ".0%"), ("C_mean", ".3f"),
+                     ("R_mean", ".3f"), ("C_std", ".3f"), ("R_std", ".3f"),
+                     ("C_outlier_fraction", ".1%"), ("R_outlier_fraction", ".1%"))]
+            lines.append(f"| {arm} | {name} | {strong[name]['test_accuracy']:.1%} | " + " | ".join(cells) + " |")
+        known = {n: v for n, v in rows.items() if None not in (v.get("C_mean"), v.get("R_mean"),
+                                                              v.get("C_std"), v.get("R_std"))}
+        below = sum(v["R_mean"] < v["C_mean"] for v in known.values())
+        spread = sum(v["R_std"] < v["C_std"] for v in known.values())
+        poster = sum(0.25 <= (v.get("C_outlier_fraction") or 0) <= 0.42 for v in rows.values())
         verdicts.append(f"- `{arm}`: R below C in {below} of {len(rows)}; std R below std C in "
                         f"{spread} of {len(rows)}; C outliers in the poster's range (25 to 42 %) in "
                         f"{poster} of {len(rows)}.")
@@ -221,6 +244,10 @@ def render_claims(summary: dict) -> str:
               f"{digits.fmt_ci(c_mean['tau'], c_mean['tau_ci'])}, and the authors' `Mg` "
               f"{digits.fmt_ci(mg['tau'], mg['tau_ci'])}."]
     return "\n".join(lines)
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def write_block(path: Path, pattern: re.Pattern, block: str) -> None:
@@ -247,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         run(arms, args.weights, args.archive, build.digits.chosen_models(parser, build.ZOO, args.only))
         return 0
-    if not any("main" in row for row in read(SCORES).values()):
-        parser.error(f"no model scored in the main arm in {SCORES}: run first")
+    if "main" not in arms or not any("main" in row for row in read(SCORES).values()):
+        parser.error(f"analyze needs the main arm, scored for some model in {SCORES}: "
+                     "run first, and keep main among --arms")
     summary = analyse(arms)
     write(SUMMARY, summary)
     for arm in summary["arms"]:

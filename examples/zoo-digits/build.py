@@ -23,14 +23,12 @@ from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-os.environ["TOOLKIT_PLUGINS"] = ",".join(filter(None, [os.environ.get("TOOLKIT_PLUGINS"),
-                                                       str(HERE / "zoo_models.py")]))
+from toolkit import ImageDataset
+from toolkit.model import NormalizedClassifier
+from toolkit.plugins import get_plugin_manager, get_registry
+from toolkit.training import TrainingSettings, nested_stratified_subsets, train_through_intervals
 
-from toolkit import ImageDataset  # noqa: E402
-from toolkit.model import NormalizedClassifier  # noqa: E402
-from toolkit.plugins import get_registry  # noqa: E402
-from toolkit.training import TrainingSettings, nested_stratified_subsets, train_through_intervals  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 # zoo name prefix -> toolkit model name (zoo_models.py registers cnn:N and mlp:N)
 ARCHITECTURES = {"resnet18": "resnet18", "mobilenet": "timm:mobilenetv3_small_050",
@@ -50,6 +48,22 @@ VARIANTS = {"base-s0": Recipe(), "base-s1": Recipe(seed=1), "base-s2": Recipe(se
             "noise20": Recipe(noise=0.2), "noise50": Recipe(noise=0.5), "data25": Recipe(fraction=0.25)}
 # The toolkit's digits training defaults (plugins/datasets.py, DIGITS_DEFAULTS).
 TRAINING = dict(lr=0.1, batch_size=32, crop_padding=1, flip=False)
+
+
+def use_plugins(*files: Path) -> None:
+    """Register plugin files in this process's plugin manager, each once (as ``TOOLKIT_PLUGINS``
+    does when the manager starts, which may be over by now: a test, a notebook): the zoo's
+    architectures, for training and ``rank`` alike. A file already loaded is left alone."""
+    import importlib.util
+
+    pm = get_plugin_manager()
+    loaded = {Path(getattr(plugin, "__file__", "") or "").resolve() for plugin in pm.get_plugins()}
+    for path in (Path(f).resolve() for f in files):
+        if path not in loaded:
+            spec = importlib.util.spec_from_file_location(f"toolkit_zoo_plugins.{path.parent.name}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            pm.register(module, name=str(path))
 
 
 def zoo() -> dict[str, tuple[str, Recipe]]:
@@ -91,6 +105,7 @@ def build(models: dict[str, tuple[str, Recipe]], data: ImageDataset, out: Path,
     """Train every model of ``models`` (or ``only`` those) whose file is missing from ``out``,
     writing ``out/<name>.pt`` and its row of ``out/zoo.json`` as each one finishes; ``after(name,
     row)`` is called for each of them once its weights exist (the CIFAR-10 zoo scores it there)."""
+    use_plugins(HERE / "zoo_models.py")
     chosen = list(models) if only is None else only
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "zoo.json"

@@ -439,17 +439,17 @@ def render_out_of_sample(o: dict) -> str:
     return "\n".join(lines + held_out_rows(o))
 
 
-def held_out_rows(o: dict) -> list[str]:
+def held_out_rows(o: dict, column: str = "held-out tau") -> list[str]:
     """The table of a score tested unchanged against each baseline."""
-    lines = ["| baseline | held-out tau [95 % CI] | chosen minus baseline [95 % CI] |", "|---|---|---|"]
+    lines = [f"| baseline | {column} [95 % CI] | chosen minus baseline [95 % CI] |", "|---|---|---|"]
     for name, b in o["baselines_held_out"].items():
         lines.append(f"| `{name}` | {fmt_ci(b['tau'], b['tau_ci'])} | "
                      f"{fmt_ci(o['tau_held_out'] - b['tau'], b['difference_ci'])} |")
     return lines
 
 
-def render_seconds(summary: dict) -> str:
-    return "Seconds per arm (all models, this machine): " + ", ".join(
+def render_seconds(summary: dict, where: str = "this machine") -> str:
+    return f"Seconds per arm (all models, {where}): " + ", ".join(
         f"{arm} {a['seconds']:.0f} s" if a.get("seconds") else f"{arm} -"
         for arm, a in summary["arms"].items()) + "."
 

@@ -120,3 +120,32 @@ def test_bootstrap_interval_brackets_a_clear_correlation():
     x = np.arange(20.0)
     low, high = bootstrap_interval(lambda a, b: np.corrcoef(a, b)[0, 1], x, x + 0.1 * np.sin(x))
     assert 0.95 < low <= high <= 1.0
+
+
+@pytest.mark.slow
+def test_rank_reads_the_data_once_for_all_its_models(tiny_plugin, zoo, tmp_path, monkeypatch):
+    from toolkit.data import reused, reusing_datasets
+    from toolkit.plugins import get_plugin_manager
+
+    loads = []
+
+    class Counting:
+        @toolkit.hookimpl
+        def register_datasets(self, register):
+            register("counted", lambda root, download: loads.append(root) or make_tiny_dataset(),
+                     description="the tiny dataset, counting its loads")
+
+    get_plugin_manager().register(Counting(), name="counting-test-plugin")
+    try:
+        rank([f"tiny-cnn={p}" for p in zoo[:3]], **{**FAST, "dataset": "counted", "max_steps": 2})
+        assert len(loads) == 1
+        rank([f"tiny-cnn={p}" for p in zoo[:2]], **{**FAST, "dataset": "counted", "max_steps": 2})
+        assert len(loads) == 2  # nothing is kept once a ranking ends
+    finally:
+        get_plugin_manager().unregister(name="counting-test-plugin")
+    made = []
+    with reusing_datasets():
+        first = reused("k", lambda: made.append(1) or make_tiny_dataset())
+        with reusing_datasets():  # nested blocks share what the outer one holds
+            assert reused("k", lambda: made.append(1) or make_tiny_dataset()) is first
+    assert len(made) == 1 and reused("k", make_tiny_dataset) is not first

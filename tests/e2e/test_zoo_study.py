@@ -127,3 +127,18 @@ def test_the_cifar10_zoo_tests_the_digits_candidate_and_primary_unchanged():
     assert study.PRIMARY == digits["verdict"]["score"]
     assert study.digits.BASELINES == ("unconverged_fraction", "mean_steps", "noise_confidence",
                                       "weight_norm", "ww_alpha")
+
+
+def test_the_cifar10_summary_holds_the_committed_rows():
+    """summary.json is that of scores.json and zoo.json (rerun study.py analyze after scoring)."""
+    folder = EXAMPLES / "zoo-cifar10"
+    summary = json.loads((folder / "summary.json").read_text())
+    scores = json.loads((folder / "scores.json").read_text())
+    zoo = json.loads((folder / "zoo.json").read_text())
+    assert set(summary["models"]) == {n for n in zoo if "main" in scores.get(n, {})}
+    assert summary["interim"] == (len(summary["models"]) < summary["zoo_size"])
+    for name, model in summary["models"].items():
+        assert model["test_accuracy"] == zoo[name]["test_accuracy"]
+        for arm in summary["arms"]:
+            assert model[arm] == scores[name][arm]["scores"], (name, arm)
+            assert scores[name][arm]["test_accuracy"] == pytest.approx(zoo[name]["test_accuracy"], abs=1e-6)

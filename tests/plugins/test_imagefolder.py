@@ -308,28 +308,6 @@ def test_the_decoded_dataset_has_a_memory_budget(tmp_path, monkeypatch):
         load(root)
 
 
-def test_a_zip_is_decoded_once_per_process_until_it_changes(tmp_path, monkeypatch):
-    imagefolder = sys.modules[get_registry("dataset").get("imagefolder").obj.__module__]
-    decoded = []
-    real = imagefolder._decode
-    monkeypatch.setattr(imagefolder, "_decode", lambda *a: decoded.append(a) or real(*a))
-    monkeypatch.setattr(imagefolder, "_LAST_ZIP", [])
-    files = images()
-    archive = write_zip(tmp_path / "d.zip", files)
-    first, second = load(archive), load(archive)
-    assert len(decoded) == 1  # rank's second model reads the zip from memory
-    assert torch.equal(first.train_images, second.train_images)
-    assert first.mean == second.mean and first.class_names == second.class_names
-    second.train_images.zero_()  # each caller owns its tensors
-    assert torch.equal(load(archive).train_images, first.train_images)
-    assert len(decoded) == 1
-    files["train/cat/000.png"] = np.zeros((6, 6, 3), np.uint8)  # a changed archive is read again
-    write_zip(archive, files)
-    changed = load(archive)
-    assert len(decoded) == 2
-    assert not torch.equal(changed.train_images, first.train_images)
-
-
 def test_limits_are_raised_and_checked_from_the_command_line(tmp_path, monkeypatch, capsys):
     from toolkit.__main__ import main
 
@@ -350,3 +328,20 @@ def test_limits_are_raised_and_checked_from_the_command_line(tmp_path, monkeypat
     assert "--limits TOOLKIT_MAX_RESULTS_BYTES='lots': the limit must be a whole number >= 1" in capsys.readouterr().err
     assert main(["plugins", "--limits", "TOOLKIT_MAX_IMAGE_PIXELS"]) == 2
     assert "give NAME=N" in capsys.readouterr().err
+    for bad in ("TOOLKIT_MAX_IMAGE_PIXELS=1_", "TOOLKIT_MAX_IMAGE_PIXELS=0", "TOOLKIT_MAX_IMAGE_PIXELS=-3"):
+        assert main(["plugins", "--limits", bad]) == 2
+        assert "the limit must be a whole number >= 1" in capsys.readouterr().err
+    assert main(["plugins", "--limits", "5"]) == 2
+    assert "give NAME=N pairs" in capsys.readouterr().err
+    monkeypatch.setenv("TOOLKIT_MAX_IMAGE_PIXELS", "5_")
+    with pytest.raises(toolkit.UsageError, match="TOOLKIT_MAX_IMAGE_PIXELS='5_' must be a whole number"):
+        load(write_folder(tmp_path / "small", images()))
+
+
+@pytest.mark.slow
+def test_every_documented_limit_is_known_to_a_fresh_process(tmp_path):
+    for name in ("TOOLKIT_MAX_RESULTS_BYTES", "TOOLKIT_MAX_IMAGE_PIXELS", "TOOLKIT_MAX_FILE_BYTES",
+                 "TOOLKIT_MAX_DATASET_BYTES"):
+        run = subprocess.run([sys.executable, "-m", "toolkit", "--limits", f"{name}=5", "plugins"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr

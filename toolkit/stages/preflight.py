@@ -22,7 +22,7 @@ import torch
 
 from toolkit import distributed, probes as probing, results
 from toolkit.config import AnalysisConfig, renamed
-from toolkit.data import ImageDataset
+from toolkit.data import ImageDataset, reused
 from toolkit.errors import PluginError, UsageError
 from toolkit.metrics import check_metrics
 from toolkit.plugins import Registration, blamed_on
@@ -136,7 +136,8 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
 def load_dataset(registration: Registration, config: AnalysisConfig) -> ImageDataset:
     root = Path(config.data_root) if config.data_root else DEFAULT_DATA_ROOT
     with blamed_on(registration, "failed to load"):
-        data = registration.obj(root, config.download)
+        data = reused((registration.plugin, config.dataset, str(root.resolve()), config.download),
+                      lambda: registration.obj(root, config.download))
     if not isinstance(data, ImageDataset):
         raise PluginError(f"dataset {registration.name!r} (plugin {registration.plugin!r}) returned "
                           f"{type(data).__name__}, not a toolkit.ImageDataset")
