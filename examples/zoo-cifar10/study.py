@@ -201,19 +201,24 @@ def render(summary: dict) -> str:
 
 # --- the poster's claims on the strong models (issue 16, section 4) ---------------------------
 
-STRONG = 0.85  # the poster's claims at 85 % test accuracy or more
+STRONG = 0.85  # the issue's bar for a strong model; the block shows the top cluster and counts these
 CLAIMS = re.compile(r"(<!-- strong-models:begin -->\n)(.*?)(<!-- strong-models:end -->)", re.S)
 REPLICATION = build.ROOT / "examples" / "replicate-cifar10" / "README.md"
 
 
 def render_claims(summary: dict) -> str:
-    """The poster's claims checked on the zoo's models at :data:`STRONG` accuracy or more, per arm
+    """The poster's claims checked on the zoo's strongest models, per arm: the top cluster (the
+    pre-registered one: within 2 points of the best), with how many reach :data:`STRONG`
     (the block of this README and of ``examples/replicate-cifar10/README.md``)."""
-    strong = {n: m for n, m in summary["models"].items() if m["test_accuracy"] >= STRONG}
-    if not strong:
-        return f"No model of the zoo scored so far reaches {STRONG:.0%} test accuracy."
-    lines = [f"The {len(strong)} models of the CIFAR-10 zoo (`examples/zoo-cifar10/`) at "
-             f"{STRONG:.0%} test accuracy or more, probed at one interval with 3 seeds, in each arm "
+    best = max(m["test_accuracy"] for m in summary["models"].values())
+    strong = {n: m for n, m in summary["models"].items()
+              if m["test_accuracy"] >= best - summary["top_cluster_points"] / 100}
+    accuracies = [m["test_accuracy"] for m in strong.values()]
+    above = sum(a >= STRONG for a in accuracies)
+    lines = [f"The {len(strong)} strongest models of the CIFAR-10 zoo (`examples/zoo-cifar10/`), its "
+             f"top cluster (within {summary['top_cluster_points']:g} points of the best): "
+             f"{min(accuracies):.2%} to {max(accuracies):.2%} test accuracy, {above} of them at "
+             f"{STRONG:.0%} or more. Each is probed at one interval with 3 seeds, in each arm "
              "of the zoo (step 0.1 with at most 100 or 400 steps; exactly 250 steps of 0.01, the "
              "authors' code). Means and standard deviations over ordered pairs without self-pairs; "
              "outliers: |z| > 3 against the pooled reference.", "",
@@ -238,8 +243,8 @@ def render_claims(summary: dict) -> str:
     c_mean, mg = (summary["arms"]["main"]["scores"].get(k) for k in ("C_mean", "Mg"))
     lines += ["", *verdicts, "", "Across the whole zoo (arm `main`, "
               f"{summary['arms']['main']['models']} models, accuracy "
-              f"{min(m['test_accuracy'] for m in summary['models'].values()):.0%} to "
-              f"{max(m['test_accuracy'] for m in summary['models'].values()):.0%}), the poster's "
+              f"{min(m['test_accuracy'] for m in summary['models'].values()):.1%} to "
+              f"{max(m['test_accuracy'] for m in summary['models'].values()):.1%}), the poster's "
               "\"C rises with quality\" is Kendall tau of `C_mean` with test accuracy "
               f"{digits.fmt_ci(c_mean['tau'], c_mean['tau_ci'])}, and the authors' `Mg` "
               f"{digits.fmt_ci(mg['tau'], mg['tau_ci'])}."]
