@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import toolkit
+from toolkit.hardware import cpu_model
 from toolkit.model import NormalizedClassifier, extract_features, frozen
 from toolkit.stages.synthesize import synthesize_grid
 from toolkit.plugins import get_registry
@@ -361,10 +361,7 @@ def metric_seconds(n: int = 100, features: int = 512) -> float:
 
 def machine() -> str:
     load = os.getloadavg()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
             f"{torch.__version__}; load average at start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
 
 

@@ -151,8 +151,7 @@ def prepare(argv: list[str]) -> tuple[list[str], str | None]:
 def help_text(command: str | None = None) -> str:
     """``toolkit --help`` (the commands) or ``toolkit COMMAND --help`` (its options), complete."""
     if command is None:
-        lines = ["Usage: toolkit [--plugins_dir FOLDER] [--disable_plugins NAMES] [--limits NAME=N,...] "
-                 "COMMAND [OPTIONS]",
+        lines = ["Usage: toolkit " + " ".join(f"[{flag}]" for flag in _global_flags()) + " COMMAND [OPTIONS]",
                  "", inspect.getdoc(Toolkit).split("\n\n")[0], "", "Commands:"]
         for name, function in commands().items():
             summary = re.split(r"(?<=[a-z)])[.:] ", " ".join(inspect.getdoc(function).split()))[0]
@@ -183,9 +182,12 @@ def help_text(command: str | None = None) -> str:
     if command == "rank":
         lines += ["", "Probe options (as analyze's, passed on to each model's probe):"]
         lines += [option_help(OPTION[name]) for name in RANK_PASSED]
-    lines += ["", "Global options: --plugins_dir FOLDER, --disable_plugins NAMES, --limits NAME=N,... "
-              "(see toolkit --help)."]
+    lines += ["", f"Global options: {', '.join(_global_flags())} (see toolkit --help)."]
     return "\n".join(lines)
+
+
+def _global_flags() -> list[str]:
+    return [f"--{name} {METAVARS[name]}" for name in GLOBAL_OPTIONS]
 
 
 def usage(command: str) -> str:

@@ -17,8 +17,8 @@ from toolkit.files import check_new_folder
 from toolkit.options import closest, parse_bool
 
 GLOBAL_OPTIONS = ("plugins_dir", "disable_plugins", "limits")
-METAVARS = {"plugins_dir": "FOLDER", "disable_plugins": "NAMES", "limits": "NAME=N,...", "out": "PATH", "format": "FORMATS",
-            "figures": "NAMES", "seed": "N", "interval": "T", "hook": "NAME"}
+METAVARS = {"plugins_dir": "FOLDER", "disable_plugins": "NAMES", "limits": "NAME=N,...", "out": "PATH",
+            "format": "FORMATS", "figures": "NAMES", "seed": "N", "interval": "T", "hook": "NAME"}
 WIDTH = 96
 
 

@@ -6,6 +6,7 @@ capability 8.0 or later) and fp32 elsewhere; the results file records which and 
 """
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import torch
@@ -13,16 +14,26 @@ import torch
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
-    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read, e.g. not on Linux)."""
+def _cpuinfo_field(field: str, cpuinfo: str | Path) -> str | None:
+    """The first ``field: value`` of /proc/cpuinfo (None where it cannot be read, e.g. not on Linux)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        if line.startswith(field):
+            return line.partition(":")[2].strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read, e.g. not on Linux)."""
+    return set((_cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU's model name, for the record beside a measurement."""
+    return _cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown CPU"
 
 
 def bf16_units(device: torch.device) -> tuple[bool, str]:

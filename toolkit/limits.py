@@ -24,9 +24,14 @@ def env_limit(name: str, default: int, what: str) -> int:
     value = os.environ.get(name)
     if value is None:
         return default
-    if not _WHOLE.fullmatch(value.strip()) or int(value) < 1:
+    if not _positive(value):
         raise UsageError(f"{name}={value!r} must be a whole number >= 1 ({what})")
     return int(value)
+
+
+def _positive(value: str) -> bool:
+    """Whether ``value`` is a whole number >= 1 (``100000000``, ``100_000_000``, spaces around)."""
+    return bool(_WHOLE.fullmatch(value.strip())) and int(value) >= 1
 
 
 def declare(limits: Mapping[str, tuple[int, str]]) -> None:
@@ -60,7 +65,7 @@ def raise_limits(spec: str | Mapping[str, object] | Iterable[str]) -> None:
         if name not in KNOWN:
             raise UsageError(f"--limits: unknown limit {name!r}; the limits are "
                              + ", ".join(f"{k} ({w})" for k, w in sorted(KNOWN.items())))
-        if not _WHOLE.fullmatch(value) or int(value) < 1:
+        if not _positive(value):
             raise UsageError(f"--limits {name}={value!r}: the limit must be a whole number >= 1 "
                              f"({KNOWN[name]})")
     for name, value in pairs:

@@ -260,9 +260,8 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
                 else work_dir or Path(out).with_suffix(".work"))
     try:
         _claim(work, entries, dataset, seeds, options, fresh)
-        results = []
         with reusing_datasets():  # the data are read once for all the models
-            _probe_each(entries, work, dataset, seeds, progress, options, results)
+            results = _probe_each(entries, work, dataset, seeds, progress, options)
         combined = combine(entries, results, dataset, by, {"seeds": seeds, **options})
         report = RankReport(combined, by, correlations(combined, resamples))
         if out is not None:
@@ -275,11 +274,11 @@ def rank(weights: Sequence[str | os.PathLike], *, dataset: str, model: str | Non
 
 
 def _probe_each(entries: Sequence[Entry], work: Path, dataset: str, seeds: int, progress: bool,
-                options: Mapping[str, Any], results: list[xr.Dataset]) -> None:
-    """Probe each model into ``work/NNN/results.nc`` (skipping those already there), appending
-    each one's results to ``results``."""
+                options: Mapping[str, Any]) -> list[xr.Dataset]:
+    """Each model's results, probed into ``work/NNN/results.nc`` unless already there."""
     from toolkit.pipeline import analyze
 
+    results = []
     for number, entry in enumerate(entries, 1):
         if progress:
             print(f"rank: model {number} of {len(entries)}: {entry.name} ({entry.model})",
@@ -292,6 +291,7 @@ def _probe_each(entries: Sequence[Entry], work: Path, dataset: str, seeds: int, 
                     progress=progress, **options)
         with xr.open_dataset(file) as ds:
             results.append(ds.load())
+    return results
 
 
 def _claim(work: Path, entries: Sequence[Entry], dataset: str, seeds: int,

@@ -38,7 +38,6 @@ def load_script(path: Path):
 digits = load_script(ROOT / "examples" / "zoo-digits" / "build.py")
 Recipe = digits.Recipe
 
-ARCHITECTURES = {"fast64": "fast:64", "fast32": "fast:32", "mlp512": "mlp:512"}
 BASE = Recipe(epochs=8)
 # In the order they are built and scored (PREREGISTRATION.md): cheapest architecture first.
 ZOO: dict[str, tuple[str, Recipe]] = {

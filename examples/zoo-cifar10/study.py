@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import re
 import sys
 import time
@@ -63,18 +62,15 @@ def write(path: Path, content: dict) -> None:
 
 
 def machine() -> str:
-    from toolkit.hardware import cpu_flags
+    from toolkit.hardware import CPU_BF16_FLAGS, cpu_flags, cpu_model
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown CPU")
-    bf16 = sorted(cpu_flags() & {"amx_bf16", "avx512_bf16"})
-    return f"{model} ({', '.join(bf16) or 'no bf16 units'})"
+    bf16 = sorted(cpu_flags() & set(CPU_BF16_FLAGS))
+    return f"{cpu_model()} ({', '.join(bf16) or 'no bf16 units'})"
 
 
 def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -> None:
     """Score one trained model in every arm it lacks; its rows go to scores.json and zoo.json."""
     import torch
-    import xarray as xr
 
     from toolkit.ranking import rank
 
@@ -90,14 +86,14 @@ def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -
             continue
         clock = time.perf_counter()
         out = RESULTS / arm / f"{name}.nc"
-        rank([f"{row['model']}={weights / row['file']}"], dataset="imagefolder", data_root=str(archive),
-             seeds=SEEDS, out=out, overwrite=True, progress=True, **COMMON, **ARMS[arm][1])
+        ds = rank([f"{row['model']}={weights / row['file']}"], dataset="imagefolder",
+                  data_root=str(archive), seeds=SEEDS, out=out, overwrite=True, progress=True,
+                  **COMMON, **ARMS[arm][1]).ds
         seconds = time.perf_counter() - clock
-        with xr.open_dataset(out) as ds:
-            values = {str(s): float(v) for s, v in zip(ds["score"].values, ds["scores"].values[0])}
-            expected = {str(s): int(e) for s, e in zip(ds["score"].values, ds["score_expected"].values)}
-            accuracy = float(ds["test_accuracy"].values[0])
-            precision = json.loads(ds["model_config"].values[0]).get("precision")
+        values = {str(s): float(v) for s, v in zip(ds["score"].values, ds["scores"].values[0])}
+        expected = {str(s): int(e) for s, e in zip(ds["score"].values, ds["score_expected"].values)}
+        accuracy = float(ds["test_accuracy"].values[0])
+        precision = json.loads(ds["model_config"].values[0]).get("precision")
         scores = read(SCORES)
         scores.setdefault(name, {})[arm] = {
             "scores": {k: (None if not np.isfinite(v) else v) for k, v in values.items()},
