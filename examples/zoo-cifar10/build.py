@@ -1,6 +1,6 @@
-"""Build the CIFAR-10 zoo: 14 classifiers, trained deterministically (design: PREREGISTRATION.md).
+"""Build the CIFAR-10 zoo: 17 classifiers, trained deterministically (design: PREREGISTRATION.md).
 
-    python examples/zoo-cifar10/build.py                     # all 14, into examples/zoo-cifar10/weights/
+    python examples/zoo-cifar10/build.py                     # all 17, into examples/zoo-cifar10/weights/
     python examples/zoo-cifar10/build.py --only mlp512-ep2 --out /tmp/zoo
 
 The data are ``../shared/data/cifar10-jpeg.zip`` (``--archive``), read by the ``imagefolder``
@@ -55,7 +55,12 @@ ZOO: dict[str, tuple[str, Recipe]] = {
     "fast64-ep2": ("fast:64", Recipe(epochs=2)),
     "fast64-noise20": ("fast:64", Recipe(epochs=8, noise=0.2)),
     "fast64-data25": ("fast:64", Recipe(epochs=8, fraction=0.25)),
+    # Amendment 1 of PREREGISTRATION.md: strong models, outside the analysis of record.
+    "fast64-ep12-s0": ("fast:64", Recipe(epochs=12)),
+    "fast64-ep12-s1": ("fast:64", Recipe(epochs=12, seed=1)),
+    "fast64-ep12-s2": ("fast:64", Recipe(epochs=12, seed=2)),
 }
+PREREGISTERED = list(ZOO)[:14]  # the analysis of record's models
 TRAINING = dict(lr=0.2, batch_size=512, crop_padding=4, flip=True, weight_decay=5e-4)
 
 
