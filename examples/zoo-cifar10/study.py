@@ -119,9 +119,11 @@ def run(arms: list[str], weights: Path, archive: Path, only: list[str] | None) -
 
 # --- the analysis of record (the digits zoo's code) ---------------------------------------------
 
-def arm_table(arm: str, zoo: dict, scores: dict) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
-    """Model names (the zoo's order), score values and expected signs of the models scored in ``arm``."""
-    names = [n for n in build.ZOO if n in zoo and arm in scores.get(n, {})]
+def arm_table(arm: str, zoo: dict, scores: dict, among: list[str]
+              ) -> tuple[list[str], dict[str, np.ndarray], dict[str, int]]:
+    """Model names (the zoo's order), score values and expected signs of the models ``among``
+    those given that are scored in ``arm``."""
+    names = [n for n in among if n in zoo and arm in scores.get(n, {})]
     for n in names:  # the scores and the accuracy must be those of one model
         if abs(scores[n][arm]["test_accuracy"] - zoo[n]["test_accuracy"]) > 1e-6:
             raise SystemExit(f"study.py: {n}: the test accuracy of its {arm} scores "
@@ -133,66 +135,108 @@ def arm_table(arm: str, zoo: dict, scores: dict) -> tuple[list[str], dict[str, n
     return names, table, first["expected"]
 
 
-def analyse(arms: list[str]) -> dict:
-    zoo, scores = read(MANIFEST), read(SCORES)
-    arms = [a for a in arms if any(a in scores.get(n, {}) for n in zoo)]
-    summary = {"preregistration": "PREREGISTRATION.md", "resamples": digits.RESAMPLES,
-               "bootstrap_seed": digits.BOOTSTRAP_SEED, "top_cluster_points": digits.TOP_CLUSTER * 100,
-               "seeds": SEEDS, "zoo_size": len(build.ZOO), "arms": {}, "models": {}}
-    summary["interim"] = sum("main" in scores.get(n, {}) for n in zoo) < len(build.ZOO)
+def analysis(arms: list[str], among: list[str], zoo: dict, scores: dict) -> tuple[dict, dict]:
+    """The digits zoo's analysis of ``among`` (the models scored in each arm): per arm the
+    statistics, in arm ``main`` the verdict, Holm's p-values and the digits candidate's test; and
+    the per-model values."""
+    result, values = {"arms": {}}, {}
     for arm in arms:
-        names, table, expected = arm_table(arm, zoo, scores)
-        arm_summary, values = digits.analyse_table(*ARMS[arm], names, table, expected, zoo)
+        names, table, expected = arm_table(arm, zoo, scores, among)
+        arm_summary, arm_values = digits.analyse_table(*ARMS[arm], names, table, expected, zoo)
         if arm == "main":
-            summary["verdict"] = digits.primary_verdict(arm_summary["scores"])
+            result["verdict"] = digits.primary_verdict(arm_summary["scores"])
             secondary = {n: s["p"] for n, s in arm_summary["scores"].items()
                          if n != PRIMARY and n not in digits.BASELINES and np.isfinite(s["p"])}
             for name, adjusted in digits.holm(secondary).items():
                 arm_summary["scores"][name]["p_holm"] = adjusted
             accuracy = np.array([zoo[n]["test_accuracy"] for n in names])
             tested = digits.candidates(table)[DIGITS_CHOSEN]
-            summary["out_of_sample"] = {"chosen": DIGITS_CHOSEN, "models": len(names),
-                                        **digits.test_unchanged(tested, table, expected, accuracy)}
+            result["out_of_sample"] = {"chosen": DIGITS_CHOSEN, "models": len(names),
+                                       **digits.test_unchanged(tested, table, expected, accuracy)}
         for s in arm_summary["scores"].values():
             s.pop("_draws")
+        arm_summary["names"] = names
         arm_summary["seconds"] = sum(scores[n][arm]["seconds"] for n in names)
-        summary["arms"][arm] = arm_summary
-        for name, scored in values.items():
-            entry = summary["models"].setdefault(name, {
-                "architecture": zoo[name]["model"], "test_accuracy": zoo[name]["test_accuracy"],
-                "train_seconds": zoo[name]["train_seconds"], "precision": zoo[name].get("precision")})
-            entry[arm] = scored
+        result["arms"][arm] = arm_summary
+        for name, scored in arm_values.items():
+            values.setdefault(name, {})[arm] = scored
+    return result, values
+
+
+def analyse(arms: list[str]) -> dict:
+    """The analysis of record on the pre-registered models and, once any of its models is scored,
+    the same analysis over the whole zoo (PREREGISTRATION.md, amendment 1), under ``extended``."""
+    zoo, scores = read(MANIFEST), read(SCORES)
+    arms = [a for a in arms if any(a in scores.get(n, {}) for n in zoo)]
+    summary = {"preregistration": "PREREGISTRATION.md", "resamples": digits.RESAMPLES,
+               "bootstrap_seed": digits.BOOTSTRAP_SEED, "top_cluster_points": digits.TOP_CLUSTER * 100,
+               "seeds": SEEDS, "zoo_size": len(build.PREREGISTERED)}
+    summary["interim"] = sum("main" in scores.get(n, {}) for n in build.PREREGISTERED) < len(build.PREREGISTERED)
+    record, values = analysis(arms, build.PREREGISTERED, zoo, scores)
+    summary.update(record)
+    amendment = [n for n in build.ZOO if n not in build.PREREGISTERED]
+    if any("main" in scores.get(n, {}) for n in amendment):
+        summary["extended"], values = analysis(arms, list(build.ZOO), zoo, scores)
+    summary["models"] = {name: {"architecture": zoo[name]["model"],
+                                "test_accuracy": zoo[name]["test_accuracy"],
+                                "train_seconds": zoo[name]["train_seconds"],
+                                "precision": zoo[name].get("precision"),
+                                "preregistered": name in build.PREREGISTERED, **by_arm}
+                         for name, by_arm in values.items()}
     summary["machines"] = sorted({row[arm]["machine"] for row in scores.values() for arm in row})
     summary["threads"] = sorted({row[arm]["threads"] for row in scores.values() for arm in row})
     summary["scoring_precision"] = sorted({row[arm]["precision"] for row in scores.values() for arm in row})
     return summary
 
 
+def view(summary: dict, extended: bool = False) -> dict:
+    """``summary`` as the digits zoo's renderers and figures read it: the analysis of record (or
+    the extended one) with the models it covers."""
+    part = summary["extended"] if extended else summary
+    covered = set(part["arms"]["main"]["names"])
+    return {**summary, **part, "models": {n: m for n, m in summary["models"].items() if n in covered}}
+
+
 def render(summary: dict) -> str:
-    """The README's results block, from ``summary`` alone."""
+    """The README's results block, from ``summary`` alone: the analysis of record, then (once
+    scored) the same analysis over the whole zoo, then the models and their cost."""
+    record = view(summary)
     done = summary["arms"]["main"]["models"]
-    analysis = digits.render_analysis(summary)
+    analysis = digits.render_analysis(record)
     head = []
     if done < summary["zoo_size"]:
         head = [f"**Interim: {done} of the {summary['zoo_size']} pre-registered models are scored.** "
                 "The verdict of record is that of the whole zoo; these numbers will change.", ""]
         title, rest = analysis.split("\n", 1)
         analysis = f"### The pre-registered claim on {done} models (interim, no verdict)\n{rest}"
-    o = summary["out_of_sample"]
-    tail = [f"Out of sample: the digits zoo's candidate `{o['chosen']}`, tested unchanged on these "
+    parts = [*head, analysis, "", *render_out_of_sample(summary["out_of_sample"])]
+    if "extended" in summary:
+        extended = view(summary, extended=True)
+        n = extended["arms"]["main"]["models"]
+        title, rest = digits.render_analysis(extended).split("\n", 1)
+        parts += ["", f"### Amendment 1: the same analysis over all {n} models (secondary)", "",
+                  f"PREREGISTRATION.md's amendment 1 added {n - done} stronger models after the "
+                  "verdict of record; the same code over all of them cannot change that verdict "
+                  "and is reported for what the strong models add.", rest.lstrip("\n"), "",
+                  *render_out_of_sample(summary["extended"]["out_of_sample"])]
+    models = ["| model | architecture | test accuracy | training (s) | precision |", "|---|---|---|---|---|"]
+    models += [f"| {n}{'' if m['preregistered'] else ' (amendment 1)'} | `{m['architecture']}` "
+               f"| {m['test_accuracy']:.1%} | {m['train_seconds']:.0f} | {m['precision']} |"
+               for n, m in summary["models"].items()]
+    cost = (f"Built and scored on {', '.join(summary['machines'])} with "
+            f"{', '.join(map(str, summary['threads']))} torch threads, synthesis in "
+            f"{', '.join(summary['scoring_precision'])}; other work shared the two cores at times, so "
+            "the seconds are upper bounds. "
+            + digits.render_seconds(summary.get("extended", summary), "the machines above"))
+    return "\n".join([*parts, "", "The models, in the order they were built:", "", *models, "", cost])
+
+
+def render_out_of_sample(o: dict) -> list[str]:
+    return [f"Out of sample: the digits zoo's candidate `{o['chosen']}`, tested unchanged on these "
             f"{o['models']} models, has tau **{digits.fmt_ci(o['tau_held_out'], o['tau_held_out_ci'])}**; "
             f"it {'beats' if o['beats_every_baseline'] else 'does not beat'} every baseline here "
             "(paired 95 % interval of the difference above 0):", "",
             *digits.held_out_rows(o, "tau on this zoo")]
-    models = ["| model | architecture | test accuracy | training (s) | precision |", "|---|---|---|---|---|"]
-    models += [f"| {n} | `{m['architecture']}` | {m['test_accuracy']:.1%} | {m['train_seconds']:.0f} "
-               f"| {m['precision']} |" for n, m in summary["models"].items()]
-    cost = (f"Built and scored on {', '.join(summary['machines'])} with "
-            f"{', '.join(map(str, summary['threads']))} torch threads, synthesis in "
-            f"{', '.join(summary['scoring_precision'])}; other work shared the two cores at times, so "
-            "the seconds are upper bounds. " + digits.render_seconds(summary, "the machines above"))
-    return "\n".join([*head, analysis, "", *tail, "", "The models, in the order they were built:", "",
-                      *models, "", cost])
 
 
 # --- the poster's claims on the strong models (issue 16, section 4) ---------------------------
@@ -236,9 +280,10 @@ def render_claims(summary: dict) -> str:
         verdicts.append(f"- `{arm}`: R below C in {below} of {len(rows)}; std R below std C in "
                         f"{spread} of {len(rows)}; C outliers in the poster's range (25 to 42 %) in "
                         f"{poster} of {len(rows)}.")
-    c_mean, mg = (summary["arms"]["main"]["scores"].get(k) for k in ("C_mean", "Mg"))
+    whole = summary.get("extended", summary)["arms"]["main"]  # every model scored
+    c_mean, mg = (whole["scores"].get(k) for k in ("C_mean", "Mg"))
     lines += ["", *verdicts, "", "Across the whole zoo (arm `main`, "
-              f"{summary['arms']['main']['models']} models, accuracy "
+              f"{whole['models']} models{', amendment 1 included' if 'extended' in summary else ''}, accuracy "
               f"{min(m['test_accuracy'] for m in summary['models'].values()):.1%} to "
               f"{max(m['test_accuracy'] for m in summary['models'].values()):.1%}), the poster's "
               "\"C rises with quality\" is Kendall tau of `C_mean` with test accuracy "
@@ -275,13 +320,16 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         run(arms, args.weights, args.archive, build.digits.chosen_models(parser, build.ZOO, args.only))
         return 0
-    if "main" not in arms or not any("main" in row for row in read(SCORES).values()):
-        parser.error(f"analyze needs the main arm, scored for some model in {SCORES}: "
+    if "main" not in arms or not any("main" in read(SCORES).get(n, {}) for n in build.PREREGISTERED):
+        parser.error(f"analyze needs the main arm, scored for some pre-registered model in {SCORES}: "
                      "run first, and keep main among --arms")
     summary = analyse(arms)
     write(SUMMARY, summary)
     for arm in summary["arms"]:
-        digits.figure(summary, arm, FIGURES / f"scores-{arm}.png", "CIFAR-10 zoo")
+        digits.figure(view(summary), arm, FIGURES / f"scores-{arm}.png", "CIFAR-10 zoo")
+    if "extended" in summary:
+        digits.figure(view(summary, extended=True), "main", FIGURES / "scores-main-extended.png",
+                      "CIFAR-10 zoo with amendment 1")
     block = render(summary)
     write_block(README, digits.BLOCK, block)
     claims = render_claims(summary)

@@ -36,8 +36,9 @@ def test_the_readme_block_is_rendered_from_the_summary(study, summary, zoo):
 
 def test_every_tau_is_that_of_the_per_model_values(study, summary):
     models = summary["models"]
-    for arm, content in summary["arms"].items():
-        names = [n for n in models if arm in models[n]]
+    analyses = [summary["arms"], *([summary["extended"]["arms"]] if "extended" in summary else [])]
+    for arm, content in ((arm, c) for arms in analyses for arm, c in arms.items()):
+        names = content.get("names", [n for n in models if arm in models[n]])
         accuracy = np.array([models[n]["test_accuracy"] for n in names])
         assert len(names) == content["models"]
         for score, stats in content["scores"].items():
@@ -136,9 +137,43 @@ def test_the_cifar10_summary_holds_the_committed_rows():
     scores = json.loads((folder / "scores.json").read_text())
     zoo = json.loads((folder / "zoo.json").read_text())
     assert set(summary["models"]) == {n for n in zoo if "main" in scores.get(n, {})}
-    assert summary["interim"] == (len(summary["models"]) < summary["zoo_size"])
+    study = load_script(folder / "study.py")
+    record = [n for n in study.build.PREREGISTERED if "main" in scores.get(n, {})]
+    assert summary["arms"]["main"]["names"] == record
+    assert summary["interim"] == (len(record) < summary["zoo_size"] == 14)
+    if "extended" in summary:
+        assert summary["extended"]["arms"]["main"]["names"] == list(summary["models"])
     for name, model in summary["models"].items():
         assert model["test_accuracy"] == zoo[name]["test_accuracy"]
         for arm in summary["arms"]:
             assert model[arm] == scores[name][arm]["scores"], (name, arm)
             assert scores[name][arm]["test_accuracy"] == pytest.approx(zoo[name]["test_accuracy"], abs=1e-6)
+
+
+def test_the_amendments_models_leave_the_analysis_of_record_alone(tmp_path, monkeypatch):
+    """PREREGISTRATION.md, amendment 1: models scored after the 14 of record are analysed with them
+    under ``extended`` only; the verdict and every statistic of record stay those of the 14."""
+    study = load_script(EXAMPLES / "zoo-cifar10" / "study.py")
+    zoo = json.loads(study.MANIFEST.read_text())
+    scores = json.loads(study.SCORES.read_text())
+    record = {n: zoo[n] for n in study.build.PREREGISTERED}
+    for name in ("SCORES", "MANIFEST"):
+        monkeypatch.setattr(study, name, tmp_path / getattr(study, name).name)
+    study.write(study.MANIFEST, record)
+    study.write(study.SCORES, {n: scores[n] for n in record})
+    alone = study.analyse(["main"])
+    assert "extended" not in alone and list(alone["models"]) == list(record)
+
+    added = next(n for n in study.build.ZOO if n not in record)
+    zoo = {**record, added: {**record["fast64-base-s0"], "test_accuracy": 0.99}}
+    moved = {arm: {**row, "test_accuracy": 0.99} for arm, row in scores["fast64-base-s0"].items()}
+    study.write(study.MANIFEST, zoo)
+    study.write(study.SCORES, {**{n: scores[n] for n in record}, added: moved})
+    both = study.analyse(["main"])
+    same = lambda part: json.dumps(part, sort_keys=True, default=str)  # noqa: E731 (NaN == NaN)
+    assert same(both["verdict"]) == same(alone["verdict"]) and same(both["arms"]) == same(alone["arms"])
+    assert both["extended"]["arms"]["main"]["names"] == [*record, added]
+    assert both["models"][added]["preregistered"] is False
+    block = study.render(both)
+    assert block.index("### Amendment 1") > block.index(f"over {len(record)} models")
+    assert f"{added} (amendment 1)" in block
