@@ -56,20 +56,20 @@ def remeasure(results, *, metrics, out, metric_options=None, save=None, overwrit
                      overwrite=overwrite)
 
 
-def open_results(path):
-    """Open and validate a results file; see :func:`toolkit.results.open_results`."""
+def open_results(path, needs=None):
+    """Open and validate a results file, lazily; see :func:`toolkit.results.open_results`."""
     from toolkit.results import open_results as _open
 
-    return _open(path)
+    return _open(path, needs)
 
 
 def summary(results) -> str:
     """The summary table of a results file or Dataset, as text."""
     from toolkit.results import open_results as _open
-    from toolkit.table import summary_table
+    from toolkit.table import summary_table, summary_variables
 
     if isinstance(results, (str, bytes)) or hasattr(results, "__fspath__"):
-        with _open(results) as ds:
+        with _open(results, needs=summary_variables()) as ds:
             return summary_table(ds)
     return summary_table(results)
 

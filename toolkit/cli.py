@@ -81,9 +81,9 @@ class Toolkit:
             results: path of a results file (.nc) written by analyze.
         """
         from toolkit.results import open_results
-        from toolkit.table import summary_table
+        from toolkit.table import summary_table, summary_variables
 
-        with open_results(results) as ds:
+        with open_results(results, needs=summary_variables()) as ds:
             print(summary_table(ds))
 
     def metrics(self, results: str, metrics: str = "cosine,zscore", out: str | None = None,

@@ -116,19 +116,20 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
     items = list(results)
     if not items:
         raise UsageError("quality needs at least one results file: toolkit quality RESULTS.nc [MORE.nc ...]")
+    registered = {reg.name: reg for reg in get_registry("score").in_order()}
+    needs = {"test_accuracy", *(name for reg in registered.values() for name in reg.obj.needs)}
     runs: list[tuple[str, xr.Dataset]] = []
     for item in items:
         if isinstance(item, xr.Dataset):
             runs.append((run_title(validate(item)), item))
-        else:
-            with open_results(item) as ds:
-                runs.append((Path(item).name, ds.load()))
+        else:  # only what the scores read: a file's features and images stay on disk
+            with open_results(item, needs=needs) as ds:
+                runs.append((Path(item).name, ds[[n for n in needs if n in ds.variables]].load()))
     titles = tuple(run_title(ds) for _, ds in runs)
     names = list(labels) if labels is not None else _unique([label for label, _ in runs])
     if len(names) != len(runs):
         raise UsageError(f"{len(names)} labels for {len(runs)} results files")
     points: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
-    registered = {reg.name: reg for reg in get_registry("score").in_order()}
     for score_name, registration in registered.items():
         for label, (_, ds) in zip(names, runs):
             if all(name in ds.variables for name in registration.obj.needs):

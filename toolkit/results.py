@@ -27,7 +27,7 @@ import platform
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import xarray as xr
@@ -324,17 +324,24 @@ def validate(ds: xr.Dataset, source: str = "dataset") -> xr.Dataset:
     return ds
 
 
-def open_results(path: str | os.PathLike) -> xr.Dataset:
-    """Open a results file and check it is one (``xarray.open_dataset`` reads it just as well)."""
+def open_results(path: str | os.PathLike, needs: Iterable[str] | None = None) -> xr.Dataset:
+    """Open a results file and check it is one (``xarray.open_dataset`` reads it just as well).
+
+    The file is read lazily: a variable's values are read when used. Before xarray opens it, the
+    bytes that the variables in ``needs`` (default: all of them) and the dimension coordinates
+    (which xarray reads at once) declare are checked against ``TOOLKIT_MAX_RESULTS_BYTES``, so a
+    hostile file of a few bytes that declares terabytes is refused before any allocation, and a
+    command that reads only the summary variables is not refused for a large file's features.
+    """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no results file at {str(path)!r}")
+    check_declared_size(path, needs)
     try:
         ds = xr.open_dataset(path, engine="netcdf4")
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path} is not a readable netCDF file ({exc})") from None
     try:
-        check_declared_size(ds, path)
         return validate(ds, str(path))
     except UsageError:
         ds.close()
@@ -342,17 +349,40 @@ def open_results(path: str | os.PathLike) -> xr.Dataset:
 
 
 MAX_RESULTS_BYTES = ("TOOLKIT_MAX_RESULTS_BYTES", 16 * 2**30,
-                     "bytes a results file's variables may declare, read or not")
+                     "bytes of a results file's variables a command may read")
 declare({MAX_RESULTS_BYTES[0]: MAX_RESULTS_BYTES[1:]})
 
 
-def check_declared_size(ds: xr.Dataset, path: Path) -> None:
-    """Refuse a file whose variables declare more bytes than the limit, before reading any: a
-    netCDF file of 100 KB can declare dimensions of 100,000 classes and chunks it never wrote."""
-    declared = sum(v.size * v.dtype.itemsize for v in ds.variables.values())
+def declared_bytes(path: Path, needs: Iterable[str] | None = None) -> int:
+    """The bytes the variables named in ``needs`` (all where None) and the dimension coordinates
+    of the netCDF file at ``path`` declare, from its header alone (no value is read)."""
+    import netCDF4
+
+    wanted = None if needs is None else set(needs)
+    try:
+        with netCDF4.Dataset(path) as nc:
+            return sum(int(np.prod(v.shape, dtype=np.float64)) * _itemsize(v.dtype)
+                       for name, v in nc.variables.items()
+                       if wanted is None or name in wanted or name in nc.dimensions)
+    except OSError as exc:
+        raise UsageError(f"{path} is not a readable netCDF file ({exc})") from None
+
+
+def _itemsize(dtype: Any) -> int:
+    return 8 if dtype is str else np.dtype(dtype).itemsize  # a variable-length string: a pointer
+
+
+def check_declared_size(path: Path, needs: Iterable[str] | None = None) -> None:
+    """Refuse a file whose variables (those in ``needs``) declare more bytes than the limit,
+    before reading any: a netCDF file of 100 KB can declare dimensions of 100,000 classes and
+    chunks it never wrote."""
+    declared = declared_bytes(path, needs)
     limit = env_limit(*MAX_RESULTS_BYTES)
     if declared > limit:
-        sizes = ", ".join(f"{k}={v:,}" for k, v in ds.sizes.items())
+        import netCDF4
+
+        with netCDF4.Dataset(path) as nc:
+            sizes = ", ".join(f"{k}={len(v):,}" for k, v in nc.dimensions.items())
         raise UsageError(f"{path} declares {declared:,} bytes of variables ({sizes}; "
                          f"{path.stat().st_size:,} bytes on disk), over the limit of {limit:,}; "
                          f"{how_to_raise(MAX_RESULTS_BYTES[0])}")

@@ -25,6 +25,11 @@ def columns() -> dict[str, tuple[str, str]]:
     return {**HEAD, **declared_columns, **TAIL}
 
 
+def summary_variables() -> set[str]:
+    """The variables the summary table reads (a results file is opened for these alone)."""
+    return {variable for variable, _ in columns().values()}
+
+
 def _noted(ds: xr.Dataset, attr: str) -> dict | None:
     """The attributes of the first column variable of ``ds`` that carries ``attr``."""
     for variable, _ in columns().values():

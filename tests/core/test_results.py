@@ -152,10 +152,12 @@ def test_a_file_declaring_huge_dimensions_is_refused_before_anything_is_read(tmp
         nc.createVariable("C", "f4", ("interval", "seed", "k", "j", "i"), chunksizes=(1, 1, 10, 10, 10))
         nc.toolkit_schema_version = 1
     assert path.stat().st_size < 1_000_000
-    for command in (toolkit.summary, toolkit.quality, toolkit.plot):
+    for command in (toolkit.quality, toolkit.plot, toolkit.open_results):  # they read C
         with pytest.raises(toolkit.UsageError, match="declares 4,000,000,000,000,000 bytes.*"
                                                      "TOOLKIT_MAX_RESULTS_BYTES"):
             command(str(path))
+    with pytest.raises(toolkit.UsageError, match="lacks variable 'features'"):
+        toolkit.summary(str(path))  # which reads no C: refused as no results file, nothing read
     monkeypatch.setenv("TOOLKIT_MAX_RESULTS_BYTES", "lots")
     with pytest.raises(toolkit.UsageError, match="TOOLKIT_MAX_RESULTS_BYTES='lots' must be a whole number"):
         toolkit.summary(str(path))
@@ -167,3 +169,42 @@ def test_the_summary_head_counts_in_words():
 
     one = dataset_from_features(np.random.default_rng(0).random((1, 1, 3, 3, 4)))
     assert "3 classes, 1 seed," in summary_table(one).splitlines()[0]
+
+
+def test_a_huge_dimension_coordinate_is_refused_before_xarray_reads_it(tmp_path):
+    """xarray reads dimension coordinates when it opens a file: a file of 800 bytes declaring
+    3e9 of them made it allocate 22 GiB (MemoryError) before any check."""
+    import netCDF4
+
+    path = tmp_path / "hostile.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("k", 3_000_000_000)
+        nc.createVariable("k", "f8", ("k",), chunksizes=(1000,))
+        nc.toolkit_schema_version = 1
+    for command in (toolkit.summary, toolkit.quality, toolkit.plot, toolkit.open_results):
+        with pytest.raises(toolkit.UsageError, match="declares 24,000,000,000 bytes"):
+            command(str(path))
+
+
+def test_summary_and_quality_read_only_their_variables(tmp_path, monkeypatch):
+    """A file whose features are over the limit still gives its summary and quality (they read only
+    the summary variables and the scores' inputs); plot, which draws the features, is refused."""
+    from toolkit.table import summary_variables
+
+    ds = features_dataset(np.random.default_rng(0).random((2, 2, 3, 3, 256)))
+    ds = ds.assign(cosine(ds)).assign(zscore(ds.assign(cosine(ds))))
+    ds.attrs.update(results.provenance('{"model": "x"}', model="x", dataset="y"))
+    path = results.write_results(ds, tmp_path / "big.nc")
+    features = results.declared_bytes(path, ["features"])  # and the dimension coordinates
+    assert results.declared_bytes(path, summary_variables()) < features // 4
+    monkeypatch.setenv("TOOLKIT_MAX_RESULTS_BYTES", str(features))  # summary, quality: enough; plot: not
+    assert toolkit.summary(str(path)) == toolkit.summary(ds)
+    from_file, in_memory = toolkit.quality([str(path)]), toolkit.quality([ds])
+    assert from_file.points.keys() == in_memory.points.keys() and from_file.points
+    for score, by_label in from_file.points.items():
+        (values, accuracy), = by_label.values()
+        (expected_values, expected_accuracy), = in_memory.points[score].values()
+        np.testing.assert_array_equal(values, expected_values)
+        np.testing.assert_array_equal(accuracy, expected_accuracy)
+    with pytest.raises(toolkit.UsageError, match="over the limit"):
+        toolkit.plot(str(path), tmp_path / "figures")

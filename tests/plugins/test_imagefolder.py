@@ -323,7 +323,7 @@ def test_limits_are_raised_and_checked_from_the_command_line(tmp_path, monkeypat
     assert main(["plugins", "--limits", "TOOLKIT_MAX_PIXELS=5"]) == 2
     err = capsys.readouterr().err
     assert "--limits: unknown limit 'TOOLKIT_MAX_PIXELS'; the limits are TOOLKIT_MAX_DATASET_BYTES (" in err
-    assert "TOOLKIT_MAX_RESULTS_BYTES (bytes a results file's variables may declare" in err
+    assert "TOOLKIT_MAX_RESULTS_BYTES (bytes of a results file's variables a command may read" in err
     assert main(["--limits", "TOOLKIT_MAX_RESULTS_BYTES=lots", "summary", "x.nc"]) == 2
     assert "--limits TOOLKIT_MAX_RESULTS_BYTES='lots': the limit must be a whole number >= 1" in capsys.readouterr().err
     assert main(["plugins", "--limits", "TOOLKIT_MAX_IMAGE_PIXELS"]) == 2
