@@ -226,7 +226,15 @@ def quality_table(report: QualityReport) -> str:
 
 
 def quality_figure(report: QualityReport):
-    """Each score against test accuracy, one panel per score, one colour per file."""
+    """Each score against test accuracy, one panel per score, one colour per file; the labels
+    (file, model and dataset names) drawn as plain text, never as mathtext."""
+    from toolkit.plotting import plain_text
+
+    with plain_text():  # a Text object takes parse_math when it is made
+        return _draw_quality(report)
+
+
+def _draw_quality(report: QualityReport):
     from toolkit.plotting import OKABE_ITO, new_figure
 
     names = [c.score for c in report.ranking()]
@@ -277,11 +285,10 @@ def write_figure(report: QualityReport, out: str | os.PathLike, overwrite: bool 
     """Save :func:`quality_figure` to ``out`` (png, pdf or svg), atomically; an existing file is
     kept unless ``overwrite``."""
     from toolkit.files import created_folder
-    from toolkit.plotting import plain_text, save_figure
+    from toolkit.plotting import save_figure
 
     check_figure(out, overwrite)
-    with plain_text():
-        fig = quality_figure(report)
+    fig = quality_figure(report)
     with created_folder(Path(out).parent):  # removed again if the figure cannot be written
         return save_figure(fig, Path(out), dpi)
 

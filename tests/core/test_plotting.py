@@ -359,6 +359,9 @@ def test_dollar_signs_in_names_are_drawn_as_text_not_mathtext(tmp_path, monkeypa
     assert {p.stem for p in written} >= {"prototypes", "grid", "means"}
     svg = (tmp_path / "figs" / "grid.svg").read_text()
     assert "a$\\frac{$" in svg and "res$net on $digits" in svg
+    odd.attrs.update(model="a$\\frac{", dataset="$b")  # the report's quality figure drew it as mathtext
+    page = toolkit.report(odd, tmp_path / "odd.html").read_text()
+    assert "a$\\frac{ on $b" in page and "data:image/png;base64" in page
 
 
 def test_figures_are_written_all_or_nothing(tmp_path, ds, monkeypatch):
