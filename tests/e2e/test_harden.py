@@ -293,9 +293,10 @@ def test_a_killed_and_resumed_run_counts_the_image_steps_and_times_of_the_whole_
 
 class Bar:
     def __init__(self):
-        self.n, self.total, self.disable = 0, None, False
+        self.n, self.total, self.disable, self.updates = 0, None, False, []
 
     def update(self, n=1):
+        self.updates.append(n)
         self.n += n
 
     def refresh(self):
@@ -314,22 +315,58 @@ def test_synthesis_progress_counts_steps_so_images_at_the_step_cap_weigh_what_th
     bar = Bar()
     progress = StepProgress(bar, images=10, cap=100)
     with progress.counting(model):
-        for _ in range(5):                       # 10 images step 5 times; 8 of them arrive
+        for _ in range(6):                       # 10 images step 5 times; 8 arrive at the 6th test
             model(torch.zeros(10, 4))
         progress.finished(8)
-        assert (bar.n, bar.total) == (50, 250)  # the 2 left may run to the cap: 2 x 100 steps
-        for _ in range(95):                      # and they do
+        assert (bar.n, bar.total) == (60, 260)  # the 2 left may run to the cap: 2 x 100 steps
+        for _ in range(95):                      # and they do, with a last test each
             model(torch.zeros(2, 4))
-        assert bar.n == 240                      # counted in images it would read 8 of 10
-    progress.finished(2)
+        assert bar.n == 250                      # counted in images it would read 8 of 10
+        progress.finished(2)
     progress.settle(10, 8 * 5 + 2 * 100)
-    assert (bar.n, bar.total) == (240, 240)
-    # the next work queue is estimated at the average steps an image took so far (24)
-    later = StepProgress(Bar(), images=10, cap=100)
-    later.settle(10, 240)
-    later.left = 10
-    later._total()
-    assert later.bar.total == 240 + 240
+    assert (bar.n, bar.total) == (250, 250) and min(bar.updates) > 0  # never backwards
+    # the next work queue is estimated at the average an image took so far (24 steps)
+    later = StepProgress(Bar(), images=20, cap=100)
+    later.settle(10, 240)                        # a queue not counted as it ran (compiled model)
+    assert (later.bar.n, later.bar.total) == (240, 240 + 10 * 24)
+
+
+def test_the_progress_total_never_exceeds_what_the_images_left_can_take():
+    """Images at work were counted twice (their steps so far, and the cap still ahead), so a bar
+    read 940 image steps for about 500 possible."""
+    import torch
+
+    from toolkit.progress import StepProgress
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    bar = Bar()
+    progress = StepProgress(bar, images=10, cap=5)
+    with progress.counting(model):
+        for _ in range(3):
+            model(torch.zeros(10, 4))
+            assert bar.total <= 10 * (5 + 1)  # 5 steps and a last test each, at most
+    assert bar.total == 60 and bar.n == 30
+
+
+def test_real_synthesis_moves_the_bar_forward_only():
+    import torch
+
+    import toolkit
+    from toolkit.progress import StepProgress
+    from toolkit_plugins.synthesis import prototype
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    bar = Bar()
+    progress = StepProgress(bar, images=24, cap=20)
+    settings = toolkit.SynthesisSettings(lr=0.1, max_steps=20, batch_size=4, loss_threshold=0.3)
+    for queue in range(2):
+        start = torch.rand(12, 3, 2, 2, generator=torch.Generator().manual_seed(queue))
+        with progress.counting(model):
+            result = prototype(model, start, torch.arange(12) % 3, settings, progress.finished)
+        progress.settle(12, int(result.steps.sum()))
+        assert min(bar.updates) > 0 and bar.n <= bar.total <= 24 * 21
+    assert bar.n == bar.total and bar.n >= int(result.steps.sum())
 
 
 @pytest.mark.slow
