@@ -34,7 +34,8 @@ def check_metrics(metrics: tuple[Registration, ...], options: Mapping[str, Mappi
     for registration in metrics:
         check_metric_options(registration, options.get(registration.name, {}))
         with blamed_on(registration, "failed on a trial dataset before training"):
-            trial = apply_metric(trial, registration, options.get(registration.name, {}))
+            trial = apply_metric(trial, registration, options.get(registration.name, {}),
+                                 describe="static")
     streams = [name for name in streamable(metrics, trial) if name not in pairwise_tensors(trial)]
     made = pairwise_tensors(trial) + streams
     unknown = [name for name in save or () if name not in made]
@@ -56,8 +57,12 @@ def check_metric_options(registration: Registration, options: Mapping[str, Any])
         check(**options)
 
 
-def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[str, Any]) -> xr.Dataset:
-    """Merge what one metric returns into ``ds``."""
+def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[str, Any],
+                 describe: str = "all") -> xr.Dataset:
+    """Merge what one metric returns into ``ds``, warning of variables that cannot explain
+    themselves (:func:`_check_description`): ``describe`` "static" checks the attributes and dims
+    (the trial run before any work, :func:`check_metrics`), "values" the values against their
+    ``valid_range`` (the run itself, after that trial), "all" both."""
     produced = registration.obj(ds, **options)
     if isinstance(produced, xr.Dataset):
         produced = dict(produced.data_vars)
@@ -70,7 +75,7 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
                           f"{', '.join(taken)}, which the results already hold; a metric adds "
                           "variables of new names and never replaces one")
     for name, value in produced.items():
-        _check_description(registration, name, value, ds)
+        _check_description(registration, name, value, ds, describe)
     for name, variable in registration.metadata.get("variables", {}).items():
         if name in produced and produced[name].dims != variable.dims:
             raise PluginError(f"metric {registration.name!r} (plugin {registration.plugin!r}) "
@@ -84,7 +89,7 @@ KNOWN_DIMS = frozenset(results.PAIRS) | {d for v in schema.CORE.values() for d i
 
 
 def _check_description(registration: Registration, name: str, value: xr.DataArray,
-                       ds: xr.Dataset) -> None:
+                       ds: xr.Dataset, describe: str = "all") -> None:
     """Warn, naming the metric and variable, of what would make the file explain itself badly:
     no ``long_name``, no ``units`` on numbers, dimensions nobody knows, values outside the
     ``valid_range`` it carries (often inherited from the variable it was computed from)."""
@@ -92,16 +97,17 @@ def _check_description(registration: Registration, name: str, value: xr.DataArra
 
     declared = registration.metadata.get("variables", {}).get(name)
     problems = []
-    if "long_name" not in value.attrs:
+    static, values = describe in ("static", "all"), describe in ("values", "all")
+    if static and "long_name" not in value.attrs:
         problems.append("has no long_name attribute")
-    if value.dtype.kind == "f" and "units" not in value.attrs:
+    if static and value.dtype.kind == "f" and "units" not in value.attrs:
         problems.append("has no units attribute (\"1\" for a pure number)")
     unknown = [d for d in value.dims if d not in KNOWN_DIMS and d not in ds.dims
                and not (declared and d in declared.dims)]
-    if unknown:
+    if static and unknown:
         problems.append(f"has dims {', '.join(unknown)} that no variable declares")
     valid = value.attrs.get("valid_range")
-    if valid is not None and value.dtype.kind in "fiu" and value.size:
+    if values and valid is not None and value.dtype.kind in "fiu" and value.size:
         low, high = np.asarray(valid, dtype=np.float64)[[0, -1]]
         values = np.asarray(value.values, dtype=np.float64)
         if np.nanmin(values) < low or np.nanmax(values) > high:
@@ -119,7 +125,8 @@ def run_chain(ds: xr.Dataset, metrics: Sequence[Registration],
     (``what`` says where); then the n x n x n tensors not in ``save`` go (None: all stay)."""
     for registration in metrics:
         with blamed_on(registration, what):
-            ds = apply_metric(ds, registration, options.get(registration.name, {}))
+            # the attributes were checked on the trial run before any work (check_metrics)
+            ds = apply_metric(ds, registration, options.get(registration.name, {}), describe="values")
     if save is not None:  # the summaries stay; the tensors not asked for go
         ds = ds.drop_vars([name for name in pairwise_tensors(ds) if name not in save])
     return ds

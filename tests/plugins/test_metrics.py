@@ -179,3 +179,32 @@ def test_a_metric_variable_that_cannot_explain_itself_is_warned_of():
     assert "bare has no long_name attribute; has no units" in text
     assert "odd has dims mystery that no variable declares" in text
     assert "ranged breaks its valid_range [0.0, 1.0]" in text
+
+
+def _sloppy_metric(ds):
+    mean = ds["C"].mean(("k", "j", "i"))
+    return {"sloppy_bare": mean.drop_attrs(), "sloppy_ranged": (mean + 5).assign_attrs(
+        long_name="shifted", units="1", valid_range=[0.0, 2.0])}
+
+
+class _Sloppy:
+    @toolkit.hookimpl
+    def register_metrics(self, register):
+        register("sloppy", _sloppy_metric)
+
+
+def test_each_description_problem_is_warned_of_once_per_run(tmp_path):
+    """The trial run before any work warns of attributes and dims, the run itself of the values
+    (the trial's made-up values cannot break a valid_range truly); each had been said twice."""
+    from toolkit.plugins import PluginWarning
+    from toolkit.testing import make_results, register_plugin
+
+    ds = make_results()
+    ds.attrs.update(results.provenance('{"model": "m"}', model="m", dataset="d"))
+    source = results.write_results(ds, tmp_path / "r.nc")
+    with register_plugin(_Sloppy(), name="sloppy-plugin"), pytest.warns(PluginWarning) as caught:
+        toolkit.remeasure(source, metrics="cosine,sloppy", out=tmp_path / "m.nc")
+    said = [str(w.message) for w in caught if "sloppy" in str(w.message)]
+    assert len([m for m in said if "sloppy_bare has no long_name" in m]) == 1, said
+    assert len([m for m in said if "sloppy_ranged breaks its valid_range [0.0, 2.0]" in m]) == 1, said
+    assert len(said) == 2, said
