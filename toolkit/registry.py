@@ -183,7 +183,10 @@ def describe_plugins(pm: pluggy.PluginManager | None = None, *, builtins: bool =
             for failure in registry.failures:
                 errors.setdefault(failure.plugin, {})[failure.stage] = failure.error
             for name, plugins in registry.clashes.items():
-                for plugin in plugins:  # flagged on every side of the clash
+                for plugin in plugins:  # listed and flagged on every side of the clash
+                    names = registered.setdefault(plugin, {}).setdefault(kind + "s", [])
+                    if name not in names:
+                        names.append(name)
                     others = ", ".join(repr(p) for p in plugins if p != plugin)
                     errors.setdefault(plugin, {})[f"{kind} {name}"] = (
                         f"also registered by {others}; neither is used")

@@ -69,6 +69,8 @@ def test_plugins_flags_a_clash_on_both_sides_and_warns_of_a_hook_that_raised(cap
     listed = {entry["name"]: entry for entry in json.loads(out)}
     assert "also registered by 'toolkit_plugins.metrics'" in listed["clash"]["errors"]["metric cosine"]
     assert "also registered by 'clash'" in listed["toolkit_plugins.metrics"]["errors"]["metric cosine"]
+    for side in ("clash", "toolkit_plugins.metrics"):  # and listed on both sides as registering it
+        assert "cosine" in listed[side]["registers"]["metrics"], side
     assert "register_scores" in json.dumps(listed["raising"]["errors"])
     assert "warning: plugin 'raising'" in err and "no scores today" in err
     assert "warning: plugin 'clash'" in err
