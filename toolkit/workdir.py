@@ -148,6 +148,30 @@ class WorkDir:
         if self.path.exists() and not self.path.is_dir():
             raise UsageError(f"work directory {str(self.path)!r} is a file; move it or choose another --out")
 
+    def check_free(self) -> None:
+        """Refuse at once a directory another live run holds (:meth:`locked`), before this run
+        loads its data; the run takes the lock itself later, which settles any race."""
+        try:
+            import fcntl
+        except ImportError:
+            return
+        lock = self.path / LOCK_FILE
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:  # no lock file: nobody holds it
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            if not _ending(lock):
+                raise UsageError(self._in_use(lock)) from None
+        finally:
+            os.close(fd)
+
+    def _in_use(self, lock: Path) -> str:
+        return (f"{self.path} is in use by another run ({_holder(lock)}); wait for it to finish or "
+                "stop it, or choose another --out")
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the directory for this process: a second run on it is refused at once
@@ -178,8 +202,7 @@ class WorkDir:
                                                          time.monotonic() + ENDING_GRACE_S):
                     time.sleep(0.05)
                     continue
-                raise UsageError(f"{self.path} is in use by another run ({_holder(lock)}); wait for it "
-                                 "to finish or stop it, or choose another --out") from None
+                raise UsageError(self._in_use(lock)) from None
             try:  # the file we locked is still the one named lock (the last holder may remove it)
                 if os.fstat(fd).st_ino == os.stat(lock).st_ino:
                     break

@@ -172,11 +172,16 @@ def test_a_full_disk_while_writing_the_results_file_keeps_the_work_for_the_rerun
 # --- two runs on one work directory --------------------------------------------------------------
 
 def test_a_second_run_on_a_work_directory_in_use_is_refused_at_once_naming_the_first(tmp_path,
-                                                                                   tiny_plugin):
+                                                                                   tiny_plugin,
+                                                                                   monkeypatch):
     import os
 
     from toolkit.workdir import WorkDir
 
+    def loaded(*args):
+        raise AssertionError("the data were loaded before the refusal")
+
+    monkeypatch.setattr("toolkit.stages.preflight.load_dataset", loaded)  # refused before that
     work = tmp_path / "r.work"
     with WorkDir(work).locked():
         with pytest.raises(toolkit.UsageError, match=f"r.work is in use by another run \\(process "

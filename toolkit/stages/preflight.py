@@ -99,6 +99,7 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
         work_dir = default_work_dir(out)
     if work_dir is not None:
         WorkDir(work_dir).check()
+        WorkDir(work_dir).check_free()  # a second run on it stops here, before loading any data
     if checkpoints is not None:
         check_checkpoints(Path(checkpoints), config.intervals)
     device = resolve_device(config.device)
