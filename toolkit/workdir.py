@@ -198,8 +198,11 @@ class WorkDir:
                 os.close(fd)
                 # A holder that was just killed keeps its lock until the system has ended it (and a
                 # killed torchrun's ranks end a moment after it): wait for that, never for a live run.
-                if _ending(lock) and time.monotonic() < (ending_until := ending_until or
-                                                         time.monotonic() + ENDING_GRACE_S):
+                # A lock nobody has signed is a moment's: another run's check_free probe, or a
+                # holder about to write its id.
+                now = time.monotonic()
+                grace = ENDING_GRACE_S if _ending(lock) else 0.0 if _signed(lock) else UNSIGNED_GRACE_S
+                if now < (ending_until := ending_until or now + grace):
                     time.sleep(0.05)
                     continue
                 raise UsageError(self._in_use(lock)) from None
@@ -351,6 +354,7 @@ class WorkDir:
 
 # How long a lock whose holder is ending (dead, a zombie, or being killed) may take to free.
 ENDING_GRACE_S = 30.0
+UNSIGNED_GRACE_S = 1.0  # and a lock whose holder has not written its id (a probe's, or just taken)
 PF_EXITING = 0x4  # Linux's per-task flag, set once a process has begun to exit (/proc/PID/stat)
 
 
@@ -376,6 +380,14 @@ def _ending(lock: Path) -> bool:
     pending = int(fields.get("ShdPnd", "0"), 16) | int(fields.get("SigPnd", "0"), 16)
     exiting = len(stat) > 6 and stat[6].isdigit() and int(stat[6]) & PF_EXITING
     return (stat[:1] in (["Z"], ["X"])) or bool(pending & (1 << (signal.SIGKILL - 1))) or bool(exiting)
+
+
+def _signed(lock: Path) -> bool:
+    """Whether ``lock`` names its holder (:meth:`WorkDir.locked` writes its id just after locking)."""
+    try:
+        return bool(lock.read_text().strip())
+    except OSError:
+        return False
 
 
 def _holder(lock: Path) -> str:

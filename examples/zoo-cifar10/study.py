@@ -140,7 +140,7 @@ def analysis(arms: list[str], among: list[str], zoo: dict, scores: dict) -> tupl
     statistics, in arm ``main`` the verdict, Holm's p-values and the digits candidate's test; and
     the per-model values."""
     result, values = {"arms": {}}, {}
-    for arm in arms:
+    for arm in [a for a in arms if any(a in scores.get(n, {}) for n in among)]:
         names, table, expected = arm_table(arm, zoo, scores, among)
         arm_summary, arm_values = digits.analyse_table(*ARMS[arm], names, table, expected, zoo)
         if arm == "main":

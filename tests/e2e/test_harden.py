@@ -191,6 +191,25 @@ def test_a_second_run_on_a_work_directory_in_use_is_refused_at_once_naming_the_f
     assert not work.exists()  # the lock goes with the run, and the empty folder with it
 
 
+def test_another_runs_probe_of_the_lock_does_not_refuse_the_run_taking_it(tmp_path):
+    """check_free holds the lock shared for a moment; a run taking it then waits that moment out
+    instead of being refused as "in use by a process that has not said its id"."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from toolkit.workdir import WorkDir
+
+    work = tmp_path / "r.work"
+    work.mkdir()
+    fd = os.open(work / "lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a probe, caught in the act
+    threading.Thread(target=lambda: (time.sleep(0.3), os.close(fd))).start()
+    with WorkDir(work).locked():
+        assert (work / "lock").read_text().split()[0] == str(os.getpid())
+
+
 def test_a_lock_whose_holder_is_ending_is_waited_for_not_refused(tmp_path):
     # A killed run's lock frees only when every process sharing it has ended (torchrun's ranks end
     # a moment after torchrun): the holder named in the lock is gone, so the next run waits.
