@@ -239,7 +239,8 @@ def register_scores(register: Register[Score]) -> None:
 
     - ``compute(ds)`` returns a float64 array ``(interval,)``: the score of each interval of the
       results Dataset ``ds``;
-    - ``needs``: the variables it reads; a file that lacks one has no value for the score;
+    - ``needs``: the variables it reads, and all it is given when ``toolkit quality`` reads a
+      file (the rest stays on disk); a file that lacks one has no value for the score;
     - ``expected``: the sign its correlation with accuracy should have if the score works: ``+1``,
       ``-1``, or ``0`` where no sign is claimed;
     - ``why``: one line saying where that expectation comes from.

@@ -62,7 +62,8 @@ def apply_metric(ds: xr.Dataset, registration: Registration, options: Mapping[st
     """Merge what one metric returns into ``ds``, warning of variables that cannot explain
     themselves (:func:`_check_description`): ``describe`` "static" checks the attributes and dims
     (the trial run before any work, :func:`check_metrics`), "values" the values against their
-    ``valid_range`` (the run itself, after that trial), "all" both."""
+    ``valid_range`` (the run itself, after that trial), "all" both. A metric whose attributes
+    differ between the trial and real data is warned of as the trial found them."""
     produced = registration.obj(ds, **options)
     if isinstance(produced, xr.Dataset):
         produced = dict(produced.data_vars)
@@ -96,8 +97,10 @@ def _check_description(registration: Registration, name: str, value: xr.DataArra
     from toolkit.plugins import PluginWarning
 
     declared = registration.metadata.get("variables", {}).get(name)
+    if describe not in ("static", "values", "all"):
+        raise ValueError(f"describe must be static, values or all; got {describe!r}")
     problems = []
-    static, values = describe in ("static", "all"), describe in ("values", "all")
+    static, by_value = describe in ("static", "all"), describe in ("values", "all")
     if static and "long_name" not in value.attrs:
         problems.append("has no long_name attribute")
     if static and value.dtype.kind == "f" and "units" not in value.attrs:
@@ -107,7 +110,7 @@ def _check_description(registration: Registration, name: str, value: xr.DataArra
     if static and unknown:
         problems.append(f"has dims {', '.join(unknown)} that no variable declares")
     valid = value.attrs.get("valid_range")
-    if values and valid is not None and value.dtype.kind in "fiu" and value.size:
+    if by_value and valid is not None and value.dtype.kind in "fiu" and value.size:
         low, high = np.asarray(valid, dtype=np.float64)[[0, -1]]
         values = np.asarray(value.values, dtype=np.float64)
         if np.nanmin(values) < low or np.nanmax(values) > high:

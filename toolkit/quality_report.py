@@ -119,13 +119,15 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
     registered = {reg.name: reg for reg in get_registry("score").in_order()}
     needs = {"test_accuracy", *(name for reg in registered.values() for name in reg.obj.needs)}
     runs: list[tuple[str, xr.Dataset]] = []
+    titles = []
     for item in items:
         if isinstance(item, xr.Dataset):
             runs.append((run_title(validate(item)), item))
+            titles.append(run_title(item))
         else:  # only what the scores read: a file's features and images stay on disk
             with open_results(item, needs=needs) as ds:
                 runs.append((Path(item).name, ds[[n for n in needs if n in ds.variables]].load()))
-    titles = tuple(run_title(ds) for _, ds in runs)
+                titles.append(run_title(ds))
     names = list(labels) if labels is not None else _unique([label for label, _ in runs])
     if len(names) != len(runs):
         raise UsageError(f"{len(names)} labels for {len(runs)} results files")
@@ -144,7 +146,7 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
         for scope, (score, accuracy) in scopes:
             correlations.append(Correlation(name, scope, int(np.isfinite(score).sum()),
                                             *correlate(score, accuracy), registered[name].obj.expected))
-    return QualityReport(tuple(names), tuple(correlations), points, titles)
+    return QualityReport(tuple(names), tuple(correlations), points, tuple(titles))
 
 
 def _compute(registration: Registration, ds: xr.Dataset) -> np.ndarray:

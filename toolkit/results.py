@@ -332,10 +332,13 @@ def open_results(path: str | os.PathLike, needs: Iterable[str] | None = None) ->
     (which xarray reads at once) declare are checked against ``TOOLKIT_MAX_RESULTS_BYTES``, so a
     hostile file of a few bytes that declares terabytes is refused before any allocation, and a
     command that reads only the summary variables is not refused for a large file's features.
+    ``needs`` bounds the check, not the Dataset: code that passes it must read no other variable.
     """
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"no results file at {str(path)!r}")
+    if isinstance(needs, str):
+        raise TypeError(f"needs must be variable names, not the string {needs!r}")
     check_declared_size(path, needs)
     try:
         ds = xr.open_dataset(path, engine="netcdf4")
@@ -361,15 +364,23 @@ def declared_bytes(path: Path, needs: Iterable[str] | None = None) -> int:
     wanted = None if needs is None else set(needs)
     try:
         with netCDF4.Dataset(path) as nc:
-            return sum(int(np.prod(v.shape, dtype=np.float64)) * _itemsize(v.dtype)
+            return sum(int(np.prod(v.shape, dtype=np.float64)) * _element_bytes(v)
                        for name, v in nc.variables.items()
                        if wanted is None or name in wanted or name in nc.dimensions)
     except OSError as exc:
         raise UsageError(f"{path} is not a readable netCDF file ({exc})") from None
 
 
-def _itemsize(dtype: Any) -> int:
-    return 8 if dtype is str else np.dtype(dtype).itemsize  # a variable-length string: a pointer
+def _element_bytes(variable: Any) -> int:
+    """What one element of a netCDF4 ``variable`` takes once read: a fixed-size type its size; a
+    variable-length one (strings) a Python object, whose elements never written read back as
+    the fill value, however long the file declares it."""
+    import netCDF4
+
+    if variable.dtype is str or isinstance(variable.datatype, netCDF4.VLType):
+        fill = variable.getncattr("_FillValue") if "_FillValue" in variable.ncattrs() else ""
+        return 64 + (len(fill) if isinstance(fill, (str, bytes)) else 8 * np.size(fill))
+    return np.dtype(variable.dtype).itemsize
 
 
 def check_declared_size(path: Path, needs: Iterable[str] | None = None) -> None:

@@ -171,10 +171,15 @@ def test_the_summary_head_counts_in_words():
     assert "3 classes, 1 seed," in summary_table(one).splitlines()[0]
 
 
-def test_a_huge_dimension_coordinate_is_refused_before_xarray_reads_it(tmp_path):
+def test_a_huge_dimension_coordinate_is_refused_before_xarray_reads_it(tmp_path, monkeypatch):
     """xarray reads dimension coordinates when it opens a file: a file of 800 bytes declaring
     3e9 of them made it allocate 22 GiB (MemoryError) before any check."""
     import netCDF4
+
+    def opened(*args, **kwargs):
+        raise AssertionError("xarray opened the file before its sizes were checked")
+
+    monkeypatch.setattr(xr, "open_dataset", opened)
 
     path = tmp_path / "hostile.nc"
     with netCDF4.Dataset(path, "w") as nc:
@@ -208,3 +213,20 @@ def test_summary_and_quality_read_only_their_variables(tmp_path, monkeypatch):
         np.testing.assert_array_equal(accuracy, expected_accuracy)
     with pytest.raises(toolkit.UsageError, match="over the limit"):
         toolkit.plot(str(path), tmp_path / "figures")
+
+
+def test_unwritten_strings_count_as_the_fill_value_they_read_back_as(tmp_path, monkeypatch):
+    """A 6 KB file whose 100,000 unwritten class names each read back as a 1,000-character fill
+    value made xarray take 600 MB; they were counted as 8 bytes each."""
+    import netCDF4
+
+    path = tmp_path / "strings.nc"
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("k", 100_000)
+        nc.createVariable("k", str, ("k",), fill_value="x" * 1000)
+        nc.toolkit_schema_version = 1
+    assert path.stat().st_size < 100_000
+    assert results.declared_bytes(path) >= 100_000 * 1000
+    monkeypatch.setenv("TOOLKIT_MAX_RESULTS_BYTES", str(50 * 2**20))
+    with pytest.raises(toolkit.UsageError, match="over the limit of 52,428,800"):
+        toolkit.summary(str(path))
