@@ -33,7 +33,6 @@ leaves the old file or the new one, never a torn one. Nothing is unpickled: chec
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -41,23 +40,20 @@ import os
 import pickle
 import re
 import shutil
-import signal
-import socket
-import time
 import zipfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 
 from toolkit.config import renamed
 from toolkit.errors import UsageError
+from toolkit import locking
 from toolkit.files import atomic_write
 
 IDENTITY_FILE = "run.json"
 SPENT = "_spent_"  # prefix of the arrays of a unit's file that say what making it cost
-LOCK_FILE = "lock"  # held (flock) by the process running in the directory; it holds its pid
 _KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
 # Options that do not change a single number of the finished work: a run may resume with others
@@ -149,79 +145,12 @@ class WorkDir:
             raise UsageError(f"work directory {str(self.path)!r} is a file; move it or choose another --out")
 
     def check_free(self) -> None:
-        """Refuse at once a directory another live run holds (:meth:`locked`), before this run
-        loads its data; the run takes the lock itself later, which settles any race."""
-        try:
-            import fcntl
-        except ImportError:
-            return
-        lock = self.path / LOCK_FILE
-        try:
-            fd = os.open(lock, os.O_RDONLY)
-        except OSError:  # no lock file: nobody holds it
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            if not _ending(lock):
-                raise UsageError(self._in_use(lock)) from None
-        finally:
-            os.close(fd)
+        """Refuse at once a directory another live run holds (:func:`toolkit.locking.check_free`)."""
+        locking.check_free(self.path)
 
-    def _in_use(self, lock: Path) -> str:
-        return (f"{self.path} is in use by another run ({_holder(lock)}); wait for it to finish or "
-                "stop it, or choose another --out")
-
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the directory for this process: a second run on it is refused at once
-        (``UsageError`` naming the holder's process id), before it does any work.
-
-        The lock is an ``flock`` on ``lock`` in the directory, which the system drops when its
-        process ends however it ends, so a lock left by a killed run is free and taken over. The
-        file goes at the end, and the folder with it when nothing else is in it. Where the system
-        has no ``flock`` (Windows) nothing is locked.
-        """
-        try:
-            import fcntl
-        except ImportError:
-            yield
-            return
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock = self.path / LOCK_FILE
-        ending_until = None
-        while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                # A holder that was just killed keeps its lock until the system has ended it (and a
-                # killed torchrun's ranks end a moment after it): wait for that, never for a live run.
-                # A lock nobody has signed is a moment's: another run's check_free probe, or a
-                # holder about to write its id.
-                now = time.monotonic()
-                grace = ENDING_GRACE_S if _ending(lock) else 0.0 if _signed(lock) else UNSIGNED_GRACE_S
-                if now < (ending_until := ending_until or now + grace):
-                    time.sleep(0.05)
-                    continue
-                raise UsageError(self._in_use(lock)) from None
-            try:  # the file we locked is still the one named lock (the last holder may remove it)
-                if os.fstat(fd).st_ino == os.stat(lock).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                lock.unlink()
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                self.path.rmdir()  # only when empty
+    def locked(self):
+        """Hold the directory for this process (:func:`toolkit.locking.locked`)."""
+        return locking.locked(self.path)
 
     def claim(self, identity: Mapping[str, Any], fresh: bool = False) -> int:
         """Make this the work directory of the run ``identity``; return how many files it resumes.
@@ -350,55 +279,6 @@ class WorkDir:
             path.unlink()
         if not any(self.path.glob("interval-*.pt")):
             self.clear()
-
-
-# How long a lock whose holder is ending (dead, a zombie, or being killed) may take to free.
-ENDING_GRACE_S = 30.0
-UNSIGNED_GRACE_S = 1.0  # and a lock whose holder has not written its id (a probe's, or just taken)
-PF_EXITING = 0x4  # Linux's per-task flag, set once a process has begun to exit (/proc/PID/stat)
-
-
-def _ending(lock: Path) -> bool:
-    """Whether the process that holds ``lock`` on this host is gone or on its way out: no such
-    process, a zombie, one with SIGKILL pending, or one already exiting (its SIGKILL taken, its
-    memory and files being released: a large process can take a moment)."""
-    try:
-        pid, _, host = lock.read_text().strip().partition(" ")
-        pid = int(pid)
-    except (OSError, ValueError):
-        return False
-    if host and host != socket.gethostname():
-        return False
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()  # after the name
-    except FileNotFoundError:
-        return True  # already gone
-    except OSError:
-        return False  # no /proc here: never guess
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    pending = int(fields.get("ShdPnd", "0"), 16) | int(fields.get("SigPnd", "0"), 16)
-    exiting = len(stat) > 6 and stat[6].isdigit() and int(stat[6]) & PF_EXITING
-    return (stat[:1] in (["Z"], ["X"])) or bool(pending & (1 << (signal.SIGKILL - 1))) or bool(exiting)
-
-
-def _signed(lock: Path) -> bool:
-    """Whether ``lock`` names its holder (:meth:`WorkDir.locked` writes its id just after locking)."""
-    try:
-        return bool(lock.read_text().strip())
-    except OSError:
-        return False
-
-
-def _holder(lock: Path) -> str:
-    """Who holds ``lock``: "process <pid> on <host>" as its holder wrote it (just after locking)."""
-    for _ in range(50):
-        with contextlib.suppress(OSError):
-            pid, _, host = lock.read_text().strip().partition(" ")
-            if pid:
-                return f"process {pid}" + (f" on {host}" if host else "")
-        time.sleep(0.02)
-    return "a process that has not said its id"
 
 
 # Below this many free bytes a failed write is taken for a full disk.
