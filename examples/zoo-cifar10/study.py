@@ -217,7 +217,7 @@ def render(summary: dict) -> str:
         parts += ["", f"### Amendment 1: the same analysis over all {n} models (secondary)", "",
                   f"PREREGISTRATION.md's amendment 1 added {n - done} stronger models after the "
                   "verdict of record; the same code over all of them cannot change that verdict "
-                  "and is reported for what the strong models add.", rest.lstrip("\n"), "",
+                  "and is reported for what the strong models add.", "", rest.lstrip("\n"), "",
                   *render_out_of_sample(summary["extended"]["out_of_sample"])]
     models = ["| model | architecture | test accuracy | training (s) | precision |", "|---|---|---|---|---|"]
     models += [f"| {n}{'' if m['preregistered'] else ' (amendment 1)'} | `{m['architecture']}` "
