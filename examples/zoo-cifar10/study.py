@@ -38,6 +38,7 @@ digits = build.load_script(build.ROOT / "examples" / "zoo-digits" / "study.py")
 
 PRIMARY, SEEDS = digits.PRIMARY, 3
 kendall_tau_b, oriented, readme_block = digits.kendall_tau_b, digits.oriented, digits.readme_block
+write_block = digits.write_block
 ARMS = {  # name: (what it is, rank options); "main" is the pre-registered protocol
     "main": ("step 0.1, at most 100 steps per image; synthesizer boundary (P exactly as prototype, "
              "then B); metrics for Mg, Madv and the baselines",
@@ -294,13 +295,6 @@ def render_claims(summary: dict) -> str:
 
 def _cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
-
-
-def write_block(path: Path, pattern: re.Pattern, block: str) -> None:
-    text = path.read_text()
-    if not pattern.search(text):
-        raise SystemExit(f"study.py: {path} lacks the markers of its generated block")
-    path.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text))
 
 
 def main(argv: list[str] | None = None) -> int:

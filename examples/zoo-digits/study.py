@@ -4,6 +4,7 @@
     python examples/zoo-digits/study.py run --arms main     # one arm
     python examples/zoo-digits/study.py partial --arms max_steps_1000   # the models it finished
     python examples/zoo-digits/study.py analyze             # summary.json, figures/, README tables
+    python examples/zoo-digits/study.py replication         # README block of replication/ only
 
 ``run`` calls ``toolkit.rank`` on every model of ``weights/zoo.json`` (built by ``build.py``), once
 per arm (:data:`ARMS`), each into ``results/<arm>.nc`` (kept out of git; a killed run resumes).
@@ -459,6 +460,38 @@ def fmt_tau(value) -> str:
 
 
 BLOCK = re.compile(r"(<!-- results:begin -->\n)(.*?)(<!-- results:end -->)", re.S)
+REPLICATION = HERE / "replication"
+REPLICATION_BLOCK = re.compile(r"(<!-- replication:begin -->\n)(.*?)(<!-- replication:end -->)", re.S)
+
+
+def render_replication(record: dict, again: dict, timing: dict) -> str:
+    """The README's replication block: the study of record beside an independent rebuild of the
+    zoo on another machine (``replication/``: its summary, and the timing of each step)."""
+    seconds = timing["seconds"]
+    whole = seconds["build"] + seconds["rank_main"] + seconds["analyze"]
+    rows = ["| | study of record | rebuilt |", "|---|---|---|"]
+    for label, get in (
+            ("primary `C_minus_R_converged`, tau", lambda s: fmt_ci(s["verdict"]["tau"], s["verdict"]["tau_ci"])),
+            ("best baseline", lambda s: f"`{s['verdict']['best_baseline']}` "
+                                        f"{s['verdict']['best_baseline_tau']:+.2f}"),
+            ("claim holds", lambda s: "yes" if s["verdict"]["claim_holds"] else "no"),
+            *((f"`{n}`, tau", lambda s, n=n: fmt_ci(s["arms"]["main"]["scores"][n]["tau"],
+                                                     s["arms"]["main"]["scores"][n]["tau_ci"]))
+              for n in ("C_mean", "Mg", "noise_confidence")),
+            ("the score chosen on seed 0, held-out tau", lambda s: (
+                f"`{s['out_of_sample']['chosen']}` "
+                f"{fmt_ci(s['out_of_sample']['tau_held_out'], s['out_of_sample']['tau_held_out_ci'])}"))):
+        rows.append(f"| {label} | {get(record)} | {get(again)} |")
+    return "\n".join([
+        f"The whole zoo rebuilt from `build.py` on another machine ({timing['machine']}; torch "
+        f"{timing['torch']}, {timing['threads']} threads, {timing['precision']}) on {timing['date']}, "
+        "scored in the pre-registered arm and analysed by the same code. The models are not "
+        "bit-identical to those of record (another CPU), so this is a replication, not a rerun:", "",
+        *rows, "",
+        f"End to end, training included: **{whole:,.0f} s** (build {seconds['build']:,.0f} s, "
+        f"pre-registered ranking {seconds['rank_main']:,.0f} s, analysis {seconds['analyze']:,.0f} s); "
+        f"the `fixed_steps_250` arm another {seconds['rank_fixed_steps_250']:,.0f} s. Commands, "
+        "machine and the rebuild's summary: [replication/](replication/)."])
 
 
 def readme_block(text: str) -> str | None:
@@ -477,7 +510,7 @@ def chosen_arms(parser: argparse.ArgumentParser, value: str, arms: dict) -> list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "partial", "analyze"))
+    parser.add_argument("command", choices=("run", "partial", "analyze", "replication"))
     parser.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms")
     parser.add_argument("--weights", type=Path, default=HERE / "weights")
     parser.add_argument("--only", default=None, help="comma-separated model names (run only)")
@@ -491,6 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         for arm in arms:
             partial(arm)
         return 0
+    if args.command == "replication":  # from the committed summaries alone
+        write_replication()
+        return 0
     arms = [a for a in arms if (RESULTS / f"{a}.nc").is_file()]
     if "main" not in arms:
         parser.error(f"no {RESULTS / 'main.nc'}: run the main arm first")
@@ -498,12 +534,26 @@ def main(argv: list[str] | None = None) -> int:
     SUMMARY.write_text(json.dumps(summary, indent=1, allow_nan=True) + "\n")
     for arm in arms:
         figure(summary, arm, FIGURES / f"scores-{arm}.png")
-    text = README.read_text()
     block = render(summary)
-    if BLOCK.search(text):
-        README.write_text(BLOCK.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text))
+    write_block(README, BLOCK, block)
+    write_replication()
     print(block)
     return 0
+
+
+def write_replication() -> None:
+    """The README's replication block, from summary.json and ``replication/``."""
+    block = render_replication(*(json.loads(path.read_text()) for path in (
+        SUMMARY, REPLICATION / "summary.json", REPLICATION / "timing.json")))
+    write_block(README, REPLICATION_BLOCK, block)
+
+
+def write_block(path: Path, pattern: re.Pattern, block: str) -> None:
+    """Put ``block`` between the markers ``pattern`` finds in ``path``."""
+    text = path.read_text()
+    if not pattern.search(text):
+        raise SystemExit(f"study.py: {path} lacks the markers of its generated block")
+    path.write_text(pattern.sub(lambda m: m.group(1) + block + "\n" + m.group(3), text))
 
 
 if __name__ == "__main__":

@@ -177,3 +177,16 @@ def test_the_amendments_models_leave_the_analysis_of_record_alone(tmp_path, monk
     block = study.render(both)
     assert block.index("### Amendment 1") > block.index(f"over {len(record)} models")
     assert f"{added} (amendment 1)" in block
+
+
+def test_the_digits_replication_block_is_rendered_from_its_summaries():
+    study = load_script(FOLDER / "study.py")
+    record = json.loads((FOLDER / "summary.json").read_text())
+    again = json.loads((study.REPLICATION / "summary.json").read_text())
+    timing = json.loads((study.REPLICATION / "timing.json").read_text())
+    found = study.REPLICATION_BLOCK.search((FOLDER / "README.md").read_text())
+    assert found is not None, "examples/zoo-digits/README.md lacks the replication markers"
+    assert found.group(2).strip() == study.render_replication(record, again, timing).strip()
+    assert again["arms"]["main"]["models"] == record["arms"]["main"]["models"] == 48
+    assert set(json.loads((study.REPLICATION / "zoo.json").read_text())) == set(
+        json.loads((FOLDER / "zoo.json").read_text()))  # the same 48 recipes, rebuilt
