@@ -99,11 +99,12 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
         work_dir = default_work_dir(out)
     if work_dir is not None:
         WorkDir(work_dir).check()
-        WorkDir(work_dir).check_free()  # a second run on it stops here, before loading any data
     if checkpoints is not None:
         check_checkpoints(Path(checkpoints), config.intervals)
     device = resolve_device(config.device)
     world = distributed.world(device)
+    if work_dir is not None and world.main:  # another run on it stops here, before loading any data
+        WorkDir(work_dir).check_free()       # (rank 0 alone: the job's own ranks share the lock)
     device = distributed.device_for(world, device)
     precision, precision_reason = resolve_precision(config.precision, device)
     if config.precision == "auto":  # the run, its identity and its file hold what auto chose
