@@ -64,14 +64,10 @@ def open_results(path, needs=None):
 
 
 def summary(results) -> str:
-    """The summary table of a results file or Dataset, as text."""
-    from toolkit.results import open_results as _open
-    from toolkit.table import summary_table, summary_variables
+    """The summary table of a results file or Dataset, as text; see :func:`toolkit.table.summary_of`."""
+    from toolkit.table import summary_of
 
-    if isinstance(results, (str, bytes)) or hasattr(results, "__fspath__"):
-        with _open(results, needs=summary_variables()) as ds:
-            return summary_table(ds)
-    return summary_table(results)
+    return summary_of(results)
 
 
 def get_plugins(all: bool = False, hook: str | None = None) -> list[dict]:

@@ -80,11 +80,9 @@ class Toolkit:
         Args:
             results: path of a results file (.nc) written by analyze.
         """
-        from toolkit.results import open_results
-        from toolkit.table import summary_table, summary_variables
+        from toolkit.table import summary_of
 
-        with open_results(results, needs=summary_variables()) as ds:
-            print(summary_table(ds))
+        print(summary_of(results))
 
     def metrics(self, results: str, metrics: str = "cosine,zscore", out: str | None = None,
                 metric_options: str | None = None, save: str | None = None,

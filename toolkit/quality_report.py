@@ -122,8 +122,8 @@ def quality(results: Sequence[xr.Dataset | str | os.PathLike],
     titles = []
     for item in items:
         if isinstance(item, xr.Dataset):
-            runs.append((run_title(validate(item)), item))
-            titles.append(run_title(item))
+            titles.append(run_title(validate(item)))
+            runs.append((titles[-1], item))
         else:  # only what the scores read: a file's features and images stay on disk
             with open_results(item, needs=needs) as ds:
                 runs.append((Path(item).name, ds[[n for n in needs if n in ds.variables]].load()))

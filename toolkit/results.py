@@ -356,17 +356,18 @@ MAX_RESULTS_BYTES = ("TOOLKIT_MAX_RESULTS_BYTES", 16 * 2**30,
 declare({MAX_RESULTS_BYTES[0]: MAX_RESULTS_BYTES[1:]})
 
 
-def declared_bytes(path: Path, needs: Iterable[str] | None = None) -> int:
+def declared(path: Path, needs: Iterable[str] | None = None) -> tuple[int, dict[str, int]]:
     """The bytes the variables named in ``needs`` (all where None) and the dimension coordinates
-    of the netCDF file at ``path`` declare, from its header alone (no value is read)."""
+    of the netCDF file at ``path`` declare, and its dimensions' sizes, from its header alone."""
     import netCDF4
 
     wanted = None if needs is None else set(needs)
     try:
         with netCDF4.Dataset(path) as nc:
-            return sum(int(np.prod(v.shape, dtype=np.float64)) * _element_bytes(v)
+            size = sum(int(np.prod(v.shape, dtype=np.float64)) * _element_bytes(v)
                        for name, v in nc.variables.items()
                        if wanted is None or name in wanted or name in nc.dimensions)
+            return size, {name: len(dim) for name, dim in nc.dimensions.items()}
     except OSError as exc:
         raise UsageError(f"{path} is not a readable netCDF file ({exc})") from None
 
@@ -387,13 +388,10 @@ def check_declared_size(path: Path, needs: Iterable[str] | None = None) -> None:
     """Refuse a file whose variables (those in ``needs``) declare more bytes than the limit,
     before reading any: a netCDF file of 100 KB can declare dimensions of 100,000 classes and
     chunks it never wrote."""
-    declared = declared_bytes(path, needs)
+    size, dims = declared(path, needs)
     limit = env_limit(*MAX_RESULTS_BYTES)
-    if declared > limit:
-        import netCDF4
-
-        with netCDF4.Dataset(path) as nc:
-            sizes = ", ".join(f"{k}={len(v):,}" for k, v in nc.dimensions.items())
-        raise UsageError(f"{path} declares {declared:,} bytes of variables ({sizes}; "
+    if size > limit:
+        sizes = ", ".join(f"{k}={v:,}" for k, v in dims.items())
+        raise UsageError(f"{path} declares {size:,} bytes of variables ({sizes}; "
                          f"{path.stat().st_size:,} bytes on disk), over the limit of {limit:,}; "
                          f"{how_to_raise(MAX_RESULTS_BYTES[0])}")

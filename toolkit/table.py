@@ -68,6 +68,16 @@ def count(number: int | None, one: str, many: str) -> str:
     return f"? {many}" if number is None else f"{number} {one if number == 1 else many}"
 
 
+def summary_of(results) -> str:
+    """The summary table of a results file (reading only its summary variables) or Dataset."""
+    from toolkit.results import open_results
+
+    if isinstance(results, (str, bytes)) or hasattr(results, "__fspath__"):
+        with open_results(results, needs=summary_variables()) as ds:
+            return summary_table(ds)
+    return summary_table(results)
+
+
 def summary_table(ds: xr.Dataset) -> str:
     """The summary as aligned text, under a line naming the run and how its numbers were made."""
     config = json.loads(ds.attrs.get("config", "{}"))

@@ -200,8 +200,8 @@ def test_summary_and_quality_read_only_their_variables(tmp_path, monkeypatch):
     ds = ds.assign(cosine(ds)).assign(zscore(ds.assign(cosine(ds))))
     ds.attrs.update(results.provenance('{"model": "x"}', model="x", dataset="y"))
     path = results.write_results(ds, tmp_path / "big.nc")
-    features = results.declared_bytes(path, ["features"])  # and the dimension coordinates
-    assert results.declared_bytes(path, summary_variables()) < features // 4
+    features = results.declared(path, ["features"])[0]  # and the dimension coordinates
+    assert results.declared(path, summary_variables())[0] < features // 4
     monkeypatch.setenv("TOOLKIT_MAX_RESULTS_BYTES", str(features))  # summary, quality: enough; plot: not
     assert toolkit.summary(str(path)) == toolkit.summary(ds)
     from_file, in_memory = toolkit.quality([str(path)]), toolkit.quality([ds])
@@ -226,7 +226,7 @@ def test_unwritten_strings_count_as_the_fill_value_they_read_back_as(tmp_path, m
         nc.createVariable("k", str, ("k",), fill_value="x" * 1000)
         nc.toolkit_schema_version = 1
     assert path.stat().st_size < 100_000
-    assert results.declared_bytes(path) >= 100_000 * 1000
+    assert results.declared(path)[0] >= 100_000 * 1000
     monkeypatch.setenv("TOOLKIT_MAX_RESULTS_BYTES", str(50 * 2**20))
     with pytest.raises(toolkit.UsageError, match="over the limit of 52,428,800"):
         toolkit.summary(str(path))
