@@ -1,17 +1,29 @@
 """What the hardware offers, for the choices ``auto`` makes: bf16 matrix units.
 
-``--precision auto`` runs bf16 autocast where the device has matrix units for it (a CPU with AMX
-or AVX512-BF16, ``amx_bf16`` or ``avx512_bf16`` among its flags; a CUDA device of compute
-capability 8.0 or later) and fp32 elsewhere; the results file records which and why.
+``--precision auto``, the default, runs bf16 where it is fast and was measured to keep the
+science. Synthesis runs under bf16 autocast (``bf16-synthesis``) where the device has matrix units
+for it (a CPU with AMX or AVX512-BF16, ``amx_bf16`` or ``avx512_bf16`` among its flags; a CUDA
+device of compute capability 8.0 or later) *and* the images have at least
+:data:`BF16_MIN_PIXELS` pixels; training stays fp32. Measured by ``benchmarks/precision.py`` on an
+AMX Xeon and an AVX512-BF16 EPYC (docs/performance.md): from the same CIFAR-10 weights, bf16
+synthesis kept C and R means within 0.001 of fp32 and flipped no image's convergence on both; at
+8x8 (digits) it flipped 1.3 % on one, and training in bf16 made models that parted from fp32 ones
+beyond issue 19's bar (digits on both machines, CIFAR-10 on one). So smaller images, sizes in
+between included (not measured), and training stay fp32; ``--precision bf16`` asks for both. The
+results file records which and why.
 """
 from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch stays out of this module's import: the options (toolkit.config) read it
+    import torch
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_MIN_SIDE = 32  # the smallest size bf16 was measured faithful at (benchmarks/precision.py)
+BF16_MIN_PIXELS = BF16_MIN_SIDE ** 2  # images with fewer pixels stay fp32 under auto
 
 
 def _cpuinfo_field(field: str, cpuinfo: str | Path) -> str | None:
@@ -39,6 +51,8 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 def bf16_units(device: torch.device) -> tuple[bool, str]:
     """Whether ``device`` has bf16 matrix units, and what says so (a phrase)."""
     if device.type == "cuda":
+        import torch
+
         major, minor = torch.cuda.get_device_capability(device)
         return major >= 8, f"CUDA compute capability {major}.{minor} (bf16 tensor cores from 8.0)"
     if device.type == "cpu":
@@ -48,10 +62,18 @@ def bf16_units(device: torch.device) -> tuple[bool, str]:
     return False, f"no bf16 matrix units known on {device.type}"
 
 
-def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
-    """``(precision, why)``: ``requested`` itself unless it is ``auto``, which picks bf16 where
-    :func:`bf16_units` finds them and fp32 elsewhere."""
+def resolve_precision(requested: str, device: torch.device, image_size: tuple[int, int]) -> tuple[str, str]:
+    """``(precision, why)``: ``requested`` itself unless it is ``auto``, which picks
+    ``bf16-synthesis`` where :func:`bf16_units` finds them and images of ``image_size`` (height,
+    width) have at least :data:`BF16_MIN_PIXELS` pixels, and fp32 elsewhere."""
     if requested != "auto":
         return requested, "asked for"
     fast, why = bf16_units(device)
-    return ("bf16" if fast else "fp32"), f"auto: {why}"
+    height, width = image_size
+    if fast and height * width < BF16_MIN_PIXELS:
+        return "fp32", (f"auto: {why}, but {height}x{width} images are smaller than "
+                        f"{BF16_MIN_SIDE}x{BF16_MIN_SIDE}, the smallest size bf16 was measured to "
+                        "keep the science at")
+    if not fast:
+        return "fp32", f"auto: {why}"
+    return "bf16-synthesis", f"auto: {why}, {height}x{width} images (bf16 synthesis, fp32 training)"

@@ -73,7 +73,7 @@ SPEED_ATTRS = {
     "time_metrics_s": "wall time spent in the metric plugins, in seconds",
     "time_probes_s": "wall time spent in plugin probes (register_probes), in seconds",
     "image_steps": "input-gradient steps taken, summed over every image of every grid",
-    "precision": "fp32 or bf16 (autocast) for synthesis and training",
+    "precision": "fp32, bf16 (autocast: training and synthesis) or bf16-synthesis (fp32 training)",
     "compile": "1 if the model ran through torch.compile during synthesis, else 0",
     "synthesis_batch_size": "micro-batch size of the synthesis work queue",
 }

@@ -31,7 +31,7 @@ class SynthesisSettings:
     max_steps: int = FALLBACKS["max_steps"]
     fixed_steps: int | None = OPTION["fixed_steps"].default
     batch_size: int = 128  # what batch_size="auto" chooses for 32x32 images on a CPU
-    precision: str = OPTION["precision"].default
+    precision: str = "fp32"  # a resolved precision: analyze resolves auto (toolkit.hardware)
     compile: bool = OPTION["compile"].default
 
 

@@ -27,7 +27,7 @@ class TrainingSettings:
     weight_decay: float = OPTION["weight_decay"].default
     crop_padding: int = FALLBACKS["crop_padding"]
     flip: bool = FALLBACKS["flip"]
-    precision: str = OPTION["precision"].default  # "bf16": forward and loss under bfloat16 autocast
+    precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast (analyze resolves auto)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ zoo's (``examples/zoo-digits/build.py``: ``OUT/<name>.pt`` holds the normalising
 ``state_dict``, ``OUT/zoo.json`` the recipe, test accuracy and cost of each model; a model whose
 file exists is not trained again). Training: SGD at 0.2 with momentum 0.9, weight decay 5e-4,
 batch 512, one cosine schedule, crop and flip, bfloat16 autocast where the CPU has bf16 matrix
-units (``--precision auto``), fp32 elsewhere. ``study.py run`` builds and scores the zoo one model
+units, fp32 elsewhere. ``study.py run`` builds and scores the zoo one model
 at a time through :func:`build`.
 """
 from __future__ import annotations
@@ -65,13 +65,13 @@ TRAINING = dict(lr=0.2, batch_size=512, crop_padding=4, flip=True, weight_decay=
 
 
 def training_settings() -> dict:
-    """:data:`TRAINING` with the precision ``auto`` picks on this CPU."""
+    """:data:`TRAINING` in bf16 where this CPU has bf16 matrix units, fp32 elsewhere (the recipe of
+    PREREGISTRATION.md; ``--precision auto`` since trains in fp32 everywhere)."""
     import torch
 
-    from toolkit.hardware import resolve_precision
+    from toolkit.hardware import bf16_units
 
-    precision, _ = resolve_precision("auto", torch.device("cpu"))
-    return {**TRAINING, "precision": precision}
+    return {**TRAINING, "precision": "bf16" if bf16_units(torch.device("cpu"))[0] else "fp32"}
 
 
 def load_data(archive: Path):

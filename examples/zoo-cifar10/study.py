@@ -47,7 +47,7 @@ ARMS = {  # name: (what it is, rank options); "main" is the pre-registered proto
     "fixed_steps_250": ("every image takes exactly 250 steps of 0.01 (the authors' code)",
                         dict(lr=0.01, fixed_steps=250, max_steps=250)),
 }
-COMMON = dict(precision="auto")  # bf16 where the CPU has bf16 matrix units (PREREGISTRATION.md)
+COMMON = dict(precision="auto")  # bf16 synthesis where the CPU has bf16 matrix units (PREREGISTRATION.md)
 # The digits zoo's candidate (examples/zoo-digits/summary.json, out_of_sample.chosen), tested here.
 DIGITS_CHOSEN = "+noise_confidence & -C_std"
 

@@ -1,6 +1,7 @@
-"""``--precision auto``: the selection logic, with the hardware query mocked, on any machine."""
+"""``--precision auto``, the default: the selection logic, with the hardware query mocked, on any machine."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import xarray as xr
@@ -8,37 +9,86 @@ import xarray as xr
 import toolkit
 from conftest import TINY_RUN
 from toolkit import hardware
+from toolkit.config import stage_precision
 
 AMX = "processor : 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n"
 AVX2 = "processor : 0\nflags\t\t: fpu sse2 avx2 fma\n"
 
 
+CIFAR = (32, 32)
+
+
+def fake_cpu(monkeypatch, tmp_path, cpuinfo: str) -> None:
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    real = hardware.cpu_flags
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: real(tmp_path / "cpuinfo"))
+
+
 @pytest.mark.parametrize("cpuinfo, expected", [
-    (AMX, ("bf16", "auto: CPU flag amx_bf16")),
-    ("flags : avx512f avx512_bf16\n", ("bf16", "auto: CPU flag avx512_bf16")),
+    (AMX, ("bf16-synthesis", "auto: CPU flag amx_bf16, 32x32 images (bf16 synthesis, fp32 training)")),
+    ("flags : avx512f avx512_bf16\n", ("bf16-synthesis", "auto: CPU flag avx512_bf16, 32x32 images "
+                                                        "(bf16 synthesis, fp32 training)")),
     (AVX2, ("fp32", "auto: no bf16 matrix units on cpu (no amx_bf16 or avx512_bf16)")),
     ("", ("fp32", "auto: no bf16 matrix units on cpu (no amx_bf16 or avx512_bf16)")),
 ])
 def test_auto_picks_bf16_only_where_the_cpu_has_bf16_matrix_units(tmp_path, monkeypatch, cpuinfo, expected):
-    (tmp_path / "cpuinfo").write_text(cpuinfo)
-    real = hardware.cpu_flags
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: real(tmp_path / "cpuinfo"))
-    assert hardware.resolve_precision("auto", torch.device("cpu")) == expected
-    assert hardware.resolve_precision("fp32", torch.device("cpu")) == ("fp32", "asked for")
+    fake_cpu(monkeypatch, tmp_path, cpuinfo)
+    assert hardware.resolve_precision("auto", torch.device("cpu"), CIFAR) == expected
+    assert hardware.resolve_precision("fp32", torch.device("cpu"), CIFAR) == ("fp32", "asked for")
+    assert hardware.resolve_precision("bf16", torch.device("cpu"), (8, 8)) == ("bf16", "asked for")
 
 
-@pytest.mark.parametrize("capability, precision", [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp32")])
+@pytest.mark.parametrize("size, expected", [((8, 8), "fp32"), ((28, 28), "fp32"), ((32, 32), "bf16-synthesis"),
+                                            ((16, 64), "bf16-synthesis"), ((224, 224), "bf16-synthesis")])
+def test_auto_keeps_fp32_for_images_smaller_than_bf16_was_measured_faithful_at(tmp_path, monkeypatch, size, expected):
+    fake_cpu(monkeypatch, tmp_path, AMX)
+    assert hardware.BF16_MIN_PIXELS == hardware.BF16_MIN_SIDE ** 2
+    chosen, why = hardware.resolve_precision("auto", torch.device("cpu"), size)
+    assert chosen == expected and f"{size[0]}x{size[1]} images" in why
+    if expected == "fp32":
+        assert why == (f"auto: CPU flag amx_bf16, but {size[0]}x{size[1]} images are smaller than "
+                       f"{hardware.BF16_MIN_SIDE}x{hardware.BF16_MIN_SIDE}, the smallest size bf16 was measured "
+                       "to keep the science at")
+
+
+@pytest.mark.parametrize("capability, precision", [((8, 0), "bf16-synthesis"), ((9, 0), "bf16-synthesis"),
+                                                   ((7, 5), "fp32")])
 def test_auto_on_cuda_follows_the_compute_capability(monkeypatch, capability, precision):
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    chosen, why = hardware.resolve_precision("auto", torch.device("cuda", 0))
+    chosen, why = hardware.resolve_precision("auto", torch.device("cuda", 0), CIFAR)
     assert chosen == precision and (str(capability[0]) in why)
 
 
-def test_a_run_records_what_auto_chose_and_why(tiny_plugin, tmp_path, monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_flags", lambda: set())
+@pytest.mark.parametrize("flags, precision, reason", [
+    (set(), "fp32", "auto: no bf16 matrix units on cpu"),
+    ({"amx_bf16"}, "fp32", "auto: CPU flag amx_bf16, but 6x6 images are smaller than"),
+])
+def test_a_run_by_default_records_what_auto_chose_and_why(tiny_plugin, tmp_path, monkeypatch, flags,
+                                                          precision, reason):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     out = tmp_path / "auto.nc"
-    toolkit.analyze(**{**TINY_RUN, "intervals": (1.0,), "max_steps": 10}, precision="auto", out=out)
+    toolkit.analyze(**{**TINY_RUN, "intervals": (1.0,), "max_steps": 10}, out=out)  # the tiny data: 6x6
     with xr.open_dataset(out) as ds:
-        assert ds.attrs["precision"] == "fp32"
-        assert ds.attrs["precision_reason"].startswith("auto: no bf16 matrix units on cpu")
-        assert '"precision": "fp32"' in ds.attrs["config"]
+        assert ds.attrs["precision"] == precision
+        assert ds.attrs["precision_reason"].startswith(reason)
+        assert f'"precision": "{precision}"' in ds.attrs["config"]
+
+
+def test_auto_on_bf16_hardware_synthesises_in_bf16_and_trains_in_fp32(tiny_plugin, tmp_path, monkeypatch):
+    """bf16 runs here even without the hardware (emulated, slower, the same code path)."""
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(hardware, "BF16_MIN_PIXELS", 6 * 6)  # the tiny data's images count as large
+    run = {**TINY_RUN, "intervals": (1.0,), "max_steps": 10, "seeds": 1}
+    auto = toolkit.analyze(**run, out=tmp_path / "auto.nc")
+    fp32 = toolkit.analyze(**run, precision="fp32", out=tmp_path / "fp32.nc")
+    assert auto.attrs["precision"] == "bf16-synthesis"
+    assert auto.attrs["precision_reason"] == "auto: CPU flag avx512_bf16, 6x6 images (bf16 synthesis, fp32 training)"
+    assert np.array_equal(auto["test_accuracy"].values, fp32["test_accuracy"].values)  # the same fp32 training
+    assert not np.array_equal(auto["features"].values, fp32["features"].values)  # bf16 synthesis
+
+
+@pytest.mark.parametrize("precision, training, synthesis", [
+    ("fp32", "fp32", "fp32"), ("bf16", "bf16", "bf16"), ("bf16-synthesis", "fp32", "bf16")])
+def test_each_precision_says_what_each_stage_runs_at(precision, training, synthesis):
+    assert stage_precision(precision, "training") == training
+    assert stage_precision(precision, "synthesis") == synthesis

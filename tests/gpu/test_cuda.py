@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import toolkit
+from toolkit import hardware
 from toolkit.__main__ import main
 from toolkit.model import frozen
 from toolkit.plugins import get_registry
@@ -49,12 +50,13 @@ def test_synthesis_on_cuda_follows_the_cpu(trained_tiny, monkeypatch):
     assert torch.equal(gpu.converged, cpu.converged)
 
 
-def test_a_study_on_cuda_under_auto_precision(tiny_plugin, tmp_path):
+def test_a_study_on_cuda_under_auto_precision(tiny_plugin, tmp_path, monkeypatch):
+    monkeypatch.setattr(hardware, "BF16_MIN_PIXELS", 6 * 6)  # the tiny data's 6x6 images count as large
     ds = toolkit.analyze(out=tmp_path / "gpu.nc", **{**TINY_RUN, "device": "cuda",
                                                      "precision": "auto", "batch_size": "auto"})
     major, _ = torch.cuda.get_device_capability()
     assert ds.attrs["device"].startswith("cuda")
-    assert ds.attrs["precision"] == ("bf16" if major >= 8 else "fp32")
+    assert ds.attrs["precision"] == ("bf16-synthesis" if major >= 8 else "fp32")
     assert "CUDA compute capability" in ds.attrs["precision_reason"]
     assert int(ds.attrs["synthesis_batch_size"]) >= 64  # the GPU's own automatic size
     assert float(ds["test_accuracy"][-1]) >= 0.9

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from toolkit import distributed, probes as probing, results
-from toolkit.config import AnalysisConfig, renamed
+from toolkit.config import AnalysisConfig, renamed, stage_precision
 from toolkit.data import ImageDataset, reused
 from toolkit.errors import PluginError, UsageError
 from toolkit.metrics import check_metrics
@@ -106,9 +106,6 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
     if work_dir is not None and world.main:  # another run on it stops here, before loading any data
         WorkDir(work_dir).check_free()       # (rank 0 alone: the job's own ranks share the lock)
     device = distributed.device_for(world, device)
-    precision, precision_reason = resolve_precision(config.precision, device)
-    if config.precision == "auto":  # the run, its identity and its file hold what auto chose
-        config = dataclasses.replace(config, precision=precision)
     probes = probing.of((resolved.synthesizer, *resolved.metrics))
     streams = check_metrics(resolved.metrics, config.metric_options, config.save, probes)
     if streams and out is None:
@@ -119,12 +116,16 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
     config = config.with_dataset_defaults(resolved.dataset.metadata.get("defaults", {}))
     config = config.with_save_images_for(data.num_classes)
     shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
+    precision, precision_reason = resolve_precision(config.precision, device, shape[2:])
+    if config.precision == "auto":  # the run, its identity and its file hold what auto chose
+        config = dataclasses.replace(config, precision=precision)
     batch_size = (auto_batch_size(device, shape[1:]) if config.batch_size == "auto"
                   else config.batch_size)
     block_rows = probing.block_rows_for(config.block_rows, data.num_classes, probes)
     synthesis = SynthesisSettings(lr=config.lr, loss_threshold=config.loss_threshold,
                                   max_steps=config.max_steps, fixed_steps=config.fixed_steps,
-                                  batch_size=batch_size, precision=config.precision,
+                                  batch_size=batch_size,
+                                  precision=stage_precision(config.precision, "synthesis"),
                                   compile=config.compile)
     if out is not None and make_folder and world.main:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

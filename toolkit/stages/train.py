@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 
-from toolkit.config import AnalysisConfig
+from toolkit.config import AnalysisConfig, stage_precision
 from toolkit.data import ImageDataset
 from toolkit.errors import NumericalError, PluginError, UsageError
 from toolkit.model import NormalizedClassifier
@@ -27,7 +27,8 @@ def training_settings(config: AnalysisConfig) -> TrainingSettings:
     return TrainingSettings(epochs=config.epochs, lr=config.train_lr,
                             batch_size=config.train_batch_size, momentum=config.momentum,
                             weight_decay=config.weight_decay, crop_padding=config.crop_padding,
-                            flip=config.flip, precision=config.precision)
+                            flip=config.flip,
+                            precision=stage_precision(config.precision, "training"))
 
 
 def build_model(registration: Registration, data: ImageDataset) -> NormalizedClassifier:
