@@ -4,7 +4,7 @@
 
 One run measures, on the same models (ResNet18 with the CIFAR stem, ``toolkit``'s ``resnet18``):
 
-1. the machine's matmul limit (fp32 and bf16 GEMM, 1024 x 1024), the FLOPs of one input-gradient
+1. the machine's GEMM limit (fp32 and bf16, 1024 x 1024: ``gemm_gflops``), the FLOPs of one input-gradient
    image-step (counted by ``torch.utils.flop_counter`` over the forward and the backward to the
    input), and the image-steps per second of the ``prototype`` synthesizer at 32x32x3 (random
    weights) and 8x8x1 (digits), fp32 and bf16, as a fraction of that limit;
@@ -84,8 +84,8 @@ def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.
     """The matmul rate of ``device`` in ``dtype`` (size x size, default 1024 on a CPU and 8192 on a
     GPU, whose cores a small product leaves idle); TF32 stays off, so fp32 means fp32. On a CPU it
     is the better of ``torch.matmul`` and the same product as a 1x1 convolution: the two take
-    different libraries (MKL and oneDNN), and on an AMD Zen 5 EPYC fp32 matmul ran at 206 GFLOP/s
-    where the convolution, like the model's own, ran at 355."""
+    different libraries (MKL and oneDNN), and on an AMD Zen 5 EPYC fp32 matmul ran at 183-206
+    GFLOP/s where the convolution, like the model's own, ran at 309-423."""
     cuda = torch.device(device).type == "cuda"
     size = size or (8192 if cuda else 1024)
     a = torch.randn(size, size, dtype=dtype, device=device)

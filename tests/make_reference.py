@@ -8,11 +8,17 @@ at a commit whose results are known good, and commit what it writes with a messa
 Each reference is a tiny study (the tests' TinyCNN on 3 classes of 6x6 images, 2 intervals, 2
 seeds) in one of the shapes a run can take: the paper's prototype grid, the boundary synthesizer
 with every probe and score, and C and R streamed into the file. ``reference.json`` records the
-CPU capability PyTorch dispatched to, since the last bits of a convolution depend on it.
+CPU capability PyTorch dispatched to, since the last bits of a convolution depend on it; a newer
+x86 CPU reproduces an AVX2 reference bit for bit when PyTorch, oneDNN and MKL are held to AVX2
+(:data:`DISPATCH_ENV`, :func:`run_dispatched`), which ``test_identical.py`` does.
+
+    python tests/make_reference.py [--case NAME --out FILE]   # one case, into FILE
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +39,8 @@ CASES = {
 }
 # Attributes that differ between any two runs (when, how long, which versions).
 VOLATILE = ("created_at", "wall_time_s", "toolkit_version", "library_versions", "time_training_s",
-            "time_synthesis_s", "time_features_s", "time_metrics_s", "time_probes_s")
+            "time_synthesis_s", "time_features_s", "time_metrics_s", "time_probes_s",
+            "precision_reason")  # says what this machine's hardware offers
 
 
 def run(name: str, out: Path, overwrite: bool = False):
@@ -58,9 +65,33 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
+# The environment that makes a newer x86 CPU dispatch as an older one does, per capability.
+DISPATCH_ENV = {"AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                         "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+
+
+def run_dispatched(name: str, out: Path, capability: str) -> str:
+    """Run case ``name`` into ``out`` in a fresh process held to ``capability``; returns the
+    capability that process dispatched to (another where this CPU lacks it)."""
+    done = subprocess.run([sys.executable, __file__, "--case", name, "--out", str(out)],
+                          env={**os.environ, **DISPATCH_ENV[capability]}, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode:
+        raise RuntimeError(f"make_reference.py --case {name} failed:\n{done.stderr[-3000:]}")
+    return done.stdout.split()[-1]
+
+
 def main() -> None:
     import shutil
 
+    parser = argparse.ArgumentParser(description="Write the reference results files.")
+    parser.add_argument("--case", choices=sorted(CASES), help="run this case alone, into --out")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.case:
+        run(args.case, args.out)
+        print(cpu_capability())  # the last word: what this process dispatched to
+        return
     REFERENCE.mkdir(parents=True, exist_ok=True)
     for name in CASES:
         out = REFERENCE / f"{name}.nc"

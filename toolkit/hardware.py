@@ -1,4 +1,4 @@
-"""What the hardware offers, for the choices ``auto`` makes: bf16 matrix units.
+"""Precision: what the hardware offers (bf16 matrix units), what ``auto`` picks, what each stage runs at.
 
 ``--precision auto``, the default, runs bf16 where it is fast and was measured to keep the
 science. Synthesis runs under bf16 autocast (``bf16-synthesis``) where the device has matrix units
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch stays out of this module's import: the options (toolkit.config) read it
     import torch
@@ -77,3 +77,20 @@ def resolve_precision(requested: str, device: torch.device, image_size: tuple[in
     if not fast:
         return "fp32", f"auto: {why}"
     return "bf16-synthesis", f"auto: {why}, {height}x{width} images (bf16 synthesis, fp32 training)"
+
+
+def stage_precision(precision: str, stage: str) -> str:
+    """What ``stage`` (``training`` or ``synthesis``) runs at under a run's resolved ``precision``
+    (``fp32``, ``bf16`` or ``bf16-synthesis``; ``auto`` is resolved first: resolve_precision)."""
+    if precision not in ("fp32", "bf16", "bf16-synthesis") or stage not in ("training", "synthesis"):
+        raise ValueError(f"stage_precision({precision!r}, {stage!r}): precision must be resolved "
+                         "(fp32, bf16 or bf16-synthesis) and stage training or synthesis")
+    return "bf16" if precision == "bf16" or (precision, stage) == ("bf16-synthesis", "synthesis") else "fp32"
+
+
+def check_stage_precision(owner: str, value: Any) -> None:
+    """Refuse a settings object's ``precision`` that is not one stage's: ``fp32`` or ``bf16``."""
+    if value not in ("fp32", "bf16"):
+        raise ValueError(f"{owner}.precision must be fp32 or bf16, not {value!r}: one stage's "
+                         "precision (analyze resolves auto and bf16-synthesis: "
+                         "toolkit.hardware.stage_precision)")

@@ -6,6 +6,7 @@ import dataclasses
 import torch
 
 from toolkit.config import FALLBACKS, OPTION
+from toolkit.hardware import check_stage_precision
 from toolkit.errors import PluginError
 
 
@@ -33,6 +34,9 @@ class SynthesisSettings:
     batch_size: int = 128  # what batch_size="auto" chooses for 32x32 images on a CPU
     precision: str = "fp32"  # a resolved precision: analyze resolves auto (toolkit.hardware)
     compile: bool = OPTION["compile"].default
+
+    def __post_init__(self) -> None:
+        check_stage_precision("SynthesisSettings", self.precision)
 
 
 @dataclasses.dataclass(frozen=True)

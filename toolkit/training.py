@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.config import FALLBACKS, OPTION
+from toolkit.hardware import check_stage_precision
 from toolkit.data import ImageDataset
 from toolkit.distributed import World
 from toolkit.errors import UsageError
@@ -28,6 +29,9 @@ class TrainingSettings:
     crop_padding: int = FALLBACKS["crop_padding"]
     flip: bool = FALLBACKS["flip"]
     precision: str = "fp32"  # "bf16": forward and loss under bfloat16 autocast (analyze resolves auto)
+
+    def __post_init__(self) -> None:
+        check_stage_precision("TrainingSettings", self.precision)
 
 
 @dataclasses.dataclass(frozen=True)

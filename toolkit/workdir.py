@@ -176,6 +176,11 @@ class WorkDir:
                                  "data (its images, labels or class names differ); a dataset loader "
                                  "must return the same data on every call (see the register_datasets "
                                  "hook); make it deterministic, or rerun with --fresh to start over")
+            if [d.split(":")[0] for d in differences] == ["precision"]:  # e.g. made before auto
+                there = recorded["config"]["precision"]  # was the default, or resolved on other hardware
+                raise UsageError(f"{self.path} holds work of the same run at --precision {there} "
+                                 f"({differences[0]}); rerun with --precision {there} to resume it, "
+                                 "or with --fresh to discard it")
             if differences:
                 raise UsageError(f"{self.path} holds work of a different run ({'; '.join(differences[:3])}"
                                  f"{'; ...' if len(differences) > 3 else ''}); rerun with --fresh to "

@@ -64,14 +64,19 @@ PREREGISTERED = list(ZOO)[:14]  # the analysis of record's models
 TRAINING = dict(lr=0.2, batch_size=512, crop_padding=4, flip=True, weight_decay=5e-4)
 
 
-def training_settings() -> dict:
-    """:data:`TRAINING` in bf16 where this CPU has bf16 matrix units, fp32 elsewhere (the recipe of
-    PREREGISTRATION.md; ``--precision auto`` since trains in fp32 everywhere)."""
+def precision() -> str:
+    """bf16 where this CPU has bf16 matrix units, fp32 elsewhere: the zoo's precision for training
+    and scoring alike (PREREGISTRATION.md; it predates ``--precision auto``'s fp32 training)."""
     import torch
 
     from toolkit.hardware import bf16_units
 
-    return {**TRAINING, "precision": "bf16" if bf16_units(torch.device("cpu"))[0] else "fp32"}
+    return "bf16" if bf16_units(torch.device("cpu"))[0] else "fp32"
+
+
+def training_settings() -> dict:
+    """:data:`TRAINING` at the zoo's :func:`precision`."""
+    return {**TRAINING, "precision": precision()}
 
 
 def load_data(archive: Path):

@@ -47,7 +47,6 @@ ARMS = {  # name: (what it is, rank options); "main" is the pre-registered proto
     "fixed_steps_250": ("every image takes exactly 250 steps of 0.01 (the authors' code)",
                         dict(lr=0.01, fixed_steps=250, max_steps=250)),
 }
-COMMON = dict(precision="auto")  # bf16 synthesis where the CPU has bf16 matrix units (PREREGISTRATION.md)
 # The digits zoo's candidate (examples/zoo-digits/summary.json, out_of_sample.chosen), tested here.
 DIGITS_CHOSEN = "+noise_confidence & -C_std"
 
@@ -89,7 +88,7 @@ def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -
         out = RESULTS / arm / f"{name}.nc"
         ds = rank([f"{row['model']}={weights / row['file']}"], dataset="imagefolder",
                   data_root=str(archive), seeds=SEEDS, out=out, overwrite=True, progress=True,
-                  **COMMON, **ARMS[arm][1]).ds
+                  precision=build.precision(), **ARMS[arm][1]).ds
         seconds = time.perf_counter() - clock
         values = {str(s): float(v) for s, v in zip(ds["score"].values, ds["scores"].values[0])}
         expected = {str(s): int(e) for s, e in zip(ds["score"].values, ds["score_expected"].values)}

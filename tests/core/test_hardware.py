@@ -8,8 +8,11 @@ import xarray as xr
 
 import toolkit
 from conftest import TINY_RUN
+import toolkit_plugins.synthesis as synthesis_plugins
 from toolkit import hardware
-from toolkit.config import stage_precision
+from toolkit.hardware import stage_precision
+from toolkit.stages import train as train_stage
+from toolkit.training import TrainingSettings
 
 AMX = "processor : 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n"
 AVX2 = "processor : 0\nflags\t\t: fpu sse2 avx2 fma\n"
@@ -78,13 +81,40 @@ def test_auto_on_bf16_hardware_synthesises_in_bf16_and_trains_in_fp32(tiny_plugi
     """bf16 runs here even without the hardware (emulated, slower, the same code path)."""
     monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx512_bf16"})
     monkeypatch.setattr(hardware, "BF16_MIN_PIXELS", 6 * 6)  # the tiny data's images count as large
+    trained, synthesised = [], []
+    real_trainer, real_autocast = train_stage.Trainer, synthesis_plugins.autocast
+    monkeypatch.setattr(train_stage, "Trainer", lambda *a, **k: (trained.append(a[4].precision),
+                                                                   real_trainer(*a, **k))[1])
+    monkeypatch.setattr(synthesis_plugins, "autocast", lambda device, precision: (
+        synthesised.append(precision), real_autocast(device, precision))[1])
     run = {**TINY_RUN, "intervals": (1.0,), "max_steps": 10, "seeds": 1}
     auto = toolkit.analyze(**run, out=tmp_path / "auto.nc")
-    fp32 = toolkit.analyze(**run, precision="fp32", out=tmp_path / "fp32.nc")
+    assert (set(trained), set(synthesised)) == ({"fp32"}, {"bf16"})
     assert auto.attrs["precision"] == "bf16-synthesis"
     assert auto.attrs["precision_reason"] == "auto: CPU flag avx512_bf16, 6x6 images (bf16 synthesis, fp32 training)"
-    assert np.array_equal(auto["test_accuracy"].values, fp32["test_accuracy"].values)  # the same fp32 training
-    assert not np.array_equal(auto["features"].values, fp32["features"].values)  # bf16 synthesis
+    fp32 = toolkit.analyze(**run, precision="fp32", out=tmp_path / "fp32.nc")
+    assert not np.array_equal(auto["features"].values, fp32["features"].values)  # bf16 did run
+
+
+def test_a_settings_object_takes_only_one_stages_precision():
+    for settings in (toolkit.SynthesisSettings, lambda precision: TrainingSettings(epochs=1, precision=precision)):
+        for unresolved in ("auto", "bf16-synthesis", "fp16"):
+            with pytest.raises(ValueError, match=f"precision must be fp32 or bf16, not '{unresolved}'"):
+                settings(precision=unresolved)
+    with pytest.raises(ValueError, match="precision must be resolved"):
+        stage_precision("auto", "synthesis")
+
+
+def test_a_work_directory_made_at_another_precision_says_how_to_resume_it(tiny_plugin, tmp_path):
+    """A run begun under the old default (fp32), or whose auto chose otherwise on other hardware."""
+    run = {**TINY_RUN, "intervals": (1.0,), "max_steps": 10, "seeds": 1, "out": tmp_path / "r.nc"}
+    toolkit.analyze(**run, precision="fp32")
+    (tmp_path / "r.nc").unlink()  # the results file lost; the work directory kept its checkpoint
+    with pytest.raises(toolkit.UsageError, match=r"holds work of the same run at --precision fp32 "
+                                                 r"\(precision: \"fp32\" there, \"bf16\" here\); rerun "
+                                                 r"with --precision fp32 to resume it, or with --fresh"):
+        toolkit.analyze(**run, precision="bf16")
+    toolkit.analyze(**run, precision="fp32")  # resumes
 
 
 @pytest.mark.parametrize("precision, training, synthesis", [

@@ -21,14 +21,14 @@ from typing import Any, Iterator, Mapping
 import torch
 
 from toolkit import distributed, probes as probing, results
-from toolkit.config import AnalysisConfig, renamed, stage_precision
+from toolkit.config import AnalysisConfig, renamed
 from toolkit.data import ImageDataset, reused
 from toolkit.errors import PluginError, UsageError
+from toolkit.hardware import resolve_precision, stage_precision
 from toolkit.metrics import check_metrics
 from toolkit.plugins import Registration, blamed_on
 from toolkit.stages import figures
 from toolkit.stages.context import Run, plan
-from toolkit.hardware import resolve_precision
 from toolkit.synthesis import SynthesisSettings, auto_batch_size
 from toolkit.table import count
 from toolkit.version import __version__

@@ -13,9 +13,10 @@ from typing import Iterator
 
 import torch
 
-from toolkit.config import AnalysisConfig, stage_precision
+from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
 from toolkit.errors import NumericalError, PluginError, UsageError
+from toolkit.hardware import stage_precision
 from toolkit.model import NormalizedClassifier
 from toolkit.plugins import Registration, blamed_on
 from toolkit.stages.context import Run
