@@ -116,7 +116,9 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
     config = config.with_dataset_defaults(resolved.dataset.metadata.get("defaults", {}))
     config = config.with_save_images_for(data.num_classes)
     shape = (data.num_classes, data.in_chans, data.image_size, data.train_images.shape[3])
-    precision, precision_reason = resolve_precision(config.precision, device, shape[2:])
+    # rank 0's choice for every rank: the job's ranks compute one run, whatever hardware each has
+    precision, precision_reason = world.from_main(
+        lambda: resolve_precision(config.precision, device, shape[2:]))
     if config.precision == "auto":  # the run, its identity and its file hold what auto chose
         config = dataclasses.replace(config, precision=precision)
     batch_size = (auto_batch_size(device, shape[1:]) if config.batch_size == "auto"
