@@ -35,7 +35,6 @@ PRECISIONS = {
     "bf16-synthesis": "bf16 for synthesis, fp32 for training",
 }
 
-
 # save_images left at None saves the whole grid P for at most this many classes (n^2 images).
 SAVE_IMAGES_UP_TO = 20
 # The largest first seed: every seed, seed .. seed + seeds - 1, fits a signed 32-bit integer.
@@ -131,13 +130,13 @@ class AnalysisConfig:
                             "features stops the run, naming where) or record (they are recorded in "
                             "the results file and the run goes on).", metavar="NAME")
     precision: str = option("auto", "auto (bf16-synthesis where the device has bf16 matrix units "
-                            f"and the images have at least {BF16_MIN_PIXELS:,} pixels, {BF16_MIN_SIDE}x"
-                            f"{BF16_MIN_SIDE}: the "
-                            "one setting that met issue 19's bar on both CPUs measured, GPUs not yet; "
-                            "else fp32; the file records which and why), fp32, bf16 (the model under "
-                            "bfloat16 autocast for training and synthesis; loss, stopping test and "
-                            "images stay float32) or bf16-synthesis (bf16 for synthesis only; see "
-                            "docs/performance.md).", metavar="NAME")
+                            f"and the images have at least {BF16_MIN_PIXELS:,} pixels, "
+                            f"{BF16_MIN_SIDE}x{BF16_MIN_SIDE}: the one setting that met issue 19's "
+                            "bar on both CPUs measured, GPUs not yet; else fp32; the file records "
+                            "which and why), fp32, bf16 (the model under bfloat16 autocast for "
+                            "training and synthesis; loss, stopping test and images stay float32) "
+                            "or bf16-synthesis (bf16 for synthesis only; see docs/performance.md).",
+                            metavar="NAME")
     compile: bool = option(False, "run the model through torch.compile during synthesis.", metavar="")
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Precision: what the hardware offers (bf16 matrix units), what ``auto`` picks, what each stage runs at.
+"""Precision: the hardware's bf16 matrix units, what ``auto`` picks, what each stage runs at.
 
 ``--precision auto``, the default, runs bf16 where it is fast and was measured to keep the
 science. Synthesis runs under bf16 autocast (``bf16-synthesis``) where the device has matrix units
@@ -62,7 +62,8 @@ def bf16_units(device: torch.device) -> tuple[bool, str]:
     return False, f"no bf16 matrix units known on {device.type}"
 
 
-def resolve_precision(requested: str, device: torch.device, image_size: tuple[int, int]) -> tuple[str, str]:
+def resolve_precision(requested: str, device: torch.device,
+                      image_size: tuple[int, int]) -> tuple[str, str]:
     """``(precision, why)``: ``requested`` itself unless it is ``auto``, which picks
     ``bf16-synthesis`` where :func:`bf16_units` finds them and images of ``image_size`` (height,
     width) have at least :data:`BF16_MIN_PIXELS` pixels, and fp32 elsewhere."""
@@ -85,7 +86,8 @@ def stage_precision(precision: str, stage: str) -> str:
     if precision not in ("fp32", "bf16", "bf16-synthesis") or stage not in ("training", "synthesis"):
         raise ValueError(f"stage_precision({precision!r}, {stage!r}): precision must be resolved "
                          "(fp32, bf16 or bf16-synthesis) and stage training or synthesis")
-    return "bf16" if precision == "bf16" or (precision, stage) == ("bf16-synthesis", "synthesis") else "fp32"
+    bf16 = precision == "bf16" or (precision, stage) == ("bf16-synthesis", "synthesis")
+    return "bf16" if bf16 else "fp32"
 
 
 def check_stage_precision(owner: str, value: Any) -> None:

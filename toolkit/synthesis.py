@@ -6,8 +6,8 @@ import dataclasses
 import torch
 
 from toolkit.config import FALLBACKS, OPTION
-from toolkit.hardware import check_stage_precision
 from toolkit.errors import PluginError
+from toolkit.hardware import check_stage_precision
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.config import FALLBACKS, OPTION
-from toolkit.hardware import check_stage_precision
 from toolkit.data import ImageDataset
 from toolkit.distributed import World
 from toolkit.errors import UsageError
+from toolkit.hardware import check_stage_precision
 from toolkit.progress import ProgressBar, progress_bar
 
 

@@ -176,8 +176,8 @@ class WorkDir:
                                  "data (its images, labels or class names differ); a dataset loader "
                                  "must return the same data on every call (see the register_datasets "
                                  "hook); make it deterministic, or rerun with --fresh to start over")
-            if [d.split(":")[0] for d in differences] == ["precision"]:  # e.g. made before auto
-                there = recorded["config"]["precision"]  # was the default, or resolved on other hardware
+            if [d.split(":")[0] for d in differences] == ["precision"]:  # the old default, or
+                there = recorded["config"]["precision"]  # what auto picked on other hardware
                 raise UsageError(f"{self.path} holds work of the same run at --precision {there} "
                                  f"({differences[0]}); rerun with --precision {there} to resume it, "
                                  "or with --fresh to discard it")
