@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping
 
 from toolkit.errors import PluginError, UsageError
 from toolkit.hardware import BF16_MIN_PIXELS, BF16_MIN_SIDE
-from toolkit.options import NO_FALLBACK, Option, check_int, option, parse_bool, table
+from toolkit.options import NO_FALLBACK, Option, check_int, closest, option, parse_bool, table
 
 POSTER_INTERVALS = (0.25, 0.40, 0.60, 0.70, 0.80, 0.90, 1.00)
 SCHEDULES = {
@@ -168,10 +168,9 @@ class AnalysisConfig:
         if any(b <= a for a, b in zip(iv, iv[1:])):
             raise UsageError("--intervals must be strictly increasing without duplicates; got "
                              + ", ".join(f"{t:g}" for t in iv))
-        if self.nonfinite not in NONFINITE:
-            raise UsageError(f"unknown --nonfinite {self.nonfinite!r}; allowed: {', '.join(NONFINITE)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown --schedule {self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        for name, allowed in (("nonfinite", NONFINITE), ("schedule", SCHEDULES),
+                              ("precision", PRECISIONS)):
+            _check_choice(name, getattr(self, name), allowed)
         for name in ("seeds", "seed_start", "epochs", "train_batch_size", "max_steps", "fixed_steps",
                      "crop_padding"):
             check_int(OPTION[name], getattr(self, name), optional=name not in ("seeds", "seed_start"))
@@ -184,8 +183,6 @@ class AnalysisConfig:
                 raise UsageError(f"--{name} must be auto or a whole number >= 1; got {value!r}")
             if value != "auto":
                 check_int(OPTION[name], value)
-        if not isinstance(self.precision, str) or self.precision not in PRECISIONS:
-            raise UsageError(f"unknown --precision {self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         for name in ("train_lr", "lr", "loss_threshold"):
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and math.isfinite(value) and value > 0):
@@ -339,6 +336,14 @@ def _attributes(options: Iterable[Option]) -> str:
 
 AnalysisConfig.__doc__ += "\n    Attributes:\n" + _attributes(OPTIONS) + "\n"
 RunOptions.__doc__ += "\n\n    Attributes:\n" + _attributes(RUN_OPTIONS) + "\n"
+
+
+def _check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
+    """Refuse a value of ``--name`` outside ``allowed``, naming the nearest allowed one."""
+    if not isinstance(value, str) or value not in allowed:
+        near = closest(value, allowed) if isinstance(value, str) else None
+        raise UsageError(f"unknown --{name} {value!r}; allowed: {', '.join(allowed)}"
+                         + (f"; did you mean {near!r}?" if near else ""))
 
 
 def _is_number(value: Any) -> bool:

@@ -12,7 +12,11 @@ from conftest import TINY_RUN
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(precision="fp16"), "unknown --precision 'fp16'; allowed: auto, fp32, bf16, bf16-synthesis"),
+    (dict(precision="fp16"), "unknown --precision 'fp16'; allowed: auto, fp32, bf16, bf16-synthesis; "
+                             "did you mean 'bf16'?"),
+    (dict(precision="bf16_synthesis"), "unknown --precision 'bf16_synthesis'; allowed: auto, fp32, bf16, "
+                                       "bf16-synthesis; did you mean 'bf16-synthesis'?"),
+    (dict(precision=32), "unknown --precision 32; allowed: auto, fp32, bf16, bf16-synthesis"),
     (dict(batch_size=0), "--batch_size must be auto or a whole number >= 1; got 0"),
     (dict(batch_size="big"), "--batch_size must be auto or a whole number >= 1; got 'big'"),
     (dict(compile="maybe"), "--compile must be true or false; got 'maybe'"),
