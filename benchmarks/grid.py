@@ -81,7 +81,7 @@ def best_time(work, repeats: int) -> float:
 
 def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.0,
                 device: str | torch.device = "cpu") -> float:
-    """The matmul rate of ``device`` in ``dtype`` (size x size, default 1024 on a CPU and 8192 on a
+    """The GEMM rate of ``device`` in ``dtype`` (size x size, default 1024 on a CPU and 8192 on a
     GPU, whose cores a small product leaves idle); TF32 stays off, so fp32 means fp32. On a CPU it
     is the better of ``torch.matmul`` and the same product as a 1x1 convolution: the two take
     different libraries (MKL and oneDNN), and on an AMD Zen 5 EPYC fp32 matmul ran at 183-206

@@ -65,20 +65,29 @@ def cpu_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-# The environment that makes a newer x86 CPU dispatch as an older one does, per capability.
+# The environment that makes a newer x86 CPU dispatch as an older one does, per capability, and
+# the capabilities that can be held to it (PyTorch does not check: an older CPU would crash).
 DISPATCH_ENV = {"AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
                          "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
+HELD_FROM = {"AVX2": ("AVX512",)}
+_TAG = "dispatched="
 
 
-def run_dispatched(name: str, out: Path, capability: str) -> str:
-    """Run case ``name`` into ``out`` in a fresh process held to ``capability``; returns the
-    capability that process dispatched to (another where this CPU lacks it)."""
+def can_dispatch(capability: str) -> bool:
+    """Whether this CPU can run a process held to ``capability``."""
+    return cpu_capability() in HELD_FROM.get(capability, ())
+
+
+def run_dispatched(name: str, out: Path, capability: str) -> None:
+    """Run case ``name`` into ``out`` in a fresh process held to ``capability`` (see
+    :func:`can_dispatch`); raises if it failed or dispatched elsewhere."""
     done = subprocess.run([sys.executable, __file__, "--case", name, "--out", str(out)],
                           env={**os.environ, **DISPATCH_ENV[capability]}, capture_output=True,
                           text=True, timeout=600)
-    if done.returncode:
-        raise RuntimeError(f"make_reference.py --case {name} failed:\n{done.stderr[-3000:]}")
-    return done.stdout.split()[-1]
+    tags = [line[len(_TAG):] for line in done.stdout.splitlines() if line.startswith(_TAG)]
+    if done.returncode or tags != [capability]:
+        raise RuntimeError(f"make_reference.py --case {name} held to {capability} failed or "
+                           f"dispatched to {tags}:\n{done.stderr[-3000:]}")
 
 
 def main() -> None:
@@ -90,7 +99,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.case:
         run(args.case, args.out)
-        print(cpu_capability())  # the last word: what this process dispatched to
+        print(f"{_TAG}{cpu_capability()}")  # what this process dispatched to
         return
     REFERENCE.mkdir(parents=True, exist_ok=True)
     for name in CASES:

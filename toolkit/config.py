@@ -341,7 +341,7 @@ RunOptions.__doc__ += "\n\n    Attributes:\n" + _attributes(RUN_OPTIONS) + "\n"
 def _check_choice(name: str, value: Any, allowed: Iterable[str]) -> None:
     """Refuse a value of ``--name`` outside ``allowed``, naming the nearest allowed one."""
     if not isinstance(value, str) or value not in allowed:
-        near = closest(value, allowed) if isinstance(value, str) else None
+        near = closest(value.lower(), allowed) if isinstance(value, str) else None
         raise UsageError(f"unknown --{name} {value!r}; allowed: {', '.join(allowed)}"
                          + (f"; did you mean {near!r}?" if near else ""))
 

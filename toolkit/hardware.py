@@ -8,8 +8,8 @@ device of compute capability 8.0 or later) *and* the images have at least
 AMX Xeon and an AVX512-BF16 EPYC (docs/performance.md): from the same CIFAR-10 weights, bf16
 synthesis kept C and R means within 0.001 of fp32 and flipped no image's convergence on both; at
 8x8 (digits) it flipped 1.3 % on one, and training in bf16 made models that parted from fp32 ones
-beyond issue 19's bar (digits on both machines, CIFAR-10 on one). So smaller images, sizes in
-between included (not measured), and training stay fp32; ``--precision bf16`` asks for both. The
+beyond issue 19's bar (digits on both machines, CIFAR-10 on one). So images of fewer pixels than
+32x32 (sizes between 8x8 and 32x32 were not measured) and training stay fp32; ``--precision bf16`` asks for both. The
 results file records which and why.
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # torch stays out of this module's import: the options (toolk
     import torch
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+# A run's resolved precision -> what (training, synthesis) run at; auto resolves to one of these.
+STAGES = {"fp32": ("fp32", "fp32"), "bf16": ("bf16", "bf16"), "bf16-synthesis": ("fp32", "bf16")}
 BF16_MIN_SIDE = 32  # the smallest size bf16 was measured faithful at (benchmarks/precision.py)
 BF16_MIN_PIXELS = BF16_MIN_SIDE ** 2  # images with fewer pixels stay fp32 under auto
 
@@ -72,9 +74,9 @@ def resolve_precision(requested: str, device: torch.device,
     fast, why = bf16_units(device)
     height, width = image_size
     if fast and height * width < BF16_MIN_PIXELS:
-        return "fp32", (f"auto: {why}, but {height}x{width} images are smaller than "
-                        f"{BF16_MIN_SIDE}x{BF16_MIN_SIDE}, the smallest size bf16 was measured to "
-                        "keep the science at")
+        return "fp32", (f"auto: {why}, but {height}x{width} images have fewer than "
+                        f"{BF16_MIN_PIXELS:,} pixels ({BF16_MIN_SIDE}x{BF16_MIN_SIDE}), the smallest "
+                        "size bf16 was measured to keep the science at")
     if not fast:
         return "fp32", f"auto: {why}"
     return "bf16-synthesis", f"auto: {why}, {height}x{width} images (bf16 synthesis, fp32 training)"
@@ -83,16 +85,15 @@ def resolve_precision(requested: str, device: torch.device,
 def stage_precision(precision: str, stage: str) -> str:
     """What ``stage`` (``training`` or ``synthesis``) runs at under a run's resolved ``precision``
     (``fp32``, ``bf16`` or ``bf16-synthesis``; ``auto`` is resolved first: resolve_precision)."""
-    if precision not in ("fp32", "bf16", "bf16-synthesis") or stage not in ("training", "synthesis"):
+    if precision not in STAGES or stage not in ("training", "synthesis"):
         raise ValueError(f"stage_precision({precision!r}, {stage!r}): precision must be resolved "
-                         "(fp32, bf16 or bf16-synthesis) and stage training or synthesis")
-    bf16 = precision == "bf16" or (precision, stage) == ("bf16-synthesis", "synthesis")
-    return "bf16" if bf16 else "fp32"
+                         f"({', '.join(STAGES)}) and stage training or synthesis")
+    return STAGES[precision][stage == "synthesis"]
 
 
 def check_stage_precision(owner: str, value: Any) -> None:
     """Refuse a settings object's ``precision`` that is not one stage's: ``fp32`` or ``bf16``."""
-    if value not in ("fp32", "bf16"):
+    if value not in {p for pair in STAGES.values() for p in pair}:
         raise ValueError(f"{owner}.precision must be fp32 or bf16, not {value!r}: one stage's "
                          "precision (analyze resolves auto and bf16-synthesis: "
                          "toolkit.hardware.stage_precision)")

@@ -176,10 +176,11 @@ class WorkDir:
                                  "data (its images, labels or class names differ); a dataset loader "
                                  "must return the same data on every call (see the register_datasets "
                                  "hook); make it deterministic, or rerun with --fresh to start over")
-            if [d.split(":")[0] for d in differences] == ["precision"]:  # the old default, or
-                there = recorded["config"]["precision"]  # what auto picked on other hardware
+            there = recorded.get("config", {}).get("precision")  # the old default, or what auto
+            if [d.split(":")[0] for d in differences] == ["precision"] and isinstance(there, str):
                 raise UsageError(f"{self.path} holds work of the same run at --precision {there} "
-                                 f"({differences[0]}); rerun with --precision {there} to resume it, "
+                                 f"({differences[0]}); rerun with --precision {there} (and --out "
+                                 f"{self.path.with_suffix('.nc')} if you gave none) to resume it, "
                                  "or with --fresh to discard it")
             if differences:
                 raise UsageError(f"{self.path} holds work of a different run ({'; '.join(differences[:3])}"

@@ -10,6 +10,7 @@ import toolkit
 from conftest import TINY_RUN
 import toolkit_plugins.synthesis as synthesis_plugins
 from toolkit import hardware
+from toolkit.config import PRECISIONS
 from toolkit.hardware import stage_precision
 from toolkit.stages import train as train_stage
 from toolkit.training import TrainingSettings
@@ -49,9 +50,8 @@ def test_auto_keeps_fp32_for_images_smaller_than_bf16_was_measured_faithful_at(t
     chosen, why = hardware.resolve_precision("auto", torch.device("cpu"), size)
     assert chosen == expected and f"{size[0]}x{size[1]} images" in why
     if expected == "fp32":
-        assert why == (f"auto: CPU flag amx_bf16, but {size[0]}x{size[1]} images are smaller than "
-                       f"{hardware.BF16_MIN_SIDE}x{hardware.BF16_MIN_SIDE}, the smallest size bf16 was measured "
-                       "to keep the science at")
+        assert why == (f"auto: CPU flag amx_bf16, but {size[0]}x{size[1]} images have fewer than 1,024 "
+                       "pixels (32x32), the smallest size bf16 was measured to keep the science at")
 
 
 @pytest.mark.parametrize("capability, precision", [((8, 0), "bf16-synthesis"), ((9, 0), "bf16-synthesis"),
@@ -64,7 +64,7 @@ def test_auto_on_cuda_follows_the_compute_capability(monkeypatch, capability, pr
 
 @pytest.mark.parametrize("flags, precision, reason", [
     (set(), "fp32", "auto: no bf16 matrix units on cpu"),
-    ({"amx_bf16"}, "fp32", "auto: CPU flag amx_bf16, but 6x6 images are smaller than"),
+    ({"amx_bf16"}, "fp32", "auto: CPU flag amx_bf16, but 6x6 images have fewer than 1,024 pixels"),
 ])
 def test_a_run_by_default_records_what_auto_chose_and_why(tiny_plugin, tmp_path, monkeypatch, flags,
                                                           precision, reason):
@@ -112,7 +112,8 @@ def test_a_work_directory_made_at_another_precision_says_how_to_resume_it(tiny_p
     (tmp_path / "r.nc").unlink()  # the results file lost; the work directory kept its checkpoint
     with pytest.raises(toolkit.UsageError, match=r"holds work of the same run at --precision fp32 "
                                                  r"\(precision: \"fp32\" there, \"bf16\" here\); rerun "
-                                                 r"with --precision fp32 to resume it, or with --fresh"):
+                                                 r"with --precision fp32 \(and --out .*r\.nc if you gave "
+                                                 r"none\) to resume it, or with --fresh"):
         toolkit.analyze(**run, precision="bf16")
     toolkit.analyze(**run, precision="fp32")  # resumes
 
@@ -122,3 +123,7 @@ def test_a_work_directory_made_at_another_precision_says_how_to_resume_it(tiny_p
 def test_each_precision_says_what_each_stage_runs_at(precision, training, synthesis):
     assert stage_precision(precision, "training") == training
     assert stage_precision(precision, "synthesis") == synthesis
+
+
+def test_every_precision_the_options_allow_is_auto_or_one_the_stages_know():
+    assert set(PRECISIONS) == {"auto"} | set(hardware.STAGES)
