@@ -17,23 +17,31 @@ from toolkit.options import NO_FALLBACK, Option, check_int, closest, option, par
 
 POSTER_INTERVALS = (0.25, 0.40, 0.60, 0.70, 0.80, 0.90, 1.00)
 SCHEDULES = {
-    "data": "stage t trains on a nested stratified subset holding fraction t of the training set",
+    "data": "stage t trains on a nested stratified subset holding fraction t of the training set, "
+            "the authors' protocol",
     "epochs": "one run on the whole training set, checkpointed at fraction t of its steps",
 }
 DEVICES = ("auto", "cpu", "cuda", "cuda:<index>")
 NONFINITE = {
-    "stop": "NaN or Inf in training losses, synthesis losses or features stops the run",
+    "stop": "NaN or Inf in training losses, synthesis losses or features stops the run, naming where",
     "record": "they are recorded in the results file and the run goes on",
 }
 PRECISIONS = {
-    "auto": "bf16-synthesis where the device has bf16 matrix units (AMX or AVX512-BF16 CPUs, CUDA "
-            f"8.0+) and the images have at least {BF16_MIN_PIXELS:,} pixels ({BF16_MIN_SIDE}x"
-            f"{BF16_MIN_SIDE}), fp32 elsewhere; the file records which and why",
+    "auto": "bf16-synthesis where the device has bf16 matrix units, as AMX or AVX512-BF16 CPUs and "
+            f"CUDA 8.0+ do, and the images have at least {BF16_MIN_PIXELS:,} pixels, {BF16_MIN_SIDE}x"
+            f"{BF16_MIN_SIDE}: the one setting that met issue 19's bar on both CPUs measured, GPUs "
+            "not yet; fp32 elsewhere; the file records which and why",
     "fp32": "float32 throughout",
-    "bf16": "the model under bfloat16 autocast (CPU and CUDA) for training and synthesis; loss, "
-            "stopping test and images float32",
-    "bf16-synthesis": "bf16 for synthesis, fp32 for training",
+    "bf16": "the model under bfloat16 autocast, on CPU and CUDA, for training and synthesis; loss, "
+            "stopping test and images stay float32",
+    "bf16-synthesis": "bf16 for synthesis only; see docs/performance.md",
 }
+
+
+def _choices(choices: Mapping[str, str]) -> str:
+    """An option's help from its table of choices: "a (what a does) or b (what b does)."."""
+    described = [f"{name} ({what})" for name, what in choices.items()]
+    return f"{', '.join(described[:-1])} or {described[-1]}."
 
 # save_images left at None saves the whole grid P for at most this many classes (n^2 images).
 SAVE_IMAGES_UP_TO = 20
@@ -59,10 +67,7 @@ class AnalysisConfig:
     intervals: tuple[float, ...] = option(
         POSTER_INTERVALS, "training fractions to probe the model at, comma-separated, strictly "
         "increasing, in (0, 1].", metavar="T,T,...")
-    schedule: str = option("data", "data (the model trains on nested stratified data subsets holding "
-                           "fraction t of the training set, the authors' protocol) or epochs (one run "
-                           "on the whole training set, checkpointed at fraction t of its steps).",
-                           metavar="NAME")
+    schedule: str = option("data", _choices(SCHEDULES), metavar="NAME")
     seeds: int = option(5, "independent prototype initialisations per interval (the poster: 5).",
                         low=1, high=10_000)
     seed_start: int = option(0, "the first seed; the seeds are seed_start, seed_start+1, ... "
@@ -126,17 +131,8 @@ class AnalysisConfig:
     download: bool = option(True, "allow downloading a missing dataset (--nodownload to forbid).",
                             metavar="")
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", metavar="NAME")
-    nonfinite: str = option("stop", "stop (NaN or Inf in training losses, synthesis losses or "
-                            "features stops the run, naming where) or record (they are recorded in "
-                            "the results file and the run goes on).", metavar="NAME")
-    precision: str = option("auto", "auto (bf16-synthesis where the device has bf16 matrix units "
-                            f"and the images have at least {BF16_MIN_PIXELS:,} pixels, "
-                            f"{BF16_MIN_SIDE}x{BF16_MIN_SIDE}: the one setting that met issue 19's "
-                            "bar on both CPUs measured, GPUs not yet; else fp32; the file records "
-                            "which and why), fp32, bf16 (the model under bfloat16 autocast for "
-                            "training and synthesis; loss, stopping test and images stay float32) "
-                            "or bf16-synthesis (bf16 for synthesis only; see docs/performance.md).",
-                            metavar="NAME")
+    nonfinite: str = option("stop", _choices(NONFINITE), metavar="NAME")
+    precision: str = option("auto", _choices(PRECISIONS), metavar="NAME")
     compile: bool = option(False, "run the model through torch.compile during synthesis.", metavar="")
 
     def __post_init__(self) -> None:

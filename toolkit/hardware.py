@@ -72,13 +72,13 @@ def resolve_precision(requested: str, device: torch.device,
     if requested != "auto":
         return requested, "asked for"
     fast, why = bf16_units(device)
+    if not fast:
+        return "fp32", f"auto: {why}"
     height, width = image_size
-    if fast and height * width < BF16_MIN_PIXELS:
+    if height * width < BF16_MIN_PIXELS:
         return "fp32", (f"auto: {why}, but {height}x{width} images have fewer than "
                         f"{BF16_MIN_PIXELS:,} pixels ({BF16_MIN_SIDE}x{BF16_MIN_SIDE}), the smallest "
                         "size bf16 was measured to keep the science at")
-    if not fast:
-        return "fp32", f"auto: {why}"
     return "bf16-synthesis", f"auto: {why}, {height}x{width} images (bf16 synthesis, fp32 training)"
 
 

@@ -47,9 +47,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from toolkit import locking
 from toolkit.config import renamed
 from toolkit.errors import UsageError
-from toolkit import locking
 from toolkit.files import atomic_write
 
 IDENTITY_FILE = "run.json"
@@ -176,7 +176,9 @@ class WorkDir:
                                  "data (its images, labels or class names differ); a dataset loader "
                                  "must return the same data on every call (see the register_datasets "
                                  "hook); make it deterministic, or rerun with --fresh to start over")
-            there = recorded.get("config", {}).get("precision")  # the old default, or what auto
+            # the precision may differ with nothing changed: the old default (fp32), or what auto
+            # picked on other hardware
+            there = recorded.get("config", {}).get("precision")
             if [d.split(":")[0] for d in differences] == ["precision"] and isinstance(there, str):
                 raise UsageError(f"{self.path} holds work of the same run at --precision {there} "
                                  f"({differences[0]}); rerun with --precision {there} (and --out "
