@@ -91,15 +91,14 @@ def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    products = [lambda: a @ b]
+    products = [(lambda: a @ b, 2 * size ** 3)]  # (one product, its FLOPs)
     if not cuda:  # a side x side channels-last image of ``size`` channels, ``size`` 1x1 filters
         side = int(size ** 0.5)
         image = torch.randn(1, size, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
         filters = torch.randn(size, size, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        scale = side * side / size  # the convolution's share of the matmul's FLOPs
-        products.append(lambda: torch.nn.functional.conv2d(image, filters))
+        products.append((lambda: torch.nn.functional.conv2d(image, filters), 2 * size * size * side ** 2))
     best = 0.0
-    for index, product in enumerate(products):
+    for product, flops in products:
         def calls(count: int) -> None:
             for _ in range(count):
                 product()
@@ -107,8 +106,7 @@ def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.
 
         calls(1)
         count = max(1, int(seconds / best_time(lambda: calls(1), 1)))
-        rate = 2 * size ** 3 * count / best_time(lambda: calls(count), 3) / 1e9
-        best = max(best, rate * (scale if index else 1.0))
+        best = max(best, flops * count / best_time(lambda: calls(count), 3) / 1e9)
     return best
 
 
