@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 import toolkit
+from toolkit.model import step_flops
 from toolkit.plugins import get_plugin_manager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import DTYPES, gemm_gflops, machine, resnet18, step_flops, synthesis_rate  # noqa: E402
+from grid import DTYPES, gemm_gflops, machine, resnet18, synthesis_rate  # noqa: E402
 from train_step import train_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def gpu_synthesis_rate(device: str, precision: str, steps: int = 20) -> tuple[float, int, float]:
     """(image-steps per second, micro-batch, FLOPs per image-step) of ``prototype`` at 3x32x32."""
     model = resnet18(10, 3, 32)
-    flops = step_flops(model, 3, 32)
+    flops = step_flops(model, (3, 32, 32))
     rate, batch, _ = synthesis_rate(model.to(device), 3, 32, steps, precision, device=device, repeats=2)
     return rate, batch, flops
 

@@ -47,11 +47,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import toolkit
 from toolkit.hardware import cpu_model
-from toolkit.model import NormalizedClassifier, extract_features, frozen
+from toolkit.model import NormalizedClassifier, extract_features, frozen, step_flops
 from toolkit.stages.synthesize import synthesize_grid
 from toolkit.plugins import get_registry
 from toolkit.results import build_dataset
@@ -113,16 +112,6 @@ def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.
 def gemm_limits(device: str | torch.device = "cpu") -> dict[str, float]:
     """The GEMM limit of each precision of ``DTYPES`` on ``device``, GFLOP/s."""
     return {p: gemm_gflops(dtype, device=device) for p, dtype in DTYPES.items()}
-
-
-def step_flops(model: nn.Module, channels: int, size: int) -> float:
-    """FLOPs of one image's input-gradient step: forward, per-sample CE, backward to the input."""
-    x = torch.rand(8, channels, size, size).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_(True)
-    with frozen(model), FlopCounterMode(display=False) as counter:
-        loss = F.cross_entropy(model(x), torch.zeros(8, dtype=torch.int64), reduction="none")
-        loss.sum().backward()  # weights frozen: the backward computes the input gradient only
-    return counter.get_total_flops() / 8
 
 
 _ROWS = [0]  # image rows run through a RowCounter, all counters together
@@ -403,7 +392,7 @@ def main() -> None:
         rows.append((f"GEMM limit {p} (1024x1024 matmul), at the start", f"{limits[p]:,.2f} GFLOP/s", ""))
     for label, channels, size in (("32x32x3, random weights", 3, 32), ("8x8x1, random weights", 1, 8)):
         model = resnet18(10, channels, size)
-        flops = step_flops(model, channels, size)
+        flops = step_flops(model, (channels, size, size))
         rows.append((f"FLOPs of one input-gradient image-step, {label}", f"{flops / 1e6:,.1f} MFLOP",
                      "FlopCounterMode: forward + backward to the input"))
         runs = [("fp32", False, False)] + [(p, False, True) for p in PRECISIONS]

@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 import toolkit
-from toolkit.model import NormalizedClassifier, frozen
+from toolkit.model import NormalizedClassifier, frozen, step_flops
 from toolkit.plugins import get_registry
 from toolkit.results import dataset_from_features
 from toolkit_plugins.metrics import cosine, zscore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import DTYPES, gemm_gflops, machine, step_flops  # noqa: E402 (the benchmarks' shared helpers)
+from grid import DTYPES, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
 
 
 def synthesis_rate(channels: int, size: int, images: int, steps: int, batch: int, repeats: int,
@@ -45,7 +45,7 @@ def synthesis_rate(channels: int, size: int, images: int, steps: int, batch: int
             began = time.perf_counter()
             synth(model, start, targets, settings)
             best = min(best, time.perf_counter() - began)
-    return images * steps / best, step_flops(model, channels, size)
+    return images * steps / best, step_flops(model, (channels, size, size))
 
 
 def metric_seconds(n: int, features: int, repeats: int) -> float:

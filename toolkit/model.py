@@ -1,10 +1,13 @@
-"""The wrapper that puts dataset normalisation inside a model, and feature extraction."""
+"""The wrapper that puts dataset normalisation inside a model, feature extraction, and the cost of
+one synthesis step."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 
 class NormalizedClassifier(nn.Module):
@@ -69,3 +72,18 @@ class frozen:
         for p, flag in zip(self.model.parameters(), self._grad):
             p.requires_grad_(flag)
         self.model.train(self._training)
+
+
+def step_flops(model: nn.Module, shape: Sequence[int], device: torch.device | str = "cpu") -> float:
+    """FLOPs of one image's synthesis step on ``model``, for images of ``shape`` ``(C, H, W)``: the
+    forward pass, a per-image cross-entropy and the backward pass to the input (the weights are
+    frozen, so it computes no weight gradients), as PyTorch's FLOP counter counts them (the matrix
+    products and convolutions), on ``device``, where the model lies. The model's weights, mode and
+    gradients are left as they were."""
+    x = torch.zeros(2, *shape, device=device).contiguous(memory_format=torch.channels_last)
+    with frozen(model), FlopCounterMode(display=False) as counter:
+        x.requires_grad_(True)
+        loss = F.cross_entropy(model(x), torch.zeros(2, dtype=torch.int64, device=device),
+                               reduction="none")
+        loss.sum().backward()
+    return counter.get_total_flops() / 2
