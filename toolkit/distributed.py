@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import itertools
 import os
+import pickle
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -71,8 +72,21 @@ class World:
 
     def from_main(self, make: Callable[[], Any]) -> Any:
         """``make()`` run on rank 0 alone, its value on every rank: one answer for all the ranks
-        (what is left to do, where the temporary work directory is)."""
-        return self.broadcast(make() if self.main else None)
+        (what is left to do, where the temporary work directory is). Where ``make()`` raises, every
+        rank raises it, rather than the others waiting for an answer that never comes."""
+        if not self.distributed:
+            return make()
+        answer = None
+        if self.main:
+            try:
+                answer = (True, make())
+            except Exception as error:  # noqa: BLE001 (re-raised on every rank below)
+                answer = (False, error if _travels(error) else RuntimeError(
+                    f"{type(error).__name__}: {error}"))
+        made, value = self.broadcast(answer)
+        if not made:
+            raise value
+        return value
 
     def gather(self, value: Any) -> list[Any] | None:
         """Every rank's ``value`` on rank 0 (in rank order); None on the others."""
@@ -259,3 +273,12 @@ def _collective_device() -> torch.device:
 def _leave() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _travels(error: BaseException) -> bool:
+    """Whether ``error`` survives the pickling a broadcast puts it through."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 (any failure means: send a plain copy instead)
+        return False
+    return True

@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 
 import toolkit
+from toolkit import distributed
 from toolkit.distributed import World, claim, seed_groups, share
 
 TINY_CLI = Path(__file__).resolve().parents[1] / "tiny_cli.py"
@@ -98,6 +99,48 @@ def test_seed_groups_depend_on_the_configuration_not_on_the_ranks():
     assert seed_groups([0, 1, 2, 3, 4], images_per_seed=100, batch_size=200) == [[0, 1], [2, 3, 4]]
     assert seed_groups([0, 1, 2], images_per_seed=10_000, batch_size=128) == [[0], [1], [2]]
     assert seed_groups([7], images_per_seed=9, batch_size=4) == [[7]]
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_an_error_on_rank_0_is_raised_on_every_rank(monkeypatch, rank):
+    sent, made = [], []
+
+    def broadcast(box, src):  # rank 0's answer, as the process group would carry it
+        if rank == 0:
+            sent.append(box[0])
+        else:
+            box[0] = (False, toolkit.UsageError("bad option"))
+
+    monkeypatch.setattr(distributed.dist, "broadcast_object_list", broadcast)
+    world = distributed.World(rank=rank, size=2)
+
+    def make():
+        made.append(rank)
+        raise toolkit.UsageError("bad option")
+
+    with pytest.raises(toolkit.UsageError, match="bad option"):
+        world.from_main(make)
+    assert made == ([0] if rank == 0 else [])  # rank 0 alone makes the answer
+    assert [type(error) for _, error in sent] == ([toolkit.UsageError] if rank == 0 else [])
+    monkeypatch.setattr(distributed.dist, "broadcast_object_list",
+                        lambda box, src: box.__setitem__(0, (True, 7)) if rank else None)
+    assert world.from_main(lambda: 7) == 7
+
+
+def test_an_error_that_cannot_travel_is_sent_as_its_text(monkeypatch):
+    sent = []
+    monkeypatch.setattr(distributed.dist, "broadcast_object_list", lambda box, src: sent.append(box[0]))
+
+    class Stubborn(Exception):
+        def __init__(self, a, b):  # pickles, but cannot be rebuilt from its args
+            super().__init__(f"{a} and {b}")
+
+    def make():
+        raise Stubborn(1, 2)
+
+    with pytest.raises(RuntimeError, match=r"^Stubborn: 1 and 2$"):
+        distributed.World(rank=0, size=2).from_main(make)
+    assert type(sent[0][1]) is RuntimeError
 
 
 @pytest.mark.slow
