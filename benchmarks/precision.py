@@ -46,15 +46,20 @@ TOLERANCE = {"C_mean": 0.01, "R_mean": 0.01, "converged": 0.01, "converged_share
 
 
 def run(out: Path, **options) -> tuple[dict, float]:
-    """``analyze`` into ``out``; (the file's numbers we compare and its speed attributes, wall s)."""
+    """``analyze`` into ``out`` (eager unless ``compile`` says otherwise); (the file's numbers we
+    compare and its speed attributes, wall s)."""
     began = time.perf_counter()
-    ds = toolkit.analyze(out=out, progress=False, plots=False, **options)
-    wall = time.perf_counter() - began
+    ds = toolkit.analyze(out=out, progress=False, plots=False, **{"compile": False, **options})
+    return numbers_of(ds), time.perf_counter() - began
+
+
+def numbers_of(ds) -> dict:
+    """The numbers of a results Dataset that the comparisons read, and its speed attributes."""
     numbers = {name: ds[name].values.astype(float) for name in ("C_mean", "R_mean", "test_accuracy")}
     numbers["converged"] = ds["converged"].values.astype(bool)
-    numbers["attrs"] = {k: ds.attrs[k] for k in ("precision", "image_steps", "time_training_s",
+    numbers["attrs"] = {k: ds.attrs[k] for k in ("precision", "compile", "image_steps", "time_training_s",
                                                   "time_synthesis_s") if k in ds.attrs}
-    return numbers, wall
+    return numbers
 
 
 def share(numbers: dict) -> np.ndarray:
@@ -109,16 +114,44 @@ def verdict_rows(label: str, diff: dict[str, float], fp32: dict, trained: bool,
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "precision-cpu.md")
+def study_parser(doc: str, out: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that run studies (this one and ``compile.py``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / out)
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--archive", type=Path, default=None, help="CIFAR-10 zip (ImageFolder layout)")
     parser.add_argument("--train_per_class", type=int, default=500)
     parser.add_argument("--test_per_class", type=int, default=200)
     parser.add_argument("--cifar_epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def cifar_study(args: argparse.Namespace, work: Path) -> dict:
+    """``analyze``'s options for the CIFAR-10 checkpoint study: a ResNet18 on a stratified subset
+    of ``--archive`` (made in ``work``), one interval, 2 seeds, step 0.1, at most 100 steps."""
+    sys.path.insert(0, str(ROOT / "examples" / "replicate-cifar10"))
+    from run import make_subset  # the study's stratified subset
+
+    data = make_subset(args.archive, work / "cifar10-subset.zip", args.train_per_class,
+                       args.test_per_class)
+    return dict(model="resnet18", dataset="imagefolder", data_root=str(data), intervals=(1.0,),
+                seeds=2, epochs=args.cifar_epochs, train_lr=0.05, train_batch_size=64,
+                crop_padding=4, flip=True, lr=0.1, max_steps=100, metrics=("cosine", "zscore"))
+
+
+def report(out: Path, header: str, began: float, body: str) -> None:
+    """Print the Markdown report (the machine, the command and its seconds, then ``body``) and write
+    it to ``out``."""
+    text = (f"Machine: {header}.\nCommand: `python benchmarks/{Path(sys.argv[0]).name} "
+            f"{' '.join(sys.argv[1:])}` ({time.perf_counter() - began:.0f} s). {body}")
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+def main() -> None:
+    args = study_parser(__doc__, "precision-cpu.md").parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     began = time.perf_counter()
@@ -155,14 +188,7 @@ def main() -> None:
     detail = per_interval(intervals, {"fp32": f32, "bf16": b16, "fp32 seeds 5-9": other})
 
     if args.archive:
-        sys.path.insert(0, str(ROOT / "examples" / "replicate-cifar10"))
-        from run import make_subset  # the study's stratified subset
-
-        data = make_subset(args.archive, work / "cifar10-subset.zip", args.train_per_class,
-                           args.test_per_class)
-        cifar = dict(model="resnet18", dataset="imagefolder", data_root=str(data), intervals=(1.0,),
-                     seeds=2, epochs=args.cifar_epochs, train_lr=0.05, train_batch_size=64,
-                     crop_padding=4, flip=True, lr=0.1, max_steps=100, metrics=("cosine", "zscore"))
+        cifar = cifar_study(args, work)
         c32, wall = run(work / "cifar-fp32.nc", precision="fp32", **cifar)
         speed.append(speed_row("CIFAR-10 subset, trained and synthesised", c32, wall))
         print(speed[-1], flush=True)
@@ -180,12 +206,8 @@ def main() -> None:
     end = gemm_limits()
     gemm = (f"GEMM limits (1024x1024 matmul, GFLOP/s): fp32 {start['fp32']:,.1f} at the start, "
             f"{end['fp32']:,.1f} at the end; bf16 {start['bf16']:,.1f} and {end['bf16']:,.1f}.")
-    text = (f"Machine: {header}.\nCommand: `python benchmarks/precision.py {' '.join(sys.argv[1:])}` "
-            f"({time.perf_counter() - began:.0f} s). {gemm}\n\n" + "\n".join(verdict) + "\n\n"
-            + "\n".join(speed) + "\n\nDigits, per interval:\n\n" + "\n".join(detail) + "\n")
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    report(args.out, header, began, f"{gemm}\n\n" + "\n".join(verdict) + "\n\n" + "\n".join(speed)
+           + "\n\nDigits, per interval:\n\n" + "\n".join(detail) + "\n")
 
 
 if __name__ == "__main__":

@@ -133,7 +133,10 @@ class AnalysisConfig:
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N.", metavar="NAME")
     nonfinite: str = option("stop", _choices(NONFINITE), metavar="NAME")
     precision: str = option("auto", _choices(PRECISIONS), metavar="NAME")
-    compile: bool = option(False, "run the model through torch.compile during synthesis.", metavar="")
+    compile: bool | str = option(
+        "auto", "run synthesis through torch.compile (--compile), not (--nocompile), or where it is "
+        "estimated to save more time than compiling takes on this device (--compile auto; the "
+        "file's compile_reason says why).", metavar="")
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 (frozen)
@@ -144,8 +147,9 @@ class AnalysisConfig:
             set_("save", () if self.save in ("", "none") else _names("save", self.save))
         if self.batch_size is None:
             set_("batch_size", "auto")
-        for name in ("download", "compile"):
-            set_(name, parse_bool(name, getattr(self, name)))
+        set_("download", parse_bool("download", self.download))
+        set_("compile", "auto" if str(self.compile).strip().lower() == "auto" else
+             parse_bool("compile", self.compile, choices="auto, true or false"))
         for name in ("flip", "save_images"):
             set_(name, parse_bool(name, getattr(self, name), optional=True))
         for name in ("model", "dataset", "synthesizer", "schedule", "device", "nonfinite"):

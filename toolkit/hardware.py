@@ -1,4 +1,5 @@
-"""Precision: the hardware's bf16 matrix units, what ``auto`` picks, what each stage runs at.
+"""Speed from the hardware: its bf16 matrix units, what ``--precision auto`` picks and what each
+stage runs at; what ``--compile auto`` picks.
 
 ``--precision auto``, the default, runs bf16 where it is fast and was measured to keep the
 science. Synthesis runs under bf16 autocast (``bf16-synthesis``) where the device has matrix units
@@ -11,12 +12,24 @@ synthesis kept C and R means within 0.001 of fp32 and flipped no image's converg
 beyond issue 19's bar (digits on both machines, CIFAR-10 on one). So images of fewer pixels than
 32x32 (sizes between 8x8 and 32x32 were not measured) and training stay fp32; ``--precision bf16`` asks for both. The
 results file records which and why.
+
+``--compile auto``, the default, runs synthesis through ``torch.compile`` only where it is
+estimated to pay for itself on this run (:func:`resolve_compile`). Measured by
+``benchmarks/compile.py``: compiled synthesis kept C and R within 0.002 of eager and flipped no
+image's convergence, but it gained little: at least 1.07x in every round in bf16 on a Zen 5 EPYC
+(AVX512-BF16, no AMX), nothing in fp32 there nor on an AMX Xeon, while a real study paid 34-47 s
+compiling from a cold cache (:data:`COMPILE_MEASURED`). So auto compiles only long bf16 syntheses
+on CPUs of the Zen 5's kind (CIFAR-100's default study, not CIFAR-10's), and nothing where no
+measurement says it pays (GPUs: not yet measured).
 """
 from __future__ import annotations
 
 import platform
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from toolkit.errors import UsageError
 
 if TYPE_CHECKING:  # torch stays out of this module's import: the options (toolkit.config) read it
     import torch
@@ -27,6 +40,29 @@ STAGES = {"fp32": ("fp32", "fp32"), "bf16": ("bf16", "bf16"), "bf16-synthesis": 
 BF16_MIN_SIDE = 32  # the smallest size bf16 was measured faithful at (benchmarks/precision.py)
 BF16_MIN_PIXELS = BF16_MIN_SIDE ** 2  # images with fewer pixels stay fp32 under auto
 
+
+
+class Measured(NamedTuple):
+    """What ``benchmarks/compile.py`` measured of compiled synthesis on one kind of device."""
+
+    speedup: float  # the lowest over eager in alternating rounds (ResNet18, 32x32, batch 128)
+    compile_s: float  # what compiling cost a whole study from a cold cache (else one compile)
+    gflops: float  # the eager rate
+    threads: int  # torch's threads when measured
+
+
+# device kind (device_kind) -> synthesis precision -> what was measured; not here: not measured,
+# and auto leaves it eager. A study compiles again for each new batch size at the queue's tail and
+# each interval's model: a 7-interval digits study (fp32) paid 47 s, a 1-interval CIFAR-10 one
+# (bf16) 34 s, so bf16 is charged the larger; the rows measured no faster keep one compile's time.
+COMPILE_MEASURED: dict[str, dict[str, Measured]] = {
+    "cpu:amx_bf16": {"fp32": Measured(1.00, 30.0, 255.0, 2)},  # Intel Xeon, AMX
+    "cpu:avx512_bf16": {"fp32": Measured(0.98, 17.2, 356.0, 2),  # AMD EPYC, Zen 5
+                        "bf16": Measured(1.07, 47.0, 736.0, 2)},
+}
+# A low guess of the steps an image takes before it converges (the means measured: 22 on digits, 73
+# on a CIFAR-10 subset), so that auto compiles only where even quickly converging images pay for it.
+COMPILE_GUESS_STEPS = 10
 
 def _cpuinfo_field(field: str, cpuinfo: str | Path) -> str | None:
     """The first ``field: value`` of /proc/cpuinfo (None where it cannot be read, e.g. not on Linux)."""
@@ -97,3 +133,69 @@ def check_stage_precision(owner: str, value: Any) -> None:
         raise ValueError(f"{owner}.precision must be fp32 or bf16, not {value!r}: one stage's "
                          "precision (analyze resolves auto and bf16-synthesis: "
                          "toolkit.hardware.stage_precision)")
+
+
+def device_kind(device: torch.device) -> str:
+    """``cuda``; ``cpu:amx_bf16`` or ``cpu:avx512_bf16`` by the CPU's first bf16 flag; else ``cpu``
+    (or the device type): the rows of :data:`COMPILE_MEASURED`."""
+    if device.type != "cpu":
+        return device.type
+    return next((f"cpu:{flag}" for flag in CPU_BF16_FLAGS if flag in cpu_flags()), "cpu")
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` builds CPU code with (inductor's ``cpp.cxx``: $CXX, else
+    g++), where it is on the PATH; None where none is."""
+    from torch._inductor import config
+
+    names = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+    return next((path for path in map(shutil.which, filter(None, names)) if path), None)
+
+
+def check_compile(requested: bool | str, device: torch.device) -> None:
+    """Refuse ``--compile`` (True) on a CPU where ``torch.compile`` has no C++ compiler."""
+    if requested is True and device.type == "cpu" and cpp_compiler() is None:
+        raise UsageError("--compile on the CPU needs a C++ compiler for torch.compile to build with: "
+                         "install g++ (or set $CXX to one), or run with --nocompile")
+
+
+def guessed_steps(max_steps: int, fixed_steps: int | None) -> int:
+    """The steps an image is guessed to take, low: ``fixed_steps`` where set, else
+    :data:`COMPILE_GUESS_STEPS` or ``max_steps`` where that is fewer."""
+    return fixed_steps or min(COMPILE_GUESS_STEPS, max_steps)
+
+
+def resolve_compile(requested: bool | str, device: torch.device, precision: str,
+                    work: Callable[[], tuple[float, int, int]], threads: int = 1) -> tuple[bool, str]:
+    """``(compile, why)``: ``requested`` itself unless it is ``auto``, which compiles where the
+    synthesis is estimated to save more time than compiling takes.
+
+    ``precision`` is what synthesis runs at (fp32 or bf16); ``work()`` gives this process's share
+    of the synthesis as ``(FLOPs of one image-step, images, steps an image)``, with the steps
+    guessed low (:func:`guessed_steps`), and is called only where compiling was measured faster on
+    this kind of device in this precision; ``threads`` is torch's CPU threads. The eager rate is the
+    one measured, scaled as if it grew linearly with the threads, so the estimate stays low.
+    """
+    if requested != "auto":
+        return bool(requested), "asked for"
+    kind = device_kind(device)
+    measured = COMPILE_MEASURED.get(kind, {}).get(precision)
+    if measured is None:
+        return False, f"auto: torch.compile was not measured on {kind} in {precision}"
+    if measured.speedup <= 1:
+        return False, (f"auto: torch.compile measured no faster on {kind} in {precision} "
+                       f"({measured.speedup:.2f}x)")
+    if device.type == "cpu" and cpp_compiler() is None:
+        return False, "auto: no C++ compiler for torch.compile (g++, or $CXX)"
+    flops, images, steps = work()
+    rate = measured.gflops * 1e9 * max(1, threads) / measured.threads
+    seconds = images * steps * flops / rate
+    saved = seconds * (1 - 1 / measured.speedup)
+    estimate = (f"{images:,} images x {steps} steps x {flops / 1e9:.3g} GFLOP at {rate / 1e9:,.0f} "
+                f"GFLOP/s: {seconds:,.0f} s of synthesis at least, {measured.speedup:.2f}x faster "
+                f"compiled on {kind} in {precision}")
+    if saved <= measured.compile_s:
+        return False, (f"auto: eager ({estimate} saves {saved:,.0f} s, under the "
+                       f"{measured.compile_s:.0f} s compiling took)")
+    return True, (f"auto: compiled ({estimate} saves {saved:,.0f} s, over the "
+                  f"{measured.compile_s:.0f} s compiling took)")

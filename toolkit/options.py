@@ -92,8 +92,10 @@ def _metavar(type_: str) -> str:
     return {"bool": "", "int": "N", "float": "X", "str": "NAME"}.get(base, "VALUE")
 
 
-def parse_bool(name: str, value: Any, optional: bool = False) -> bool | None:
-    """``value`` as True or False: a bool, 1 or 0, or true/false/yes/no/on/off/1/0 in any case."""
+def parse_bool(name: str, value: Any, optional: bool = False,
+               choices: str = "true or false") -> bool | None:
+    """``value`` as True or False: a bool, 1 or 0, or true/false/yes/no/on/off/1/0 in any case
+    (``choices``: what the error message says is allowed)."""
     if optional and value is None:
         return None
     if isinstance(value, bool):
@@ -102,7 +104,7 @@ def parse_bool(name: str, value: Any, optional: bool = False) -> bool | None:
         return bool(value)
     if isinstance(value, str) and value.strip().lower() in TRUE + FALSE:
         return value.strip().lower() in TRUE
-    raise UsageError(f"--{name} must be true or false; got {value!r}")
+    raise UsageError(f"--{name} must be {choices}; got {value!r}")
 
 
 def check_int(opt: Option, value: Any, optional: bool = False) -> None:

@@ -72,6 +72,7 @@ def analyze(config: AnalysisConfig | None = None, *, out: str | os.PathLike | No
         preflight.claim(run, work, fresh=fresh, checkpoints=checkpoints)
         run.started = time.perf_counter()
         model = train.new_model(run)
+        synthesize.choose_compile(run, model)
         stages, units = [], []
         for stage in train.intervals(run, model, work, checkpoints):
             stages.append(stage)

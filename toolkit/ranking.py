@@ -34,6 +34,7 @@ from toolkit.data import reusing_datasets
 from toolkit.errors import UsageError
 from toolkit.plugins import get_registry
 from toolkit.results import check_writable, provenance, write_results
+from toolkit.workdir import ROUNDING_ONLY
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
 DEFAULT_SCORE = "C_minus_R_converged"  # the pre-registered primary score (examples/zoo-digits)
@@ -298,13 +299,18 @@ def _claim(work: Path, entries: Sequence[Entry], dataset: str, seeds: int,
            options: Mapping[str, Any], fresh: bool) -> None:
     """Take the work directory for this ranking: refuse one left by a different ranking (other
     models, weights or options) unless ``fresh``, which starts it over."""
-    identity = {"dataset": dataset, "seeds": seeds, "options": dict(options),
+    def kept(given: Mapping[str, Any]) -> dict[str, Any]:  # options that make the numbers
+        return {k: v for k, v in given.items() if k not in ROUNDING_ONLY}
+
+    identity = {"dataset": dataset, "seeds": seeds, "options": kept(options),
                 "models": [[e.name, e.model, e.sha256] for e in entries]}
     record = work / "rank.json"
     if fresh and work.exists():
         shutil.rmtree(work)
     if record.is_file():
         found = json.loads(record.read_text())
+        if isinstance(found, dict) and isinstance(found.get("options"), dict):
+            found["options"] = kept(found["options"])  # written before an option left identities
         if found != json.loads(json.dumps(identity)):
             differ = sorted(k for k in identity if found.get(k) != json.loads(json.dumps(identity[k])))
             raise UsageError(f"{work} holds the work of another ranking ({', '.join(differ)} "

@@ -33,10 +33,13 @@ class SynthesisSettings:
     fixed_steps: int | None = OPTION["fixed_steps"].default
     batch_size: int = 128  # what batch_size="auto" chooses for 32x32 images on a CPU
     precision: str = "fp32"  # a resolved precision: analyze resolves auto (toolkit.hardware)
-    compile: bool = OPTION["compile"].default
+    compile: bool = False  # a resolved choice: analyze resolves auto (toolkit.hardware)
 
     def __post_init__(self) -> None:
         check_stage_precision("SynthesisSettings", self.precision)
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"SynthesisSettings.compile must be True or False, not {self.compile!r} "
+                             "(analyze resolves auto: toolkit.hardware.resolve_compile)")
 
 
 @dataclasses.dataclass(frozen=True)

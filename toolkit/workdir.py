@@ -56,10 +56,13 @@ IDENTITY_FILE = "run.json"
 SPENT = "_spent_"  # prefix of the arrays of a unit's file that say what making it cost
 _KEPT = "the work finished before it is kept: free the space and rerun the same command"
 
-# Options that do not change a single number of the finished work: a run may resume with others
-# (``save`` only filters which tensors the file keeps; metrics read only the finished work, so
-# the run's identity names the probes its metrics need instead of the metrics).
-NOT_IN_IDENTITY = ("data_root", "download", "nonfinite", "save", "metrics", "metric_options")
+# Options that change numbers only at the rounding level, as the CPU's kind and the threads do.
+ROUNDING_ONLY = ("compile",)
+# Options that do not change a single number of the finished work, or only ROUNDING_ONLY: a run
+# may resume with others (``save`` only filters which tensors the file keeps; metrics read only the
+# finished work, so the run's identity names the probes its metrics need instead of the metrics).
+NOT_IN_IDENTITY = ("data_root", "download", "nonfinite", "save", "metrics", "metric_options",
+                   *ROUNDING_ONLY)
 
 
 def checkpoint_name(fraction: float) -> str:
@@ -167,7 +170,8 @@ class WorkDir:
         if marker.is_file():
             try:
                 recorded = json.loads(marker.read_text())
-                recorded["config"] = renamed(recorded["config"], warn=False)  # older option names
+                recorded["config"] = {k: v for k, v in renamed(recorded["config"], warn=False).items()
+                                      if k not in NOT_IN_IDENTITY}  # older names; options since left out
             except (OSError, ValueError, KeyError, TypeError, AttributeError, UsageError):
                 recorded = {}
             differences = _differences(recorded, identity)

@@ -88,7 +88,7 @@ def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -
         out = RESULTS / arm / f"{name}.nc"
         ds = rank([f"{row['model']}={weights / row['file']}"], dataset="imagefolder",
                   data_root=str(archive), seeds=SEEDS, out=out, overwrite=True, progress=True,
-                  precision=build.precision(), **ARMS[arm][1]).ds
+                  precision=build.precision(), compile=False, **ARMS[arm][1]).ds
         seconds = time.perf_counter() - clock
         values = {str(s): float(v) for s, v in zip(ds["score"].values, ds["scores"].values[0])}
         expected = {str(s): int(e) for s, e in zip(ds["score"].values, ds["score_expected"].values)}

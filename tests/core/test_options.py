@@ -114,9 +114,17 @@ def test_booleans_take_true_false_yes_no_1_0_in_any_case(tmp_path, captured, wor
     assert AnalysisConfig(compile=word, save_images=word).compile is value
 
 
+@pytest.mark.parametrize("argv", [[], ["--compile", "auto"], ["--compile", " AUTO"]])
+def test_compile_is_auto_unless_told(tmp_path, captured, argv):
+    assert main(["analyze", *argv, "--out", str(tmp_path / "r.nc")]) == 0
+    assert captured[0][0].compile == "auto"
+
+
 def test_a_word_that_is_not_a_boolean_is_refused(capsys):
+    assert main(["analyze", "--flip", "maybe"]) == 2
+    assert capsys.readouterr().err == "toolkit: error: --flip must be true or false; got 'maybe'\n"
     assert main(["analyze", "--compile", "maybe"]) == 2
-    assert capsys.readouterr().err == "toolkit: error: --compile must be true or false; got 'maybe'\n"
+    assert capsys.readouterr().err == "toolkit: error: --compile must be auto, true or false; got 'maybe'\n"
     with pytest.raises(toolkit.UsageError, match="--all must be true or false"):
         parse_bool("all", "sometimes")
 
@@ -269,9 +277,10 @@ def test_defaults_live_in_one_place():
 
 def test_the_json_record_is_unchanged():
     # hashed into default output names and run identities: must not change with the declarations
-    # (it changed once on purpose: the default precision became auto, so default names moved)
+    # (it changed on purpose twice: the default precision became auto, then compile became auto
+    # and left the identity; each time default names moved)
     assert AnalysisConfig().to_json() == (
-        '{"batch_size": "auto", "block_rows": "auto", "compile": false, "crop_padding": null, '
+        '{"batch_size": "auto", "block_rows": "auto", "compile": "auto", "crop_padding": null, '
         '"data_root": null, "dataset": "digits", "device": "auto", "download": true, "epochs": null, '
         '"fixed_steps": null, "flip": null, "intervals": [0.25, 0.4, 0.6, 0.7, 0.8, 0.9, 1.0], '
         '"loss_threshold": 0.01, "lr": null, "max_steps": null, "metric_options": {}, '

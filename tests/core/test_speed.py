@@ -19,7 +19,7 @@ from conftest import TINY_RUN
     (dict(precision=32), "unknown --precision 32; allowed: auto, fp32, bf16, bf16-synthesis"),
     (dict(batch_size=0), "--batch_size must be auto or a whole number >= 1; got 0"),
     (dict(batch_size="big"), "--batch_size must be auto or a whole number >= 1; got 'big'"),
-    (dict(compile="maybe"), "--compile must be true or false; got 'maybe'"),
+    (dict(compile="maybe"), "--compile must be auto, true or false; got 'maybe'"),
 ])
 def test_bad_speed_options_are_one_line_usage_errors(options, message):
     with pytest.raises(toolkit.UsageError) as info:

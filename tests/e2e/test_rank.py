@@ -69,6 +69,9 @@ def test_a_killed_ranking_reuses_the_models_it_finished(tiny_plugin, zoo, tmp_pa
     monkeypatch.setattr(pipeline, "analyze", lambda *a, **k: calls.append(k) or real(*a, **k))
     again = rank([f"tiny-cnn={p}" for p in zoo[:3]], work_dir=work, **FAST)
     assert calls == [] and len(again.ds["model"]) == 3
+    # compile changes rounding only: not part of the ranking's identity either
+    again = rank([f"tiny-cnn={p}" for p in zoo[:3]], work_dir=work, compile=False, **FAST)
+    assert calls == [] and len(again.ds["model"]) == 3
     with pytest.raises(toolkit.UsageError, match=r"holds the work of another ranking \(models differ\)"):
         rank([f"tiny-cnn={p}" for p in zoo[1:4]], work_dir=work, **FAST)
 

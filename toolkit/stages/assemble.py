@@ -63,8 +63,10 @@ def describe(run: Run, ds: xr.Dataset) -> xr.Dataset:
         ranks=run.world.size, wall_time_s=round(time.perf_counter() - run.started, 3)))
     ds.attrs.update(results.speed_attrs(
         **{f"time_{stage}_s": value for stage, value in run.seconds.items()},
-        image_steps=run.image_steps, precision=config.precision, compile=config.compile,
+        image_steps=run.image_steps, precision=config.precision, compile=run.synthesis.compile,
         synthesis_batch_size=run.synthesis.batch_size))
-    if run.precision_reason != "asked for":
-        ds.attrs["precision_reason"] = run.precision_reason
+    for name, reason in (("precision_reason", run.precision_reason),
+                         ("compile_reason", run.compile_reason)):
+        if reason != "asked for":  # what auto chose, and why
+            ds.attrs[name] = reason
     return ds

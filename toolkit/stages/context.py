@@ -72,6 +72,7 @@ class Run:
     seconds: dict[str, float] = dataclasses.field(default_factory=lambda: dict.fromkeys(TIMED, 0.0))
     image_steps: int = 0
     precision_reason: str = "asked for"  # why the run's precision (toolkit.hardware)
+    compile_reason: str = "asked for"  # why synthesis is compiled or not (toolkit.hardware)
 
     def bar(self, description: str, total: int | None, unit: str = "step") -> ProgressBar:
         """A progress bar on stderr; silent unless asked for, and on every rank but 0."""

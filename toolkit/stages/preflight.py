@@ -24,7 +24,7 @@ from toolkit import distributed, probes as probing, results
 from toolkit.config import AnalysisConfig, renamed
 from toolkit.data import ImageDataset, reused
 from toolkit.errors import PluginError, UsageError
-from toolkit.hardware import resolve_precision, stage_precision
+from toolkit.hardware import check_compile, resolve_precision, stage_precision
 from toolkit.metrics import check_metrics
 from toolkit.plugins import Registration, blamed_on
 from toolkit.stages import figures
@@ -102,6 +102,7 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
     if checkpoints is not None:
         check_checkpoints(Path(checkpoints), config.intervals)
     device = resolve_device(config.device)
+    check_compile(config.compile, device)
     world = distributed.world(device)
     if work_dir is not None and world.main:  # another run on it stops here, before loading any data
         WorkDir(work_dir).check_free()       # (rank 0 alone: the job's own ranks share the lock)
@@ -128,7 +129,7 @@ def prepare(config: AnalysisConfig, *, out: str | os.PathLike | None,
                                   max_steps=config.max_steps, fixed_steps=config.fixed_steps,
                                   batch_size=batch_size,
                                   precision=stage_precision(config.precision, "synthesis"),
-                                  compile=config.compile)
+                                  compile=config.compile is True)  # auto: synthesize.choose_compile
     if out is not None and make_folder and world.main:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
     return Run(config=config, plan=resolved, data=data, device=device, world=world, probes=probes,

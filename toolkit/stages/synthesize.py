@@ -9,6 +9,8 @@ not on disk is synthesised again exactly as an uninterrupted run of any number o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import torch
 
 from toolkit import distributed, results
 from toolkit.errors import PluginError, UsageError
-from toolkit.model import NormalizedClassifier, frozen
+from toolkit.hardware import check_compile, guessed_steps, resolve_compile
+from toolkit.model import NormalizedClassifier, frozen, step_flops
 from toolkit.plugins import Registration
 from toolkit.progress import StepProgress
 from toolkit.stages.context import Run
@@ -28,6 +31,25 @@ from toolkit.workdir import WorkDir
 
 Arrays = dict[str, np.ndarray]
 FIELDS = ("images", *results.RECORDS)  # what a SynthesisResult holds, and a prototypes file
+
+
+def choose_compile(run: Run, model: NormalizedClassifier) -> None:
+    """Settle ``--compile auto`` (:func:`toolkit.hardware.resolve_compile`) from the run's own
+    ``model``, on rank 0 for every rank: its FLOPs per image-step, and one rank's share of what the
+    whole run synthesises (at each interval the class prototypes and the grids' blocks), resumed or
+    not, so that the same command decides the same on the same hardware."""
+    def work() -> tuple[float, int, int]:
+        n, settings = run.shape[0], run.synthesis
+        interval = len(run.config.seed_values) * n + sum(block.images(n) for block in run.pieces)
+        images = math.ceil(len(run.config.intervals) * interval / run.world.size)
+        steps = guessed_steps(settings.max_steps, settings.fixed_steps)
+        return step_flops(model, run.shape[1:], run.device), images, steps
+
+    compiled, run.compile_reason = run.world.from_main(lambda: resolve_compile(
+        run.config.compile, run.device, run.synthesis.precision, work, torch.get_num_threads()))
+    if compiled:  # every rank must be able to build what rank 0 chose
+        check_compile(True, run.device)
+    run.synthesis = dataclasses.replace(run.synthesis, compile=compiled)
 
 
 def synthesize_prototypes(model: NormalizedClassifier, synthesizer: Registration, noise: torch.Tensor,

@@ -1,0 +1,159 @@
+"""Does ``torch.compile`` pay for synthesis here, and does it keep the science?
+
+    python benchmarks/compile.py [--out benchmarks/compile-cpu.md] [--work DIR]
+                                 [--archive ../shared/data/cifar10-jpeg.zip] [--threads N]
+
+What ``--compile auto`` decides from (``toolkit.hardware.COMPILE_MEASURED``), measured on this
+machine, and the check that compiling changes nothing but rounding:
+
+1. **the table's row**: for fp32 and bf16, the ``prototype`` synthesizer's image-steps per second
+   on ResNet18 at 32x32 (the device's automatic batch, random weights, 10 fixed steps), eager and
+   compiled in ``--rounds`` alternating rounds; the first compiled call's extra seconds (one
+   compile, from an empty inductor cache as on a machine's first run); the eager GFLOP/s;
+2. **the same at 8x8** (digits' size);
+3. **science, and what a real study pays**: the digits study trained eager in fp32, then its
+   synthesis again from the same checkpoints compiled, in its own process from an empty inductor
+   cache (all the compiling a first run does, tail batch sizes and each interval's model
+   included); with ``--archive``, the same from a ResNet18 trained on a CIFAR-10 subset, in the
+   precision ``auto`` synthesises at here. Differences as ``benchmarks/precision.py`` reports them
+   (C and R means, converged images), against issue 19's tolerances; and what compiling cost each
+   study (its compiled synthesis time less the eager one over the median speed-up).
+
+It ends with the row to put into ``toolkit.hardware.COMPILE_MEASURED`` for this kind of device:
+the lowest speed-up, what the dearest study paid compiling (one compile's time where no round was
+faster), the eager GFLOP/s and the threads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Compiling from a cold cache, as a user's first run does: inductor's own cache would hide the cost.
+os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+
+import torch  # noqa: E402 (after the cache's folder is set)
+
+import toolkit
+from toolkit.hardware import device_kind, resolve_precision, stage_precision
+from toolkit.model import step_flops
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import gemm_limits, machine, resnet18, synthesis_rate  # noqa: E402 (shared helpers)
+from precision import (cifar_study, compare, numbers_of, report, run, speed_row,  # noqa: E402
+                       study_parser, verdict_rows)
+
+def rates(size: int, channels: int, rounds: int) -> list[tuple[str, float, float, float, float, float, int]]:
+    """(precision, eager and compiled image-steps/s (medians), the lowest and the median speed-up
+    over ``rounds`` alternating rounds, seconds compiling took, batch) of synthesis at ``size`` x
+    ``size``; a fresh model for each precision, so each compiles from scratch. Rounds alternate, so
+    that a slow spell of the machine hits both alike."""
+    out = []
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = resnet18(10, channels, size)
+        _, batch, first = synthesis_rate(model, channels, size, 10, precision)
+        _, _, first_compiled = synthesis_rate(model, channels, size, 10, precision, compile=True)
+        eager, compiled = [], []
+        for _ in range(rounds):
+            eager.append(synthesis_rate(model, channels, size, 10, precision)[0])
+            compiled.append(synthesis_rate(model, channels, size, 10, precision, compile=True)[0])
+        ratios = [c / e for e, c in zip(eager, compiled)]
+        out.append((precision, statistics.median(eager), statistics.median(compiled), min(ratios),
+                    statistics.median(ratios), first_compiled - first, batch))
+        print(f"{size}x{size} {precision}: speed-ups {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"compiling {first_compiled - first:.1f} s", flush=True)
+    return out
+
+
+def cold(out: Path, **options) -> tuple[dict, float]:
+    """``analyze`` into ``out`` in a fresh process with an empty inductor cache, as a user's first
+    compiled run: every compile it needs (the queue's shrinking tail brings new batch sizes) is
+    paid in full. Its wall time includes the process's start."""
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-cold-")}
+    code = ("import json, sys, toolkit; toolkit.analyze(**json.loads(sys.argv[1]), progress=False, "
+            "plots=False)")
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in {**options, "out": out}.items()}
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, json.dumps(options)], env=env, check=True)
+    wall = time.perf_counter() - began
+    with toolkit.open_results(out) as ds:
+        return numbers_of(ds), wall
+
+
+def main() -> None:
+    parser = study_parser(__doc__, "compile-cpu.md")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating eager/compiled timings")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    header = f"{machine()}; device kind {device_kind(torch.device('cpu'))}"
+    print(header, flush=True)
+    limits = gemm_limits()
+    table = ["| size | precision | eager image-steps/s | compiled | speed-up: lowest, median | compiling | eager GFLOP/s (of the limit) | batch |",
+             "|---|---|---|---|---|---|---|---|"]
+    measured, medians = {}, {}  # precision -> (lowest speed-up, one compile, GFLOP/s) at 32x32
+    for size, channels in ((32, 3), (8, 1)):
+        flops = step_flops(resnet18(10, channels, size), (channels, size, size))
+        for precision, eager, compiled, low, median, seconds, batch in rates(size, channels, args.rounds):
+            gflops = eager * flops / 1e9
+            table.append(f"| {size}x{size} | {precision} | {eager:,.1f} | {compiled:,.1f} | "
+                         f"{low:.2f}x, {median:.2f}x | {seconds:.1f} s | {gflops:,.0f} "
+                         f"({gflops / limits[precision]:.0%}) | {batch} |")
+            medians[size, precision] = median
+            if size == 32:  # the lowest speed-up: auto compiles only where every round gained
+                measured[precision] = (low, seconds, gflops)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="compile-"))
+    work.mkdir(parents=True, exist_ok=True)
+    speed = ["| run | precision | training | synthesis | image-steps | image-steps/s | wall |",
+             "|---|---|---|---|---|---|---|"]
+    verdict = ["| study | quantity | max abs compiled - eager | tolerance | within | scale |",
+               "|---|---|---|---|---|---|"]
+
+    paid = {}  # study -> what compiling cost it: compiled synthesis less eager over the speed-up
+
+    def pair(label: str, size: int, options: dict) -> None:
+        eager, wall = run(work / f"{label}-eager.nc", **options)
+        speed.append(speed_row(f"{label}, trained, synthesised eager", eager, wall))
+        print(speed[-1], flush=True)
+        compiled, wall = cold(work / f"{label}-compiled.nc", compile=True,
+                              checkpoints=work / f"{label}-eager.work", **options)
+        speed.append(speed_row(f"{label}, synthesised compiled from the same checkpoints (cold "
+                               "cache, own process)", compiled, wall))
+        print(speed[-1], flush=True)
+        verdict.extend(verdict_rows(label, compare(eager, compiled), eager, trained=False))
+        print("\n".join(verdict[-4:]), flush=True)
+        speedup = medians[size, stage_precision(options["precision"], "synthesis")]
+        paid[label] = (float(compiled["attrs"]["time_synthesis_s"])
+                       - float(eager["attrs"]["time_synthesis_s"]) / speedup)
+
+    pair("digits", 8, dict(model="resnet18", dataset="digits", precision="fp32"))
+    if args.archive:
+        auto, _ = resolve_precision("auto", torch.device("cpu"), (32, 32))
+        pair("CIFAR-10 subset", 32, {**cifar_study(args, work), "precision": auto})
+        print(f"CIFAR-10: precision {auto} (synthesis {stage_precision(auto, 'synthesis')})")
+
+    # where compiling gained in every round, charge it what the dearest study paid
+    cost = max(paid.values())
+    rows = ", ".join(f'"{precision}": Measured({low:.2f}, {cost if low > 1 else seconds:.1f}, '
+                     f"{gflops:.1f}, {torch.get_num_threads()})"
+                     for precision, (low, seconds, gflops) in measured.items())
+    paste = f'"{device_kind(torch.device("cpu"))}": {{{rows}}}'
+    studies = "; ".join(f"{label} {seconds:.1f} s" for label, seconds in paid.items())
+    limits_text = (f"GEMM limits (GFLOP/s, the better of matmul and a 1x1 convolution): fp32 "
+                   f"{limits['fp32']:,.1f}, bf16 {limits['bf16']:,.1f}.")
+    report(args.out, header, began, f"{limits_text}\n\n" + "\n".join(table)
+           + f"\n\nWhat compiling cost each study: {studies}. The row for "
+           f"`toolkit.hardware.COMPILE_MEASURED`: `{paste}`\n\n"
+           + "\n".join(verdict) + "\n\n" + "\n".join(speed) + "\n")
+
+
+if __name__ == "__main__":
+    main()

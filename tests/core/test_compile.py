@@ -1,0 +1,196 @@
+"""``--compile auto``, the default: synthesis is compiled only where it is estimated to pay.
+
+The rule runs with the hardware mocked (the CPU's flags, the C++ compiler), on any machine; the
+runs spy on the synthesizer's ``torch.compile`` wrapper, so nothing here compiles for real.
+"""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+import toolkit
+import toolkit_plugins.synthesis as synthesis_plugins
+from conftest import TINY_RUN
+from toolkit import distributed, hardware
+from toolkit.model import step_flops
+from toolkit.stages import synthesize
+from toolkit.training import Trainer
+
+AMX = {"amx_bf16", "avx512_bf16"}
+ZEN5 = {"avx512f", "avx512_bf16"}
+AVX2 = {"avx2", "fma"}
+CPU = torch.device("cpu")
+# 1 interval, 2 seeds, 3 classes: 6 class prototypes and 12 intermediaries
+RUN = {**TINY_RUN, "intervals": (1.0,), "max_steps": 10, "device": "cpu"}
+
+
+def no_work():
+    raise AssertionError("the estimate is made only where compiling was measured faster")
+
+
+def work(gflop: float, images: int, steps: int = 10):
+    return lambda: (gflop * 1e9, images, steps)
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """``cpu(flags)``: this CPU has those flags and a C++ compiler."""
+    monkeypatch.setattr(hardware, "cpp_compiler", lambda: "/usr/bin/g++")
+    return lambda flags: monkeypatch.setattr(hardware, "cpu_flags", lambda: set(flags))
+
+
+@pytest.mark.parametrize("flags, device, precision, reason", [
+    (AMX, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:amx_bf16 in fp32 (1.00x)"),
+    (AMX, "cpu", "bf16", "auto: torch.compile was not measured on cpu:amx_bf16 in bf16"),
+    (AVX2, "cpu", "fp32", "auto: torch.compile was not measured on cpu in fp32"),
+    (ZEN5, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:avx512_bf16 in fp32 (0.98x)"),
+    (ZEN5, "cuda", "bf16", "auto: torch.compile was not measured on cuda in bf16"),
+])
+def test_auto_leaves_eager_what_was_not_measured_faster(cpu, flags, device, precision, reason):
+    cpu(flags)
+    assert hardware.resolve_compile("auto", torch.device(device), precision, no_work, 2) == (False, reason)
+
+
+def test_asked_for_is_taken_as_it_is(cpu):
+    cpu(AMX)
+    assert hardware.resolve_compile(True, CPU, "fp32", no_work) == (True, "asked for")
+    assert hardware.resolve_compile(False, CPU, "bf16", no_work) == (False, "asked for")
+
+
+def test_auto_compiles_where_the_saved_time_beats_the_compile_time(cpu, monkeypatch):
+    cpu(ZEN5)  # 2x faster compiled, 10 s to compile, 100 GFLOP/s eager on 2 threads
+    monkeypatch.setattr(hardware, "COMPILE_MEASURED", {"cpu:avx512_bf16": {"bf16": hardware.Measured(2.0, 10.0, 100.0, 2)}})
+    # 1,000 images x 10 steps x 0.2 GFLOP = 2,000 GFLOP: 20 s eager, saving 10 s: not more than 10
+    assert hardware.resolve_compile("auto", CPU, "bf16", work(0.2, 1_000), 2) == (False, (
+        "auto: eager (1,000 images x 10 steps x 0.2 GFLOP at 100 GFLOP/s: 20 s of synthesis at "
+        "least, 2.00x faster compiled on cpu:avx512_bf16 in bf16 saves 10 s, under the 10 s "
+        "compiling took)"))
+    compiled, why = hardware.resolve_compile("auto", CPU, "bf16", work(0.2, 1_001), 2)
+    assert compiled and why.startswith("auto: compiled (1,001 images") and why.endswith(
+        "saves 10 s, over the 10 s compiling took)")
+    # eight times the threads, eight times the rate at best: the same work no longer pays
+    assert hardware.resolve_compile("auto", CPU, "bf16", work(0.2, 4_000), 16)[0] is False
+    assert hardware.resolve_compile("auto", CPU, "bf16", work(0.2, 8_100), 16)[0] is True
+
+
+def test_the_measured_table_compiles_cifar100_in_bf16_on_zen5_and_neither_cifar10_nor_digits(cpu):
+    """What the committed measurements decide for the default study (7 intervals, 5 seeds) of
+    ResNet18 on CIFAR-100 and CIFAR-10 (32x32) and on digits (8x8), on 2 threads: n prototypes
+    and n(n-1) intermediaries per seed and interval."""
+    resnet18 = toolkit.plugins.get_registry("model").get("resnet18").obj
+
+    def study(n: int, channels: int, size: int):
+        return lambda: (step_flops(resnet18(n, channels, size), (channels, size, size)), 7 * 5 * n * n, 10)
+
+    cpu(ZEN5)
+    assert hardware.resolve_compile("auto", CPU, "bf16", study(100, 3, 32), 2)[0] is True
+    assert hardware.resolve_compile("auto", CPU, "bf16", study(10, 3, 32), 2)[0] is False
+    for flags in (ZEN5, AMX, AVX2):
+        cpu(flags)
+        for cifar in (study(100, 3, 32), study(10, 3, 32)):  # fp32: measured no faster, or not at all
+            assert hardware.resolve_compile("auto", CPU, "fp32", cifar, 2)[0] is False
+        assert hardware.resolve_compile("auto", CPU, "fp32", study(10, 1, 8), 2)[0] is False
+
+
+def test_the_table_holds_kinds_and_precisions_that_exist():
+    for kind, rows in hardware.COMPILE_MEASURED.items():
+        assert kind in {"cpu", *(f"cpu:{flag}" for flag in hardware.CPU_BF16_FLAGS), "cuda"}
+        for precision, measured in rows.items():
+            assert precision in ("fp32", "bf16") and all(value > 0 for value in measured)
+
+
+@pytest.mark.parametrize("max_steps, fixed_steps, guessed", [(1000, None, 10), (4, None, 4), (1000, 250, 250)])
+def test_the_steps_guessed_are_few_but_never_more_than_an_image_may_take(max_steps, fixed_steps, guessed):
+    assert hardware.guessed_steps(max_steps, fixed_steps) == guessed
+
+
+def test_each_rank_estimates_its_own_share_of_the_run(monkeypatch):
+    """Under torchrun each rank synthesises its share and pays the whole compile."""
+    seen = []
+    monkeypatch.setattr(synthesize, "resolve_compile", lambda requested, device, precision, work, threads: (
+        seen.append(work()), (False, "auto: eager"))[1])
+    world = distributed.World(rank=0, size=2)
+    monkeypatch.setattr(distributed.World, "from_main", lambda self, make: make())
+    seeds = [0, 1]
+    run = SimpleNamespace(shape=(3, 1, 6, 6), config=SimpleNamespace(seed_values=seeds, intervals=(0.5, 1.0), compile="auto"),
+                          synthesis=toolkit.SynthesisSettings(max_steps=5), pieces=distributed.blocks(seeds, 3, 4),
+                          world=world, device=CPU, compile_reason="asked for")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    synthesize.choose_compile(run, model)
+    # 2 intervals x 2 seeds x (3 prototypes + 6 intermediaries), halved; 5 steps: max_steps
+    assert seen == [(2 * 36 * 3 * 2, 18, 5)]
+    assert run.synthesis.compile is False and run.compile_reason == "auto: eager"
+
+
+def test_auto_without_a_cpp_compiler_stays_eager_and_asking_for_it_is_refused(monkeypatch, tiny_plugin, tmp_path):
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": (None, "no-such-compiler-anywhere")}):
+        assert hardware.cpp_compiler() is None
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: ZEN5)
+        assert hardware.resolve_compile("auto", CPU, "bf16", no_work, 2) == (
+            False, "auto: no C++ compiler for torch.compile (g++, or $CXX)")
+        with pytest.raises(toolkit.UsageError, match=r"^--compile on the CPU needs a C\+\+ compiler for "
+                                                     r"torch.compile to build with: install g\+\+ \(or set "
+                                                     r"\$CXX to one\), or run with --nocompile$"):
+            toolkit.analyze(**RUN, compile=True, out=tmp_path / "r.nc")
+        assert list(tmp_path.iterdir()) == []  # refused before anything was written
+    with config.patch({"cpp.cxx": (None, "sh")}):  # any program on the PATH stands for one
+        assert hardware.cpp_compiler().endswith("/sh")
+
+
+def test_step_flops_counts_the_forward_and_the_input_gradient_and_leaves_the_model_alone():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).train()
+    state = torch.random.get_rng_state()
+    # forward: 2 x 12 x 3 multiply-adds; backward: the input's gradient alone, as many again
+    assert step_flops(model, (3, 2, 2)) == 2 * (2 * 12 * 3)
+    assert model.training and all(p.requires_grad and p.grad is None for p in model.parameters())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert step_flops(nn.Flatten(), (3, 1, 1)) == 0  # no parameters: nothing to multiply
+
+
+def test_a_run_records_what_auto_chose_and_why(cpu, tiny_plugin, tmp_path, monkeypatch):
+    cpu(ZEN5)
+    ds = toolkit.analyze(**RUN, out=tmp_path / "fp32.nc")  # the tiny data's 6x6 images: fp32
+    assert ds.attrs["compile"] == 0
+    assert ds.attrs["compile_reason"] == "auto: torch.compile measured no faster on cpu:avx512_bf16 in fp32 (0.98x)"
+    monkeypatch.setattr(hardware, "BF16_MIN_PIXELS", 6 * 6)  # now bf16 synthesis: 1.07x, too short to pay
+    ds = toolkit.analyze(**RUN, out=tmp_path / "bf16.nc")
+    assert ds.attrs["compile"] == 0 and ds.attrs["precision"] == "bf16-synthesis"
+    assert ds.attrs["compile_reason"].startswith("auto: eager (18 images x 10 steps x ")
+    assert json.loads(ds.attrs["config"])["compile"] == "auto"
+
+
+def test_where_auto_compiles_the_synthesizer_runs_compiled(cpu, tiny_plugin, tmp_path, monkeypatch):
+    cpu(ZEN5)
+    monkeypatch.setattr(hardware, "COMPILE_MEASURED", {"cpu:avx512_bf16": {"fp32": hardware.Measured(2.0, 1e-9, 1.0, 2)}})
+    wrapped = []
+    monkeypatch.setattr(synthesis_plugins, "compiled", lambda forward: (wrapped.append(forward), forward)[1])
+    ds = toolkit.analyze(**RUN, out=tmp_path / "r.nc")
+    assert wrapped and ds.attrs["compile"] == 1
+    assert ds.attrs["compile_reason"].startswith("auto: compiled (18 images x 10 steps x ")
+    wrapped.clear()
+    ds = toolkit.analyze(**RUN, compile=False, out=tmp_path / "eager.nc")
+    assert not wrapped and ds.attrs["compile"] == 0 and "compile_reason" not in ds.attrs
+
+
+def test_compile_is_not_part_of_the_identity_so_work_resumes_across_it(cpu, tiny_plugin, tmp_path, monkeypatch):
+    """Compiled and eager synthesis differ by rounding alone, like two CPUs; work made under one
+    resumes under the other, and so does work whose identity still names compile (made before)."""
+    cpu(ZEN5)
+    out = tmp_path / "r.nc"
+    toolkit.analyze(**RUN, compile=False, out=out)
+    out.unlink()  # the results file lost; the work directory kept its checkpoint
+    marker = tmp_path / "r.work" / "run.json"
+    identity = json.loads(marker.read_text())
+    assert "compile" not in identity["config"]
+    identity["config"]["compile"] = False  # as written before compile left the identity
+    marker.write_text(json.dumps(identity))
+    monkeypatch.setattr(Trainer, "next_stage", lambda *a: pytest.fail("trained again"))
+    monkeypatch.setattr(synthesis_plugins, "compiled", lambda forward: forward)  # compiles nothing here
+    ds = toolkit.analyze(**RUN, compile=True, out=out)  # resumes, no refusal
+    assert ds.attrs["compile"] == 1 and out.is_file()
