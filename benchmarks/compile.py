@@ -48,21 +48,26 @@ from grid import gemm_limits, machine, resnet18, synthesis_rate  # noqa: E402 (s
 from precision import (cifar_study, compare, numbers_of, report, run, speed_row,  # noqa: E402
                        study_parser, verdict_rows)
 
-def rates(size: int, channels: int, rounds: int) -> list[tuple[str, float, float, float, float, float, int]]:
+def rates(size: int, channels: int, rounds: int,
+          device: str = "cpu") -> list[tuple[str, float, float, float, float, float, int]]:
     """(precision, eager and compiled image-steps/s (medians), the lowest and the median speed-up
     over ``rounds`` alternating rounds, seconds compiling took, batch) of synthesis at ``size`` x
-    ``size``; a fresh model for each precision, so each compiles from scratch. Rounds alternate, so
-    that a slow spell of the machine hits both alike."""
+    ``size`` on ``device``; a fresh model for each precision, so each compiles from scratch. Rounds
+    alternate, so that a slow spell of the machine hits both alike."""
     out = []
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        model = resnet18(10, channels, size)
-        _, batch, first = synthesis_rate(model, channels, size, 10, precision)
-        _, _, first_compiled = synthesis_rate(model, channels, size, 10, precision, compile=True)
+        model = resnet18(10, channels, size).to(device)
+
+        def timed(compile: bool) -> tuple[float, int, float]:
+            return synthesis_rate(model, channels, size, 10, precision, compile=compile, device=device)
+
+        _, batch, first = timed(False)
+        _, _, first_compiled = timed(True)
         eager, compiled = [], []
         for _ in range(rounds):
-            eager.append(synthesis_rate(model, channels, size, 10, precision)[0])
-            compiled.append(synthesis_rate(model, channels, size, 10, precision, compile=True)[0])
+            eager.append(timed(False)[0])
+            compiled.append(timed(True)[0])
         ratios = [c / e for e, c in zip(eager, compiled)]
         out.append((precision, statistics.median(eager), statistics.median(compiled), min(ratios),
                     statistics.median(ratios), first_compiled - first, batch))
