@@ -48,6 +48,7 @@ from grid import gemm_limits, machine, resnet18, synthesis_rate  # noqa: E402 (s
 from precision import (cifar_study, compare, numbers_of, report, run, speed_row,  # noqa: E402
                        study_parser, verdict_rows)
 
+
 def rates(size: int, channels: int, rounds: int,
           device: str = "cpu") -> list[tuple[str, float, float, float, float, float, int]]:
     """(precision, eager and compiled image-steps/s (medians), the lowest and the median speed-up
@@ -80,7 +81,8 @@ def cold(out: Path, **options) -> tuple[dict, float]:
     """``analyze`` into ``out`` in a fresh process with an empty inductor cache, as a user's first
     compiled run: every compile it needs (the queue's shrinking tail brings new batch sizes) is
     paid in full. Its wall time includes the process's start."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-cold-")}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-cold-"),
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the threads of the eager run
     code = ("import json, sys, toolkit; toolkit.analyze(**json.loads(sys.argv[1]), progress=False, "
             "plots=False)")
     options = {k: str(v) if isinstance(v, Path) else v for k, v in {**options, "out": out}.items()}
@@ -101,8 +103,8 @@ def main() -> None:
     header = f"{machine()}; device kind {device_kind(torch.device('cpu'))}"
     print(header, flush=True)
     limits = gemm_limits()
-    table = ["| size | precision | eager image-steps/s | compiled | speed-up: lowest, median | compiling | eager GFLOP/s (of the limit) | batch |",
-             "|---|---|---|---|---|---|---|---|"]
+    table = ["| size | precision | eager image-steps/s | compiled | speed-up: lowest, median | "
+             "compiling | eager GFLOP/s (of the limit) | batch |", "|---|---|---|---|---|---|---|---|"]
     measured, medians = {}, {}  # precision -> (lowest speed-up, one compile, GFLOP/s) at 32x32
     for size, channels in ((32, 3), (8, 1)):
         flops = step_flops(resnet18(10, channels, size), (channels, size, size))

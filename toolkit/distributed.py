@@ -80,9 +80,11 @@ class World:
         if self.main:
             try:
                 answer = (True, make())
-            except Exception as error:  # noqa: BLE001 (re-raised on every rank below)
-                answer = (False, error if _travels(error) else RuntimeError(
-                    f"{type(error).__name__}: {error}"))
+            except Exception as error:  # noqa: BLE001 (re-raised on every rank)
+                # the others get its text where it cannot be pickled; rank 0 raises the original
+                self.broadcast((False, error if _travels(error) else RuntimeError(
+                    f"{type(error).__name__}: {error}")))
+                raise
         made, value = self.broadcast(answer)
         if not made:
             raise value

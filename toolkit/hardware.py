@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import platform
 import shutil
+import sysconfig
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
@@ -39,7 +40,6 @@ CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 STAGES = {"fp32": ("fp32", "fp32"), "bf16": ("bf16", "bf16"), "bf16-synthesis": ("fp32", "bf16")}
 BF16_MIN_SIDE = 32  # the smallest size bf16 was measured faithful at (benchmarks/precision.py)
 BF16_MIN_PIXELS = BF16_MIN_SIDE ** 2  # images with fewer pixels stay fp32 under auto
-
 
 
 class Measured(NamedTuple):
@@ -60,9 +60,11 @@ COMPILE_MEASURED: dict[str, dict[str, Measured]] = {
     "cpu:avx512_bf16": {"fp32": Measured(0.98, 17.2, 356.0, 2),  # AMD EPYC, Zen 5
                         "bf16": Measured(1.07, 47.0, 736.0, 2)},
 }
-# A low guess of the steps an image takes before it converges (the means measured: 22 on digits, 73
-# on a CIFAR-10 subset), so that auto compiles only where even quickly converging images pay for it.
+# A low guess of the steps an image takes before it converges (the means measured, image-steps over
+# images in benchmarks/precision-cpu-zen5.md: 24 on digits, 80 on a CIFAR-10 subset), so that auto
+# compiles only where even quickly converging images pay for it.
 COMPILE_GUESS_STEPS = 10
+
 
 def _cpuinfo_field(field: str, cpuinfo: str | Path) -> str | None:
     """The first ``field: value`` of /proc/cpuinfo (None where it cannot be read, e.g. not on Linux)."""
@@ -143,20 +145,26 @@ def device_kind(device: torch.device) -> str:
     return next((f"cpu:{flag}" for flag in CPU_BF16_FLAGS if flag in cpu_flags()), "cpu")
 
 
-def cpp_compiler() -> str | None:
-    """The C++ compiler ``torch.compile`` builds CPU code with (inductor's ``cpp.cxx``: $CXX, else
-    g++), where it is on the PATH; None where none is."""
+def missing_toolchain() -> str | None:
+    """What ``torch.compile`` lacks on this machine to build CPU code, as a phrase; None where it
+    has both a C++ compiler on the PATH (inductor's ``cpp.cxx``: $CXX, else g++) and Python's
+    headers (its kernels include ``Python.h``)."""
     from torch._inductor import config
 
     names = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
-    return next((path for path in map(shutil.which, filter(None, names)) if path), None)
+    if not any(shutil.which(name) for name in names if name):
+        return "a C++ compiler (g++, or $CXX)"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return "Python's headers (Python.h; e.g. the python3-dev package)"
+    return None
 
 
 def check_compile(requested: bool | str, device: torch.device) -> None:
-    """Refuse ``--compile`` (True) on a CPU where ``torch.compile`` has no C++ compiler."""
-    if requested is True and device.type == "cpu" and cpp_compiler() is None:
-        raise UsageError("--compile on the CPU needs a C++ compiler for torch.compile to build with: "
-                         "install g++ (or set $CXX to one), or run with --nocompile")
+    """Refuse ``--compile`` (True) on a CPU where ``torch.compile`` cannot build its code."""
+    missing = requested is True and device.type == "cpu" and missing_toolchain()
+    if missing:
+        raise UsageError(f"--compile on the CPU needs {missing} for torch.compile to build with: "
+                         "install it, or run with --nocompile")
 
 
 def guessed_steps(max_steps: int, fixed_steps: int | None) -> int:
@@ -174,7 +182,8 @@ def resolve_compile(requested: bool | str, device: torch.device, precision: str,
     of the synthesis as ``(FLOPs of one image-step, images, steps an image)``, with the steps
     guessed low (:func:`guessed_steps`), and is called only where compiling was measured faster on
     this kind of device in this precision; ``threads`` is torch's CPU threads. The eager rate is the
-    one measured, scaled as if it grew linearly with the threads, so the estimate stays low.
+    one measured, scaled as if it grew linearly with more threads (and not lowered for fewer), so
+    the estimate stays low.
     """
     if requested != "auto":
         return bool(requested), "asked for"
@@ -185,10 +194,11 @@ def resolve_compile(requested: bool | str, device: torch.device, precision: str,
     if measured.speedup <= 1:
         return False, (f"auto: torch.compile measured no faster on {kind} in {precision} "
                        f"({measured.speedup:.2f}x)")
-    if device.type == "cpu" and cpp_compiler() is None:
-        return False, "auto: no C++ compiler for torch.compile (g++, or $CXX)"
+    missing = device.type == "cpu" and missing_toolchain()
+    if missing:
+        return False, f"auto: torch.compile would need {missing}"
     flops, images, steps = work()
-    rate = measured.gflops * 1e9 * max(1, threads) / measured.threads
+    rate = measured.gflops * 1e9 * max(threads, measured.threads) / measured.threads
     seconds = images * steps * flops / rate
     saved = seconds * (1 - 1 / measured.speedup)
     estimate = (f"{images:,} images x {steps} steps x {flops / 1e9:.3g} GFLOP at {rate / 1e9:,.0f} "

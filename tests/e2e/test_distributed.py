@@ -138,9 +138,9 @@ def test_an_error_that_cannot_travel_is_sent_as_its_text(monkeypatch):
     def make():
         raise Stubborn(1, 2)
 
-    with pytest.raises(RuntimeError, match=r"^Stubborn: 1 and 2$"):
+    with pytest.raises(Stubborn):  # rank 0 raises the original; the others, its text
         distributed.World(rank=0, size=2).from_main(make)
-    assert type(sent[0][1]) is RuntimeError
+    assert type(sent[0][1]) is RuntimeError and str(sent[0][1]) == "Stubborn: 1 and 2"
 
 
 @pytest.mark.slow
