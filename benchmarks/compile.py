@@ -13,11 +13,11 @@ machine, and the check that compiling changes nothing but rounding:
 2. **the same at 8x8** (digits' size);
 3. **science, and what a real study pays**: the digits study trained eager in fp32, then its
    synthesis again from the same checkpoints compiled, in its own process from an empty inductor
-   cache (all the compiling a first run does, tail batch sizes and each interval's model
-   included); with ``--archive``, the same from a ResNet18 trained on a CIFAR-10 subset, in the
-   precision ``auto`` synthesises at here. Differences as ``benchmarks/precision.py`` reports them
-   (C and R means, converged images), against issue 19's tolerances; and what compiling cost each
-   study (its compiled synthesis time less the eager one over the median speed-up).
+   cache (all the compiling a first run does: each new batch size compiles again); with
+   ``--archive``, the same from a ResNet18 trained on a CIFAR-10 subset, in the precision ``auto``
+   synthesises at here. Differences as ``benchmarks/precision.py`` reports them (C and R means,
+   converged images), against issue 19's tolerances; and what compiling cost each study (its
+   compiled synthesis time less the eager one over the median speed-up).
 
 It ends with the row to put into ``toolkit.hardware.COMPILE_MEASURED`` for this kind of device:
 the lowest speed-up, what the dearest study paid compiling (one compile's time where no round was

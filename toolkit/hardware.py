@@ -52,8 +52,8 @@ class Measured(NamedTuple):
 
 
 # device kind (device_kind) -> synthesis precision -> what was measured; not here: not measured,
-# and auto leaves it eager. A study compiles again for each new batch size at the queue's tail and
-# each interval's model: a 7-interval digits study (fp32) paid 47 s, a 1-interval CIFAR-10 one
+# and auto leaves it eager. A study compiles again for each new batch size (the queue's tail, the
+# prototypes' queues): a 7-interval digits study (fp32) paid 47 s, a 1-interval CIFAR-10 one
 # (bf16) 34 s, so bf16 is charged the larger; the rows measured no faster keep one compile's time.
 COMPILE_MEASURED: dict[str, dict[str, Measured]] = {
     "cpu:amx_bf16": {"fp32": Measured(1.00, 30.0, 255.0, 2)},  # Intel Xeon, AMX
