@@ -10,8 +10,8 @@ AMX Xeon and an AVX512-BF16 EPYC (docs/performance.md): from the same CIFAR-10 w
 synthesis kept C and R means within 0.001 of fp32 and flipped no image's convergence on both; at
 8x8 (digits) it flipped 1.3 % on one, and training in bf16 made models that parted from fp32 ones
 beyond issue 19's bar (digits on both machines, CIFAR-10 on one). So images of fewer pixels than
-32x32 (sizes between 8x8 and 32x32 were not measured) and training stay fp32; ``--precision bf16`` asks for both. The
-results file records which and why.
+32x32 (sizes between 8x8 and 32x32 were not measured) and training stay fp32; ``--precision bf16``
+asks for both. The results file records which and why.
 
 ``--compile auto``, the default, runs synthesis through ``torch.compile`` only where it is
 estimated to pay for itself on this run (:func:`resolve_compile`). Measured by
@@ -88,6 +88,12 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     return _cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown CPU"
 
 
+def cpu_bf16_flag() -> str | None:
+    """The first of :data:`CPU_BF16_FLAGS` this CPU has (its bf16 matrix units), or None."""
+    flags = cpu_flags()
+    return next((flag for flag in CPU_BF16_FLAGS if flag in flags), None)
+
+
 def bf16_units(device: torch.device) -> tuple[bool, str]:
     """Whether ``device`` has bf16 matrix units, and what says so (a phrase)."""
     if device.type == "cuda":
@@ -96,8 +102,8 @@ def bf16_units(device: torch.device) -> tuple[bool, str]:
         major, minor = torch.cuda.get_device_capability(device)
         return major >= 8, f"CUDA compute capability {major}.{minor} (bf16 tensor cores from 8.0)"
     if device.type == "cpu":
-        found = [flag for flag in CPU_BF16_FLAGS if flag in cpu_flags()]
-        return (True, f"CPU flag {found[0]}") if found else (
+        flag = cpu_bf16_flag()
+        return (True, f"CPU flag {flag}") if flag else (
             False, f"no bf16 matrix units on cpu (no {' or '.join(CPU_BF16_FLAGS)})")
     return False, f"no bf16 matrix units known on {device.type}"
 
@@ -142,7 +148,8 @@ def device_kind(device: torch.device) -> str:
     (or the device type): the rows of :data:`COMPILE_MEASURED`."""
     if device.type != "cpu":
         return device.type
-    return next((f"cpu:{flag}" for flag in CPU_BF16_FLAGS if flag in cpu_flags()), "cpu")
+    flag = cpu_bf16_flag()
+    return f"cpu:{flag}" if flag else "cpu"
 
 
 def missing_toolchain() -> str | None:

@@ -47,8 +47,8 @@ def choose_compile(run: Run, model: NormalizedClassifier) -> None:
 
     compiled, run.compile_reason = run.world.from_main(lambda: resolve_compile(
         run.config.compile, run.device, run.synthesis.precision, work, torch.get_num_threads()))
-    if compiled:  # every rank must be able to build what rank 0 chose
-        check_compile(True, run.device)
+    if compiled and run.config.compile == "auto":  # each rank must build what rank 0 chose (an
+        check_compile(True, run.device)             # asked-for --compile was checked in preflight)
     run.synthesis = dataclasses.replace(run.synthesis, compile=compiled)
 
 
