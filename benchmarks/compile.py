@@ -13,7 +13,7 @@ machine, and the check that compiling changes nothing but rounding:
 2. **the same at 8x8** (digits' size);
 3. **science, and what a real study pays**: the digits study trained eager in fp32, then its
    synthesis again from the same checkpoints compiled, in its own process from an empty inductor
-   cache (all the compiling a first run does: each new batch size compiles again); with
+   cache (all the compiling a first run does: one compile, in a new process); with
    ``--archive``, the same from a ResNet18 trained on a CIFAR-10 subset, in the precision ``auto``
    synthesises at here. Differences as ``benchmarks/precision.py`` reports them (C and R means,
    converged images), against issue 19's tolerances; and what compiling cost each study (its
@@ -25,8 +25,10 @@ faster), the eager GFLOP/s and the threads.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,7 @@ from pathlib import Path
 
 # Compiling from a cold cache, as a user's first run does: inductor's own cache would hide the cost.
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
 
 import torch  # noqa: E402 (after the cache's folder is set)
 
@@ -79,16 +82,17 @@ def rates(size: int, channels: int, rounds: int,
 
 def cold(out: Path, **options) -> tuple[dict, float]:
     """``analyze`` into ``out`` in a fresh process with an empty inductor cache, as a user's first
-    compiled run: every compile it needs (the queue's shrinking tail brings new batch sizes) is
-    paid in full. Its wall time includes the process's start."""
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-cold-"),
-           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the threads of the eager run
+    compiled run: every compile it needs is paid in full. Its wall time includes the process's
+    start."""
     code = ("import json, sys, toolkit; toolkit.analyze(**json.loads(sys.argv[1]), progress=False, "
             "plots=False)")
     options = {k: str(v) if isinstance(v, Path) else v for k, v in {**options, "out": out}.items()}
-    began = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, json.dumps(options)], env=env, check=True)
-    wall = time.perf_counter() - began
+    with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache,
+               "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the threads of the eager run
+        began = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code, json.dumps(options)], env=env, check=True)
+        wall = time.perf_counter() - began
     with toolkit.open_results(out) as ds:
         return numbers_of(ds), wall
 

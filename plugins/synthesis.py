@@ -58,6 +58,10 @@ _TINY = 1e-12
 
 # torch.compile wrappers, one per model, so every call on the same model reuses its compiled code.
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
+# Smaller batches (a queue's tail, a short queue) run eagerly: one compiled graph then serves every
+# batch of a run. Dynamo specialises a batch of 1, and the convolution's fake kernel guards on
+# ``16 <= batch``, so without this floor each of 1, 2-15 and 16+ compiled anew (TORCH_LOGS=recompiles).
+COMPILED_MIN_BATCH = 16
 
 # Fold BatchNorms into convolutions for synthesis (switched off only to measure what it buys).
 FOLD_BATCHNORM = True
@@ -240,7 +244,7 @@ class _ActiveSet:
 
         size = min(settings.batch_size, n)
         self.slot = torch.arange(size, device=device)            # image in each slot; n: empty
-        self.x = self.start[:size].clone(memory_format=self.layout)
+        self.x = self._laid_out(self.start[:size].clone(memory_format=self.layout))
         self.taken = torch.zeros(size, dtype=torch.int64, device=device)
         self.waiting = torch.tensor(size, device=device)         # next image to enter
         self.finished = torch.zeros((), dtype=torch.int64, device=device)
@@ -281,7 +285,7 @@ class _ActiveSet:
             refill = done & (entering < self.n)
             entering = torch.where(refill, entering, self.n)
             fresh = self.start[entering.clamp(max=self.n - 1)]
-            self.x = torch.where(_expand(refill, x), fresh, x).contiguous(memory_format=self.layout)
+            self.x = self._laid_out(torch.where(_expand(refill, x), fresh, x))
             self.slot = torch.where(refill | active, torch.where(refill, entering, self.slot), self.n)
             self.taken = torch.where(active, self.taken + 1, 0)
             count = done.sum()
@@ -296,7 +300,15 @@ class _ActiveSet:
         """Keep ``size`` slots, the working ones first (``size`` is at least their number)."""
         order = torch.argsort((self.slot >= self.n).to(torch.int8), stable=True)[:size]
         self.slot, self.taken = self.slot[order], self.taken[order]
-        self.x = self.x[order].contiguous(memory_format=self.layout)
+        self.x = self._laid_out(self.x[order])
+
+    def _laid_out(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` contiguous in the queue's layout, with that layout's exact strides. A dimension of
+        size 1 (one channel) satisfies both layouts with either stride, and compiled code guards on
+        strides: a stride that changes between steps would compile the model again."""
+        x = x.contiguous(memory_format=self.layout)
+        strides = torch.empty(x.shape, device="meta", memory_format=self.layout).stride()
+        return x if x.stride() == strides else x.as_strided(x.shape, strides)
 
     def result(self) -> toolkit.SynthesisResult:
         n = self.n
@@ -326,13 +338,12 @@ def optimise(model: torch.nn.Module, start: torch.Tensor, targets: torch.Tensor,
         return toolkit.SynthesisResult(start.clone(), empty.long(), empty, empty.bool(),
                                        empty.long(), empty)
     work = _ActiveSet(start, targets, settings, objective)
-    forward = folded(model)
-    if settings.compile:
-        forward = compiled(forward)
+    eager = folded(model)
+    fast = compiled(eager) if settings.compile else eager
     pending = _Pending(start.device)
     reported = 0
     while True:
-        work.iterate(forward, settings.precision)
+        work.iterate(fast if len(work.slot) >= COMPILED_MIN_BATCH else eager, settings.precision)
         pending.push(work.counters())
         if not pending.ready():
             continue

@@ -16,11 +16,11 @@ asks for both. The results file records which and why.
 ``--compile auto``, the default, runs synthesis through ``torch.compile`` only where it is
 estimated to pay for itself on this run (:func:`resolve_compile`). Measured by
 ``benchmarks/compile.py``: compiled synthesis kept C and R within 0.002 of eager and flipped no
-image's convergence, but it gained little: at least 1.07x in every round in bf16 on a Zen 5 EPYC
-(AVX512-BF16, no AMX), nothing in fp32 there nor on an AMX Xeon, while a real study paid 34-47 s
-compiling from a cold cache (:data:`COMPILE_MEASURED`). So auto compiles only long bf16 syntheses
-on CPUs of the Zen 5's kind (CIFAR-100's default study, not CIFAR-10's), and nothing where no
-measurement says it pays (GPUs: not yet measured).
+image's convergence, but it gained little and not reliably: on a Zen 5 EPYC (AVX512-BF16, no AMX)
+rounds read 0.91-1.33x in fp32 and 0.96-1.17x in bf16 over two runs, 1.00x in fp32 on an AMX
+Xeon, while a real study paid about 27 s compiling from a cold cache (:data:`COMPILE_MEASURED`).
+Auto compiles only where every round was faster, so on the CPUs measured it compiles nothing; no
+GPU has been measured yet.
 """
 from __future__ import annotations
 
@@ -52,13 +52,15 @@ class Measured(NamedTuple):
 
 
 # device kind (device_kind) -> synthesis precision -> what was measured; not here: not measured,
-# and auto leaves it eager. A study compiles again for each new batch size (the queue's tail, the
-# prototypes' queues): a 7-interval digits study (fp32) paid 47 s, a 1-interval CIFAR-10 one
-# (bf16) 34 s, so bf16 is charged the larger; the rows measured no faster keep one compile's time.
+# and auto leaves it eager. A study compiles once (batches smaller than
+# toolkit_plugins.synthesis.COMPILED_MIN_BATCH run eagerly), yet from a new process it paid more
+# than the rounds' one compile: 26.5 s for the 7-interval digits study, 26.8 s for a 1-interval
+# CIFAR-10 one (benchmarks/compile-cpu-zen5.md). A row faster in every round is charged the dearer
+# study; a row measured no faster keeps one compile's time.
 COMPILE_MEASURED: dict[str, dict[str, Measured]] = {
     "cpu:amx_bf16": {"fp32": Measured(1.00, 30.0, 255.0, 2)},  # Intel Xeon, AMX
-    "cpu:avx512_bf16": {"fp32": Measured(0.98, 17.2, 356.0, 2),  # AMD EPYC, Zen 5
-                        "bf16": Measured(1.07, 47.0, 736.0, 2)},
+    "cpu:avx512_bf16": {"fp32": Measured(0.91, 18.5, 284.6, 2),  # AMD EPYC, Zen 5
+                        "bf16": Measured(0.96, 10.3, 720.6, 2)},
 }
 # A low guess of the steps an image takes before it converges (the means measured, image-steps over
 # images in benchmarks/precision-cpu-zen5.md: 24 on digits, 80 on a CIFAR-10 subset), so that auto

@@ -47,7 +47,8 @@ def cpu(monkeypatch):
     (AMX, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:amx_bf16 in fp32 (1.00x)"),
     (AMX, "cpu", "bf16", "auto: torch.compile was not measured on cpu:amx_bf16 in bf16"),
     (AVX2, "cpu", "fp32", "auto: torch.compile was not measured on cpu in fp32"),
-    (ZEN5, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:avx512_bf16 in fp32 (0.98x)"),
+    (ZEN5, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:avx512_bf16 in fp32 (0.91x)"),
+    (ZEN5, "cpu", "bf16", "auto: torch.compile measured no faster on cpu:avx512_bf16 in bf16 (0.96x)"),
     (ZEN5, "cuda", "bf16", "auto: torch.compile was not measured on cuda in bf16"),
 ])
 def test_auto_leaves_eager_what_was_not_measured_faster(cpu, flags, device, precision, reason):
@@ -80,23 +81,24 @@ def test_auto_compiles_where_the_saved_time_beats_the_compile_time(cpu, monkeypa
     assert hardware.resolve_compile("auto", CPU, "bf16", work(0.2, 8_100), 16)[0] is True
 
 
-def test_the_measured_table_compiles_cifar100_in_bf16_on_zen5_and_neither_cifar10_nor_digits(cpu):
+def test_the_measured_table_compiles_no_default_study_on_the_cpus_measured(cpu):
     """What the committed measurements decide for the default study (7 intervals, 5 seeds) of
     ResNet18 on CIFAR-100 and CIFAR-10 (32x32) and on digits (8x8), on 2 threads: n prototypes
-    and n(n-1) intermediaries per seed and interval."""
+    and n(n-1) intermediaries per seed and interval. Not even CIFAR-100's 350,000 images compile:
+    on every CPU measured, some round of compiled synthesis ran slower than eager."""
     resnet18 = toolkit.plugins.get_registry("model").get("resnet18").obj
 
     def study(n: int, channels: int, size: int):
         return lambda: (step_flops(resnet18(n, channels, size), (channels, size, size)), 7 * 5 * n * n, 10)
 
-    cpu(ZEN5)
-    assert hardware.resolve_compile("auto", CPU, "bf16", study(100, 3, 32), 2)[0] is True
-    assert hardware.resolve_compile("auto", CPU, "bf16", study(10, 3, 32), 2)[0] is False
     for flags in (ZEN5, AMX, AVX2):
         cpu(flags)
-        for cifar in (study(100, 3, 32), study(10, 3, 32)):  # fp32: measured no faster, or not at all
-            assert hardware.resolve_compile("auto", CPU, "fp32", cifar, 2)[0] is False
-        assert hardware.resolve_compile("auto", CPU, "fp32", study(10, 1, 8), 2)[0] is False
+        for precision in ("fp32", "bf16"):
+            for run in (study(100, 3, 32), study(10, 3, 32), study(10, 1, 8)):
+                assert hardware.resolve_compile("auto", CPU, precision, run, 2)[0] is False
+    cpu(ZEN5)
+    assert hardware.resolve_compile("auto", CPU, "bf16", no_work, 2)[1] == (
+        "auto: torch.compile measured no faster on cpu:avx512_bf16 in bf16 (0.96x)")
 
 
 def test_the_table_holds_kinds_and_precisions_that_exist():
@@ -138,6 +140,8 @@ def test_without_a_cpp_compiler_auto_stays_eager_and_asking_to_compile_is_refuse
     with config.patch({"cpp.cxx": (None, "no-such-compiler-anywhere")}):
         assert hardware.missing_toolchain() == "a C++ compiler (g++, or $CXX)"
         monkeypatch.setattr(hardware, "cpu_flags", lambda: ZEN5)
+        monkeypatch.setattr(hardware, "COMPILE_MEASURED",
+                            {"cpu:avx512_bf16": {"bf16": hardware.Measured(1.5, 10.0, 100.0, 2)}})
         assert hardware.resolve_compile("auto", CPU, "bf16", no_work, 2) == (
             False, "auto: torch.compile would need a C++ compiler (g++, or $CXX)")
         with pytest.raises(toolkit.UsageError, match=r"^--compile on the CPU needs a C\+\+ compiler "
@@ -166,8 +170,10 @@ def test_a_run_records_what_auto_chose_and_why(cpu, tiny_plugin, tmp_path, monke
     ds = toolkit.analyze(**RUN, out=tmp_path / "fp32.nc")  # the tiny data's 6x6 images: fp32
     assert ds.attrs["compile"] == 0
     assert ds.attrs["compile_reason"] == ("auto: torch.compile measured no faster on cpu:avx512_bf16 "
-                                          "in fp32 (0.98x)")
-    monkeypatch.setattr(hardware, "BF16_MIN_PIXELS", 6 * 6)  # now bf16 synthesis: 1.07x, too short to pay
+                                          "in fp32 (0.91x)")
+    monkeypatch.setattr(hardware, "BF16_MIN_PIXELS", 6 * 6)  # now bf16 synthesis, faster but too short
+    monkeypatch.setattr(hardware, "COMPILE_MEASURED",
+                        {"cpu:avx512_bf16": {"bf16": hardware.Measured(1.07, 47.0, 736.0, 2)}})
     ds = toolkit.analyze(**RUN, out=tmp_path / "bf16.nc")
     assert ds.attrs["compile"] == 0 and ds.attrs["precision"] == "bf16-synthesis"
     assert ds.attrs["compile_reason"].startswith("auto: eager (18 images x 10 steps x ")

@@ -169,6 +169,34 @@ def test_no_image_is_stepped_after_its_stopping_test_said_done(tiny_problem):
     assert counter.rows == int((got.steps + 1).sum())
 
 
+def test_a_compiled_queue_compiles_once_through_its_tail_at_one_channel(trained_tiny, monkeypatch):
+    """One graph serves a whole queue: batches under COMPILED_MIN_BATCH (its tail) run eagerly, and
+    one-channel images keep one stride (either is contiguous at C = 1, and dynamo guards on it).
+    Counted by dynamo's own counting backend, so inductor builds nothing."""
+    from torch._dynamo.testing import CompileCounter
+
+    import toolkit_plugins.synthesis as synthesis_plugins
+
+    counter, real = CompileCounter(), torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, **{**kw, "backend": counter}))
+    sizes = []
+    iterate = synthesis_plugins._ActiveSet.iterate
+    monkeypatch.setattr(synthesis_plugins._ActiveSet, "iterate", lambda self, model, precision: (
+        sizes.append(len(self.slot)), iterate(self, model, precision))[1])
+    model, _ = trained_tiny
+    torch.manual_seed(0)
+    start, targets = torch.rand(48, 1, 6, 6), torch.arange(48) % 3
+    settings = toolkit.SynthesisSettings(lr=0.05, max_steps=40, batch_size=32, compile=True)
+    with frozen(model):
+        torch._dynamo.reset()
+        got = prototype(model, start, targets, settings)
+        assert counter.frame_count == 1
+        assert sizes[0] == 32 and 1 in sizes  # the queue's tail shrank to one image
+        eager = prototype(model, start, targets, dataclasses.replace(settings, compile=False))
+    assert torch.equal(got.steps, eager.steps)  # the same work, up to rounding
+    torch.testing.assert_close(got.images, eager.images, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 5, 11, 64])
 def test_results_do_not_depend_on_the_micro_batch_size(tiny_problem, batch_size):
     model, start, targets = tiny_problem
