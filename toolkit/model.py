@@ -11,8 +11,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 # The memory format a run keeps its model in (synthesis, features, probes): channels-last, measured
 # faster for input-gradient steps at 8x8 and 32x32 alike. Training picks its own per image size
-# (toolkit.training.training_layout) and hands the model back in this one.
+# (toolkit.training.training_layout) and hands the model back as it found it.
 LAYOUT = torch.channels_last
+
+
+def layout_of(model: nn.Module) -> torch.memory_format:
+    """The memory format of ``model``'s 4-D weights: channels-last where one is laid out so, else
+    contiguous (also where no weight tells, e.g. one input channel and a 1x1 kernel)."""
+    for weight in model.parameters():
+        if weight.dim() == 4 and not weight.is_contiguous() and \
+                weight.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+    return torch.contiguous_format
 
 
 class NormalizedClassifier(nn.Module):

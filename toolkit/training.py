@@ -15,7 +15,7 @@ from toolkit.data import ImageDataset
 from toolkit.distributed import World
 from toolkit.errors import UsageError
 from toolkit.hardware import check_stage_precision
-from toolkit.model import LAYOUT
+from toolkit.model import LAYOUT, layout_of
 from toolkit.progress import ProgressBar, progress_bar
 
 
@@ -145,7 +145,7 @@ class Trainer:
     rate per stage. After each stage the BatchNorm statistics are recomputed over the images seen
     (:func:`recompute_batchnorm`). Schedule ``epochs``: one cosine run of ``epochs`` epochs on the
     whole set, interrupted at fraction t of its steps. The consumer may use the model between
-    stages (in eval mode, in :data:`toolkit.model.LAYOUT`); training resumes in train mode, in the
+    stages (in eval mode, in the memory format it came in); training resumes in train mode, in the
     memory format :func:`training_layout` picks for the images.
 
     :meth:`state_dict` holds everything the next stage depends on (weights, optimizer, random
@@ -220,6 +220,7 @@ class Trainer:
         train_x, train_y = self._train_x, self._train_y
         bar = progress(f"train {fraction:.0%} (interval {self.stage_index + 1}/{len(self._stops)})",
                        mark - self._step)
+        found = layout_of(model)
         model.to(memory_format=self.layout).train()
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         while self._step < mark:
@@ -253,7 +254,7 @@ class Trainer:
             bar.update(1)
         bar.close()
         recompute_batchnorm(model, train_x[subset.to(self.device)], self.device, layout=self.layout)
-        model.to(memory_format=LAYOUT)
+        model.to(memory_format=found)
         self.stage_index += 1
         return Stage(fraction, len(subset), accuracy(model, self._test_x, self.data.test_labels,
                                                      self.device), self.world.all_true(bool(finite)))

@@ -137,16 +137,18 @@ def test_small_images_train_contiguous_on_the_cpu_and_all_else_channels_last(siz
     assert training_layout(size, device) == layout
 
 
-def test_training_runs_in_its_layout_and_hands_the_model_back_channels_last():
+@pytest.mark.parametrize("found", [torch.channels_last, torch.contiguous_format])
+def test_training_runs_in_its_layout_and_hands_the_model_back_as_it_came(found):
     """The tiny data's 6x6 images train contiguous; between stages (synthesis, features) the model
-    is in toolkit.model.LAYOUT."""
+    is in the layout it came in: a run's is channels-last (toolkit.model.LAYOUT)."""
     from conftest import TinyCNN, make_tiny_dataset
-    from toolkit.model import LAYOUT, NormalizedClassifier
+    from toolkit.model import NormalizedClassifier, layout_of
     from toolkit.training import Trainer
 
     data = make_tiny_dataset()
     torch.manual_seed(0)
-    model = NormalizedClassifier(TinyCNN(3, 1, 6), data.mean, data.std).to(memory_format=LAYOUT)
+    model = NormalizedClassifier(TinyCNN(3, 1, 6), data.mean, data.std).to(memory_format=found)
+    assert layout_of(model) == found
     seen = set()
     conv = model.model.body[3]  # its input has 8 channels, so the two layouts differ
     conv.register_forward_pre_hook(lambda module, args: seen.add(
@@ -154,5 +156,5 @@ def test_training_runs_in_its_layout_and_hands_the_model_back_channels_last():
     trainer = Trainer(model, data, [0.5, 1.0], "data", TrainingSettings(epochs=1, batch_size=16), 0, "cpu")
     for _ in range(2):
         trainer.next_stage()
-        assert conv.weight.is_contiguous(memory_format=LAYOUT) and not conv.weight.is_contiguous()
+        assert layout_of(model) == found and conv.weight.is_contiguous(memory_format=found)
     assert seen == {(True, True)}  # every forward in train mode, the BatchNorm recompute's too
