@@ -9,21 +9,6 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-# The memory format a run keeps its model in (synthesis, features, probes): channels-last, measured
-# faster for input-gradient steps at 8x8 and 32x32 alike. Training picks its own per image size
-# (toolkit.training.training_layout) and hands the model back as it found it.
-LAYOUT = torch.channels_last
-
-
-def layout_of(model: nn.Module) -> torch.memory_format:
-    """The memory format of ``model``'s 4-D weights: channels-last where one is laid out so, else
-    contiguous (also where no weight tells, e.g. one input channel and a 1x1 kernel)."""
-    for weight in model.parameters():
-        if weight.dim() == 4 and not weight.is_contiguous() and \
-                weight.is_contiguous(memory_format=torch.channels_last):
-            return torch.channels_last
-    return torch.contiguous_format
-
 
 class NormalizedClassifier(nn.Module):
     """A classifier that takes pixels in [0, 1] and normalises them by the dataset's mean and std.
@@ -95,7 +80,7 @@ def step_flops(model: nn.Module, shape: Sequence[int], device: torch.device | st
     frozen, so it computes no weight gradients), as PyTorch's FLOP counter counts them (the matrix
     products and convolutions), on ``device``, where the model lies. The model's weights, mode and
     gradients are left as they were."""
-    x = torch.zeros(2, *shape, device=device).contiguous(memory_format=LAYOUT)
+    x = torch.zeros(2, *shape, device=device).contiguous(memory_format=torch.channels_last)
     with frozen(model), FlopCounterMode(display=False) as counter:
         x.requires_grad_(True)
         loss = F.cross_entropy(model(x), torch.zeros(2, dtype=torch.int64, device=device),

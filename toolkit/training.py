@@ -15,7 +15,6 @@ from toolkit.data import ImageDataset
 from toolkit.distributed import World
 from toolkit.errors import UsageError
 from toolkit.hardware import check_stage_precision
-from toolkit.model import LAYOUT, layout_of
 from toolkit.progress import ProgressBar, progress_bar
 
 
@@ -45,19 +44,6 @@ class Stage:
     finite: bool = True  # every training loss of the stage was finite
 
 
-# Small images train contiguous on the CPU: ResNet18's training step at batch 32 ran 1.1-1.8x faster
-# than channels-last at 8x8 (1-2 threads, AVX512 and AVX2), 1.1-1.3x at 6x6, about 1.04x at 16x16,
-# but 0.8-1.0x at 32x32 (benchmarks/README.md). Larger images, sizes not measured and GPUs keep
-# channels-last.
-CONTIGUOUS_MAX_PIXELS = 16 * 16
-
-
-def training_layout(image_size: Sequence[int], device: torch.device | str) -> torch.memory_format:
-    """The memory format training runs in, for images of ``image_size`` ``(H, W)`` on ``device``."""
-    small = image_size[0] * image_size[1] <= CONTIGUOUS_MAX_PIXELS
-    return torch.contiguous_format if small and torch.device(device).type == "cpu" else LAYOUT
-
-
 def nested_stratified_subsets(labels: torch.Tensor, fractions: Sequence[float],
                               generator: torch.Generator) -> list[torch.Tensor]:
     """Index sets holding each fraction of every class, each one containing the ones before it.
@@ -70,10 +56,9 @@ def nested_stratified_subsets(labels: torch.Tensor, fractions: Sequence[float],
             for f in fractions]
 
 
-def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torch.Generator,
-            layout: torch.memory_format = LAYOUT) -> torch.Tensor:
-    """Random crop after zero padding and random horizontal flip, batched on tensors, in
-    ``layout``."""
+def augment(images: torch.Tensor, crop_padding: int, flip: bool,
+            generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding and random horizontal flip, batched on tensors."""
     n, _, h, w = images.shape
     if crop_padding:
         p = crop_padding
@@ -87,7 +72,7 @@ def augment(images: torch.Tensor, crop_padding: int, flip: bool, generator: torc
     if flip:
         mirrored = (torch.rand(n, generator=generator) < 0.5).to(images.device).view(n, 1, 1, 1)
         images = torch.where(mirrored, images.flip(3), images)
-    return images.contiguous(memory_format=layout)
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 def to_pixels(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -97,7 +82,7 @@ def to_pixels(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.device | str,
-                        batch_size: int = 512, layout: torch.memory_format = LAYOUT) -> None:
+                        batch_size: int = 512) -> None:
     """Set every BatchNorm's running statistics to the exact averages over ``images`` (uint8).
 
     The moving averages lag the weights, badly so after the few steps of an early stage on a small
@@ -117,7 +102,7 @@ def recompute_batchnorm(model: nn.Module, images: torch.Tensor, device: torch.de
     if len(starts) > 1 and len(images) - starts[-1] == 1:
         starts.pop()  # BatchNorm cannot take a batch of one image in train mode
     for start, end in zip(starts, starts[1:] + [len(images)]):
-        model(to_pixels(images[start:end], device).contiguous(memory_format=layout))
+        model(to_pixels(images[start:end], device).contiguous(memory_format=torch.channels_last))
     for m, momentum in zip(norms, momenta):
         m.momentum = momentum
     model.train(was_training)
@@ -145,8 +130,7 @@ class Trainer:
     rate per stage. After each stage the BatchNorm statistics are recomputed over the images seen
     (:func:`recompute_batchnorm`). Schedule ``epochs``: one cosine run of ``epochs`` epochs on the
     whole set, interrupted at fraction t of its steps. The consumer may use the model between
-    stages (in eval mode, in the memory format it came in); training resumes in train mode, in the
-    memory format :func:`training_layout` picks for the images.
+    stages (in eval mode); training resumes in train mode.
 
     :meth:`state_dict` holds everything the next stage depends on (weights, optimizer, random
     generator, position), so a trainer restored with :meth:`load_state_dict` trains the remaining
@@ -158,7 +142,6 @@ class Trainer:
                  world: World = World()):
         self.model, self.data, self.settings, self.device = model, data, settings, device
         self.world = world
-        self.layout = training_layout(data.train_images.shape[-2:], device)
         # Data-parallel training: every rank draws the same batches and augmentations from the same
         # generator, takes its slice of each batch, and DistributedDataParallel averages the
         # gradients, so all ranks hold the same weights (and state) at every step.
@@ -169,7 +152,6 @@ class Trainer:
                                  f"{world.size} ranks; each rank needs at least one image per batch")
             if torch.device(device).type == "cuda":  # BatchNorm over the whole batch (CUDA only)
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model.to(memory_format=self.layout)  # DDP lays its gradient buckets out as the weights
             self._forward = nn.parallel.DistributedDataParallel(
                 model, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda"
                 else None)
@@ -220,8 +202,7 @@ class Trainer:
         train_x, train_y = self._train_x, self._train_y
         bar = progress(f"train {fraction:.0%} (interval {self.stage_index + 1}/{len(self._stops)})",
                        mark - self._step)
-        found = layout_of(model)
-        model.to(memory_format=self.layout).train()
+        model.train()
         finite = torch.ones((), dtype=torch.bool, device=self.device)
         while self._step < mark:
             offset = self._step % per_epoch
@@ -232,7 +213,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * self._step / total))
             images = augment(to_pixels(train_x[batch], self.device), settings.crop_padding,
-                             settings.flip, self.generator, self.layout)
+                             settings.flip, self.generator)
             labels = train_y[batch]
             if self.world.distributed:
                 images = images.tensor_split(self.world.size)[self.world.rank]
@@ -253,8 +234,7 @@ class Trainer:
             self._step += 1
             bar.update(1)
         bar.close()
-        recompute_batchnorm(model, train_x[subset.to(self.device)], self.device, layout=self.layout)
-        model.to(memory_format=found)
+        recompute_batchnorm(model, train_x[subset.to(self.device)], self.device)
         self.stage_index += 1
         return Stage(fraction, len(subset), accuracy(model, self._test_x, self.data.test_labels,
                                                      self.device), self.world.all_true(bool(finite)))

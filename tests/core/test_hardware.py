@@ -13,7 +13,7 @@ from toolkit import hardware
 from toolkit.config import PRECISIONS
 from toolkit.hardware import stage_precision
 from toolkit.stages import train as train_stage
-from toolkit.training import TrainingSettings, training_layout
+from toolkit.training import TrainingSettings
 
 AMX = "processor : 0\nflags\t\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile\n"
 AVX2 = "processor : 0\nflags\t\t: fpu sse2 avx2 fma\n"
@@ -127,34 +127,3 @@ def test_each_precision_says_what_each_stage_runs_at(precision, training, synthe
 
 def test_every_precision_the_options_allow_is_auto_or_one_the_stages_know():
     assert set(PRECISIONS) == {"auto"} | set(hardware.STAGES)
-
-
-@pytest.mark.parametrize("size, device, layout", [
-    ((8, 8), "cpu", torch.contiguous_format), ((16, 16), "cpu", torch.contiguous_format),
-    ((17, 17), "cpu", torch.channels_last), ((32, 32), "cpu", torch.channels_last),
-    ((8, 8), "cuda", torch.channels_last)])
-def test_small_images_train_contiguous_on_the_cpu_and_all_else_channels_last(size, device, layout):
-    assert training_layout(size, device) == layout
-
-
-@pytest.mark.parametrize("found", [torch.channels_last, torch.contiguous_format])
-def test_training_runs_in_its_layout_and_hands_the_model_back_as_it_came(found):
-    """The tiny data's 6x6 images train contiguous; between stages (synthesis, features) the model
-    is in the layout it came in: a run's is channels-last (toolkit.model.LAYOUT)."""
-    from conftest import TinyCNN, make_tiny_dataset
-    from toolkit.model import NormalizedClassifier, layout_of
-    from toolkit.training import Trainer
-
-    data = make_tiny_dataset()
-    torch.manual_seed(0)
-    model = NormalizedClassifier(TinyCNN(3, 1, 6), data.mean, data.std).to(memory_format=found)
-    assert layout_of(model) == found
-    seen = set()
-    conv = model.model.body[3]  # its input has 8 channels, so the two layouts differ
-    conv.register_forward_pre_hook(lambda module, args: seen.add(
-        (args[0].is_contiguous(), module.weight.is_contiguous())) if module.training else None)
-    trainer = Trainer(model, data, [0.5, 1.0], "data", TrainingSettings(epochs=1, batch_size=16), 0, "cpu")
-    for _ in range(2):
-        trainer.next_stage()
-        assert layout_of(model) == found and conv.weight.is_contiguous(memory_format=found)
-    assert seen == {(True, True)}  # every forward in train mode, the BatchNorm recompute's too
