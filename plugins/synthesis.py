@@ -59,8 +59,9 @@ _TINY = 1e-12
 # torch.compile wrappers, one per model, so every call on the same model reuses its compiled code.
 _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module]" = weakref.WeakKeyDictionary()
 # Smaller batches (a queue's tail, a short queue) run eagerly: one compiled graph then serves every
-# batch of a run. Dynamo specialises a batch of 1, and the convolution's fake kernel guards on
-# ``16 <= batch``, so without this floor each of 1, 2-15 and 16+ compiled anew (TORCH_LOGS=recompiles).
+# batch of a run. Dynamo specialises a batch of 1, and in fp32 on the CPU the convolution's fake
+# kernel guards on ``16 <= batch``, so without this floor each of 1, 2-15 and 16+ compiled anew
+# (TORCH_LOGS=recompiles). A run whose batches all stay under it compiles nothing.
 COMPILED_MIN_BATCH = 16
 
 # Fold BatchNorms into convolutions for synthesis (switched off only to measure what it buys).
