@@ -49,7 +49,7 @@ from toolkit.model import step_flops
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import gemm_limits, machine, resnet18, synthesis_rate  # noqa: E402 (shared helpers)
 from precision import (cifar_study, compare, numbers_of, report, run, speed_row,  # noqa: E402
-                       study_parser, verdict_rows)
+                       study_parser, study_tables, verdict_rows)
 
 
 def rates(size: int, channels: int, rounds: int,
@@ -121,12 +121,7 @@ def main() -> None:
             if size == 32:  # the lowest speed-up: auto compiles only where every round gained
                 measured[precision] = (low, seconds, gflops)
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="compile-"))
-    work.mkdir(parents=True, exist_ok=True)
-    speed = ["| run | precision | training | synthesis | image-steps | image-steps/s | wall |",
-             "|---|---|---|---|---|---|---|"]
-    verdict = ["| study | quantity | max abs compiled - eager | tolerance | within | scale |",
-               "|---|---|---|---|---|---|"]
+    work, speed, verdict = study_tables(args, "compile-", "compiled - eager")
 
     paid = {}  # study -> what compiling cost it: compiled synthesis less eager over the speed-up
 

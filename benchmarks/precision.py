@@ -140,6 +140,19 @@ def cifar_study(args: argparse.Namespace, work: Path) -> dict:
                 crop_padding=4, flip=True, lr=0.1, max_steps=100, metrics=("cosine", "zscore"))
 
 
+def study_tables(args: argparse.Namespace, prefix: str,
+                 difference: str) -> tuple[Path, list[str], list[str]]:
+    """The folder for the runs (``--work``, else a new temporary one named ``prefix...``) and the
+    headers of the speed table and of the verdict table, whose differences are ``difference``."""
+    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    speed = ["| run | precision | training | synthesis | image-steps | image-steps/s | wall |",
+             "|---|---|---|---|---|---|---|"]
+    verdict = [f"| study | quantity | max abs {difference} | tolerance | within | scale |",
+               "|---|---|---|---|---|---|"]
+    return work, speed, verdict
+
+
 def report(out: Path, header: str, began: float, body: str) -> None:
     """Print the Markdown report (the machine, the command and its seconds, then ``body``) and write
     it to ``out``."""
@@ -158,12 +171,7 @@ def main() -> None:
     header = machine()
     print(header, flush=True)
     start = gemm_limits()
-    work = args.work or Path(tempfile.mkdtemp(prefix="precision-"))
-    work.mkdir(parents=True, exist_ok=True)
-    speed = ["| run | precision | training | synthesis | image-steps | image-steps/s | wall |",
-             "|---|---|---|---|---|---|---|"]
-    verdict = ["| study | quantity | max abs bf16 - fp32 | tolerance | within | scale |",
-               "|---|---|---|---|---|---|"]
+    work, speed, verdict = study_tables(args, "precision-", "bf16 - fp32")
 
     digits = dict(model="resnet18", dataset="digits")
     f32, wall = run(work / "digits-fp32.nc", precision="fp32", **digits)
