@@ -28,7 +28,7 @@ import platform
 import shutil
 import sysconfig
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from toolkit.errors import UsageError
 
@@ -45,7 +45,7 @@ BF16_MIN_PIXELS = BF16_MIN_SIDE ** 2  # images with fewer pixels stay fp32 under
 class Measured(NamedTuple):
     """What ``benchmarks/compile.py`` measured of compiled synthesis on one kind of device."""
 
-    speedup: float  # the lowest over eager in alternating rounds (ResNet18, 32x32, batch 128)
+    speedup: float  # over eager: speedup_bound of alternating rounds (ResNet18, 32x32, batch 128)
     compile_s: float  # what compiling cost a whole study from a cold cache (else one compile)
     gflops: float  # the eager rate
     threads: int  # torch's threads when measured
@@ -62,6 +62,30 @@ COMPILE_MEASURED: dict[str, dict[str, Measured]] = {
     "cpu:avx512_bf16": {"fp32": Measured(0.91, 18.5, 284.6, 2),  # AMD EPYC, Zen 5
                         "bf16": Measured(0.96, 10.3, 720.6, 2)},
 }
+# How sure auto must be that compiling is faster: the one-sided confidence of speedup_bound.
+COMPILE_CONFIDENCE = 0.95
+
+
+def speedup_bound(ratios: Sequence[float], confidence: float = COMPILE_CONFIDENCE) -> float:
+    """The speed-up that ``--compile auto`` credits compiling with, from alternating rounds'
+    ratios (compiled over eager rate): the one-sided ``confidence`` lower bound (Student's t) on
+    their geometric mean.
+
+    Fixed on 2026-12-05, before the runs that fill :data:`COMPILE_MEASURED` under it
+    (docs/performance.md). The rule before it kept the lowest round, which falls as rounds are
+    added; this bound rises with them where compiling is faster, and stays low where the rounds
+    scatter."""
+    import numpy as np
+    from scipy import stats
+
+    ratios = np.asarray(ratios, dtype=float)
+    if len(ratios) < 3 or not np.all(np.isfinite(ratios) & (ratios > 0)):
+        raise ValueError(f"speedup_bound needs 3 or more positive ratios, not {ratios.tolist()}")
+    logs = np.log(ratios)
+    margin = stats.t.ppf(confidence, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    return float(np.exp(logs.mean() - margin))
+
+
 # A low guess of the steps an image takes before it converges (the means measured, image-steps over
 # images in benchmarks/precision-cpu-zen5.md: 24 on digits, 80 on a CIFAR-10 subset), so that auto
 # compiles only where even quickly converging images pay for it.

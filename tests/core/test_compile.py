@@ -6,8 +6,10 @@ runs spy on the synthesizer's ``torch.compile`` wrapper, so nothing here compile
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -100,6 +102,23 @@ def test_the_measured_table_compiles_no_default_study_on_the_cpus_measured(cpu):
     cpu(ZEN5)
     assert hardware.resolve_compile("auto", CPU, "bf16", no_work, 2)[1] == (
         "auto: torch.compile measured no faster on cpu:avx512_bf16 in bf16 (0.96x)")
+
+
+def test_the_speedup_credited_is_a_lower_confidence_bound_on_the_rounds_geometric_mean():
+    # logs 0, 0.1, 0.2: mean 0.1, standard deviation 0.1; Student's t (0.95, 2 dof) = 2.919986
+    assert hardware.speedup_bound(np.exp([0.0, 0.1, 0.2])) == pytest.approx(
+        math.exp(0.1 - 2.919986 * 0.1 / math.sqrt(3)), rel=1e-6)
+    assert hardware.speedup_bound([1.2] * 4) == pytest.approx(1.2)  # rounds that agree: no margin
+    scattered = [0.91, 1.33, 1.29, 1.17, 1.31]
+    assert hardware.speedup_bound(scattered) < math.exp(np.mean(np.log(scattered)))
+    # unlike the lowest round, it does not fall as more rounds like the first ones come in
+    assert hardware.speedup_bound(scattered * 2) > hardware.speedup_bound(scattered) > min(scattered)
+
+
+@pytest.mark.parametrize("ratios", [[1.1, 1.2], [1.1, 0.0, 1.2], [1.1, float("nan"), 1.2]])
+def test_the_speedup_bound_needs_three_positive_rounds(ratios):
+    with pytest.raises(ValueError, match="3 or more positive ratios"):
+        hardware.speedup_bound(ratios)
 
 
 def test_the_table_holds_kinds_and_precisions_that_exist():
