@@ -209,9 +209,13 @@ def combine(entries: Sequence[Entry], results: Sequence[xr.Dataset], dataset: st
     scores = [score_values(ds) for ds in results]
     names = sorted(scores[0])
     configs = [ds.attrs.get("config", "") for ds in results]
+    # the rest of each model's attributes: versions, device, timings, precision and compile with why
+    own = [json.dumps({k: v.item() if isinstance(v, np.generic) else v
+                       for k, v in ds.attrs.items() if k != "config"}, sort_keys=True, default=str)
+           for ds in results]
     parts = [ds.copy() for ds in results]
     for part in parts:
-        part.attrs = {}  # each model's provenance goes to model_config; the file gets its own
+        part.attrs = {}  # each model's go to model_config and model_attrs; the file gets its own
     combined = xr.concat(parts, dim="model", join="outer", data_vars="all", coords="minimal",
                          compat="override", combine_attrs="drop")
     combined = combined.assign_coords(
@@ -227,6 +231,8 @@ def combine(entries: Sequence[Entry], results: Sequence[xr.Dataset], dataset: st
                                                 "test accuracy (0: none claimed)"})
     combined["model_config"] = (("model",), np.array(configs, dtype=object),
                                 {"long_name": "each model's analysis configuration (JSON)"})
+    combined["model_attrs"] = (("model",), np.array(own, dtype=object),
+                               {"long_name": "each model's own results attributes but config (JSON)"})
     combined["test_accuracy"] = combined["test_accuracy"].isel(interval=-1)
     combined.attrs.update(provenance(json.dumps(dict(options), sort_keys=True), dataset=dataset,
                                      ranked_by=by, toolkit_rank_version=RANK_FORMAT))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 
 import numpy as np
@@ -47,7 +48,11 @@ def test_rank_five_models_into_one_file_with_a_model_dimension(tiny_plugin, zoo,
         assert list(ds["sha256"].values) == [hashlib.sha256(p.read_bytes()).hexdigest() for p in zoo]
         assert [str(w) for w in ds["weights"].values] == [str(p.resolve()) for p in zoo]
         accuracy = ds["test_accuracy"].values
+        own = [json.loads(a) for a in ds["model_attrs"].values]
     assert accuracy.shape == (5,) and accuracy[-1] > accuracy[0]
+    # each model's run as its own file recorded it: what ran, how fast, and why so
+    assert all({"precision", "compile", "compile_reason", "image_steps"} <= set(a) for a in own)
+    assert all(a["compile"] == 0 and "config" not in a for a in own)
     assert sorted(report.order()) == sorted(p.stem for p in zoo)
     names = {c.score for c in report.correlations}
     assert "C_minus_R" in names and all(c.models == 5 for c in report.correlations)
