@@ -49,8 +49,7 @@ def cpu(monkeypatch):
     (AMX, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:amx_bf16 in fp32 (1.00x)"),
     (AMX, "cpu", "bf16", "auto: torch.compile was not measured on cpu:amx_bf16 in bf16"),
     (AVX2, "cpu", "fp32", "auto: torch.compile was not measured on cpu in fp32"),
-    (ZEN5, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:avx512_bf16 in fp32 (0.91x)"),
-    (ZEN5, "cpu", "bf16", "auto: torch.compile measured no faster on cpu:avx512_bf16 in bf16 (0.96x)"),
+    (ZEN5, "cpu", "fp32", "auto: torch.compile measured no faster on cpu:avx512_bf16 in fp32 (0.96x)"),
     (ZEN5, "cuda", "bf16", "auto: torch.compile was not measured on cuda in bf16"),
 ])
 def test_auto_leaves_eager_what_was_not_measured_faster(cpu, flags, device, precision, reason):
@@ -83,25 +82,25 @@ def test_auto_compiles_where_the_saved_time_beats_the_compile_time(cpu, monkeypa
     assert hardware.resolve_compile("auto", CPU, "bf16", work(0.2, 8_100), 16)[0] is True
 
 
-def test_the_measured_table_compiles_no_default_study_on_the_cpus_measured(cpu):
+@pytest.mark.parametrize("flags, compiled", [(ZEN5, {"cifar100"}), (AMX, set()), (AVX2, set())])
+def test_the_measured_table_compiles_only_cifar100s_default_study_on_a_zen5(cpu, flags, compiled):
     """What the committed measurements decide for the default study (7 intervals, 5 seeds) of
-    ResNet18 on CIFAR-100 and CIFAR-10 (32x32) and on digits (8x8), on 2 threads: n prototypes
-    and n(n-1) intermediaries per seed and interval. Not even CIFAR-100's 350,000 images compile:
-    on every CPU measured, some round of compiled synthesis was no faster than eager (and bf16 was
-    measured on the Zen 5 alone)."""
+    ResNet18 on CIFAR-100 and CIFAR-10 (32x32) and on digits (8x8), on 2 threads, in the precision
+    auto synthesises at: n prototypes and n(n-1) intermediaries per seed and interval. On the Zen
+    5 kind bf16 synthesis was measured 1.02x faster compiled (the bound), which pays for
+    CIFAR-100's 350,000 images (hours) and not CIFAR-10's 3,500; fp32 (digits) no faster; the AMX
+    Xeon's bf16 and CPUs without bf16 units not measured."""
     resnet18 = toolkit.plugins.get_registry("model").get("resnet18").obj
-
-    def study(n: int, channels: int, size: int):
-        return lambda: (step_flops(resnet18(n, channels, size), (channels, size, size)), 7 * 5 * n * n, 10)
-
-    for flags in (ZEN5, AMX, AVX2):
-        cpu(flags)
-        for precision in ("fp32", "bf16"):
-            for run in (study(100, 3, 32), study(10, 3, 32), study(10, 1, 8)):
-                assert hardware.resolve_compile("auto", CPU, precision, run, 2)[0] is False
-    cpu(ZEN5)
-    assert hardware.resolve_compile("auto", CPU, "bf16", no_work, 2)[1] == (
-        "auto: torch.compile measured no faster on cpu:avx512_bf16 in bf16 (0.96x)")
+    cpu(flags)
+    decided = set()
+    for name, n, channels, size in (("cifar100", 100, 3, 32), ("cifar10", 10, 3, 32),
+                                    ("digits", 10, 1, 8)):
+        precision = hardware.stage_precision(
+            hardware.resolve_precision("auto", CPU, (size, size))[0], "synthesis")
+        flops = step_flops(resnet18(n, channels, size), (channels, size, size))
+        if hardware.resolve_compile("auto", CPU, precision, lambda: (flops, 7 * 5 * n * n, 10), 2)[0]:
+            decided.add(name)
+    assert decided == compiled
 
 
 def test_the_speedup_credited_is_a_lower_confidence_bound_on_the_rounds_geometric_mean():
@@ -189,8 +188,9 @@ def test_a_run_records_what_auto_chose_and_why(cpu, tiny_plugin, tmp_path, monke
     cpu(ZEN5)
     ds = toolkit.analyze(**RUN, out=tmp_path / "fp32.nc")  # the tiny data's 6x6 images: fp32
     assert ds.attrs["compile"] == 0
-    assert ds.attrs["compile_reason"] == ("auto: torch.compile measured no faster on cpu:avx512_bf16 "
-                                          "in fp32 (0.91x)")
+    measured = hardware.COMPILE_MEASURED["cpu:avx512_bf16"]["fp32"].speedup
+    assert measured <= 1 and ds.attrs["compile_reason"] == (
+        f"auto: torch.compile measured no faster on cpu:avx512_bf16 in fp32 ({measured:.2f}x)")
     monkeypatch.setattr(hardware, "BF16_MIN_PIXELS", 6 * 6)  # now bf16 synthesis, faster but too short
     monkeypatch.setattr(hardware, "COMPILE_MEASURED",
                         {"cpu:avx512_bf16": {"bf16": hardware.Measured(1.07, 47.0, 736.0, 2)}})
