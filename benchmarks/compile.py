@@ -154,7 +154,7 @@ def main() -> None:
 
     # where compiling is faster (the bound above 1), charge it what the dearest study paid
     cost = max(paid.values())
-    rows = ", ".join(f'"{precision}": Measured({bound:.2f}, {cost if bound > 1 else seconds:.1f}, '
+    rows = ", ".join(f'"{precision}": Measured({bound:.3f}, {cost if bound > 1 else seconds:.1f}, '
                      f"{gflops:.1f}, {torch.get_num_threads()})"
                      for precision, (bound, seconds, gflops) in measured.items())
     paste = f'"{device_kind(torch.device("cpu"))}": {{{rows}}}'

@@ -61,8 +61,8 @@ class Measured(NamedTuple):
 # is one timing); at 1.00x it compiles nothing either way.
 COMPILE_MEASURED: dict[str, dict[str, Measured]] = {
     "cpu:amx_bf16": {"fp32": Measured(1.00, 30.0, 255.0, 2)},  # Intel Xeon, AMX
-    "cpu:avx512_bf16": {"fp32": Measured(0.96, 21.3, 309.5, 2),  # AMD EPYC, Zen 5
-                        "bf16": Measured(1.02, 24.2, 734.1, 2)},
+    "cpu:avx512_bf16": {"fp32": Measured(0.960, 21.3, 309.5, 2),  # AMD EPYC, Zen 5
+                        "bf16": Measured(1.019, 24.2, 734.1, 2)},
 }
 # How sure auto must be that compiling is faster: the one-sided confidence of speedup_bound.
 COMPILE_CONFIDENCE = 0.95
