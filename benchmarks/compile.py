@@ -21,7 +21,7 @@ machine, and the check that compiling changes nothing but rounding:
 
 It ends with the row to put into ``toolkit.hardware.COMPILE_MEASURED`` for this kind of device:
 the speed-up's lower bound (``toolkit.hardware.speedup_bound`` of the rounds: one-sided 95 %,
-geometric mean), what the dearest study paid compiling (one compile's time where the bound is not
+geometric mean; the rounds are printed to 4 decimals, the bound to 3), what the dearest study paid compiling (one compile's time where the bound is not
 above 1), the eager GFLOP/s and the threads.
 """
 from __future__ import annotations
@@ -44,7 +44,8 @@ atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_err
 import torch  # noqa: E402 (after the cache's folder is set)
 
 import toolkit
-from toolkit.hardware import device_kind, resolve_precision, speedup_bound, stage_precision
+from toolkit.hardware import (COMPILE_CONFIDENCE, device_kind, resolve_precision, speedup_bound,
+                              stage_precision)
 from toolkit.model import step_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,9 +77,18 @@ def rates(size: int, channels: int, rounds: int,
         ratios = [c / e for e, c in zip(eager, compiled)]
         out.append((precision, statistics.median(eager), statistics.median(compiled), ratios,
                     first_compiled - first, batch))
-        print(f"{size}x{size} {precision}: speed-ups {', '.join(f'{r:.2f}' for r in ratios)}; "
+        print(f"{size}x{size} {precision}: speed-ups {', '.join(f'{r:.4f}' for r in ratios)}; "
               f"compiling {first_compiled - first:.1f} s", flush=True)
     return out
+
+
+SPEEDUP_HEADER = f"speed-ups: lowest, median, highest | {COMPILE_CONFIDENCE:.0%} lower bound"
+
+
+def speedup_cells(ratios: list[float]) -> str:
+    """The two table cells under :data:`SPEEDUP_HEADER` for one run's rounds."""
+    return (f"{min(ratios):.2f}x, {statistics.median(ratios):.2f}x, {max(ratios):.2f}x | "
+            f"{speedup_bound(ratios):.3f}x")
 
 
 def cold(out: Path, **options) -> tuple[dict, float]:
@@ -111,17 +121,15 @@ def main() -> None:
     header = f"{machine()}; device kind {device_kind(torch.device('cpu'))}"
     print(header, flush=True)
     limits = gemm_limits()
-    table = ["| size | precision | eager image-steps/s | compiled | speed-ups: lowest, median, "
-             "highest | 95 % lower bound | compiling | eager GFLOP/s (of the limit) | batch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    table = [f"| size | precision | eager image-steps/s | compiled | {SPEEDUP_HEADER} | compiling | "
+             "eager GFLOP/s (of the limit) | batch |", "|---|---|---|---|---|---|---|---|---|"]
     measured, medians = {}, {}  # precision -> (speed-up's bound, one compile, GFLOP/s) at 32x32
     for size, channels in ((32, 3), (8, 1)):
         flops = step_flops(resnet18(10, channels, size), (channels, size, size))
         for precision, eager, compiled, ratios, seconds, batch in rates(size, channels, args.rounds):
             gflops, bound = eager * flops / 1e9, speedup_bound(ratios)
             table.append(f"| {size}x{size} | {precision} | {eager:,.1f} | {compiled:,.1f} | "
-                         f"{min(ratios):.2f}x, {statistics.median(ratios):.2f}x, "
-                         f"{max(ratios):.2f}x | {bound:.2f}x | {seconds:.1f} s | {gflops:,.0f} "
+                         f"{speedup_cells(ratios)} | {seconds:.1f} s | {gflops:,.0f} "
                          f"({gflops / limits[precision]:.0%}) | {batch} |")
             medians[size, precision] = statistics.median(ratios)
             if size == 32:  # the model auto decides for is ResNet18 at 32x32

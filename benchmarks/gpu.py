@@ -11,8 +11,9 @@
 3. times the ``prototype`` synthesizer (ResNet18, CIFAR-sized 3x32x32 images, random weights, the
    GPU's automatic micro-batch) and the training step (forward, backward, SGD) in fp32 and bf16,
    each in GFLOP/s as a fraction of the same precision's limit;
-4. times the same synthesis compiled against eager in alternating rounds (``benchmarks/compile.py``:
-   the lowest speed-up, one compile's time, the eager GFLOP/s), toward a CUDA row of
+4. times the same synthesis compiled against eager in 10 alternating rounds
+   (``benchmarks/compile.py``: the speed-ups and their 95 % lower bound, one compile's time, the
+   eager GFLOP/s), toward a CUDA row of
    ``toolkit.hardware.COMPILE_MEASURED``, which also needs what a whole study pays compiling;
 5. runs a short CIFAR-sized study end to end with ``--precision auto`` (the CIFAR-10 archive with
    ``--archive``, else a made-up 10-class 3x32x32 dataset that needs no file) and prints its
@@ -37,10 +38,11 @@ from toolkit.plugins import get_plugin_manager
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import DTYPES, gemm_gflops, machine, resnet18, synthesis_rate  # noqa: E402
-from compile import rates  # noqa: E402 (empties inductor's cache: compiles are timed cold)
+from compile import SPEEDUP_HEADER, rates, speedup_cells  # noqa: E402 (empties inductor's cache)
 from train_step import train_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = 10  # alternating eager and compiled timings, as benchmarks/compile.py's default
 
 
 def gpu_synthesis_rate(device: str, precision: str, steps: int = 20) -> tuple[float, int, float]:
@@ -129,16 +131,16 @@ def main() -> int:
         print("\n".join(rows[-3:]), flush=True)
     sections.append("\n".join(rows))
     # what --compile auto would need for a row of toolkit.hardware.COMPILE_MEASURED on this GPU
-    rows = ["| torch.compile, synthesis, ResNet18 3x32x32 | precision | speed-up: lowest, median | "
-            "one compile | eager GFLOP/s |", "|---|---|---|---|---|"]
+    rows = [f"| torch.compile, synthesis, ResNet18 3x32x32 | precision | {SPEEDUP_HEADER} | "
+            "one compile | eager GFLOP/s |", "|---|---|---|---|---|---|"]
     flops = step_flops(resnet18(10, 3, 32), (3, 32, 32))
     try:  # a GPU machine without triton's toolchain must not cost the rest of the report
-        for precision, eager, _, low, median, seconds, batch in rates(32, 3, 3, device=args.device):
-            rows.append(f"| batch {batch}, 3 alternating rounds | {precision} | {low:.2f}x, "
-                        f"{median:.2f}x | {seconds:.1f} s | {eager * flops / 1e9:,.0f} |")
+        for precision, eager, _, ratios, seconds, batch in rates(32, 3, ROUNDS, device=args.device):
+            rows.append(f"| batch {batch}, {ROUNDS} alternating rounds | {precision} | "
+                        f"{speedup_cells(ratios)} | {seconds:.1f} s | {eager * flops / 1e9:,.0f} |")
             print(rows[-1], flush=True)
     except Exception as error:  # noqa: BLE001 (recorded in the report instead)
-        rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | | | | |")
+        rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | | | | | |")
     sections.append("\n".join(rows))
     with tempfile.TemporaryDirectory() as folder:
         sections.append("Short study (`--precision auto`):\n\n```\n" + study(args.device, args.archive,

@@ -10,9 +10,11 @@ percentile bootstrap interval over models; test accuracy is never used to comput
 
 The results file has the dimension ``model`` before the dimensions of an ``analyze`` file
 (coordinate ``model``: a name per model, with the non-dimension coordinates ``model_name`` (the
-registered architecture), ``weights`` (the file's path) and ``sha256``), the variable ``scores``
-``(model, score)`` (coordinate ``score``: the names) and ``test_accuracy`` ``(model)``. Models of different feature widths share
-the ``feature`` dimension, padded with NaN.
+registered architecture), ``weights`` (the file's path) and ``sha256``), the variables ``scores``
+``(model, score)`` (coordinate ``score``: the names), ``score_expected`` ``(score)``,
+``test_accuracy`` ``(model)``, and ``model_config`` and ``model_attrs`` ``(model)`` (JSON: each
+model's configuration, and the rest of its own file's attributes). Models of different feature
+widths share the ``feature`` dimension, padded with NaN.
 """
 from __future__ import annotations
 

@@ -74,9 +74,9 @@ SPEED_ATTRS = {
     "time_probes_s": "wall time spent in plugin probes (register_probes), in seconds",
     "image_steps": "input-gradient steps taken, summed over every image of every grid",
     "precision": "fp32, bf16 (autocast: training and synthesis) or bf16-synthesis (fp32 training)",
-    "compile": "1 if synthesis was run through torch.compile (asked for, or auto's choice: "
-               "compile_reason), else 0; the built-in synthesizers run batches under 16 images "
-               "eagerly, so a run whose batches all stay under 16 compiles nothing",
+    "compile": "1 if torch.compile was switched on for synthesis (asked for, or auto's choice: "
+               "compile_reason), else 0; even then the built-in synthesizers run batches under 16 "
+               "images eagerly, so a run whose batches all stay under 16 compiles nothing",
     "synthesis_batch_size": "micro-batch size of the synthesis work queue",
 }
 
