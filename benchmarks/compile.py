@@ -54,19 +54,21 @@ from precision import (cifar_study, compare, numbers_of, report, run, speed_row,
                        study_parser, study_tables, verdict_rows)
 
 
-def rates(size: int, channels: int, rounds: int,
-          device: str = "cpu") -> list[tuple[str, float, float, list[float], float, int]]:
+def rates(size: int, channels: int, rounds: int, device: str = "cpu", batch: int | None = None,
+          steps: int = 10) -> list[tuple[str, float, float, list[float], float, int]]:
     """(precision, eager and compiled image-steps/s (medians), the speed-ups of ``rounds``
-    alternating rounds, seconds compiling took, batch) of synthesis at ``size`` x
-    ``size`` on ``device``; a fresh model for each precision, so each compiles from scratch. Rounds
-    alternate, so that a slow spell of the machine hits both alike."""
+    alternating rounds, seconds compiling took, batch) of ``steps`` synthesis steps at ``size`` x
+    ``size`` on ``device`` (``batch``: default the device's own); a fresh model for each precision,
+    so each compiles from scratch. Rounds alternate, so that a slow spell of the machine hits both
+    alike."""
     out = []
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = resnet18(10, channels, size).to(device)
 
         def timed(compile: bool) -> tuple[float, int, float]:
-            return synthesis_rate(model, channels, size, 10, precision, compile=compile, device=device)
+            return synthesis_rate(model, channels, size, steps, precision, compile=compile,
+                                  device=device, batch=batch)
 
         _, batch, first = timed(False)
         _, _, first_compiled = timed(True)

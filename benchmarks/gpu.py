@@ -1,7 +1,7 @@
 """Everything a GPU machine should show, in one go: its tests, a short study, its rates.
 
     python benchmarks/gpu.py [--out benchmarks/results-gpu.md] [--archive cifar10-jpeg.zip]
-                             [--skip_tests] [--device cuda]
+                             [--skip_tests] [--device cuda] [--rehearse]
 
 (``benchmarks/gpu.sh`` is the same, for a shell.) On a CUDA machine it
 
@@ -19,7 +19,9 @@
    ``--archive``, else a made-up 10-class 3x32x32 dataset that needs no file) and prints its
    summary and speed line.
 
-It writes a Markdown report to ``--out``. Without CUDA it says so and exits 1.
+It writes a Markdown report to ``--out``. Without CUDA it says so and exits 1. ``--rehearse`` runs
+every step on the CPU at toy sizes (8x8 images, tiny batches, 3 rounds; the numbers mean nothing),
+so that a broken step shows up here, and in the slow tests, before scarce GPU time is spent on it.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -42,14 +45,34 @@ from compile import SPEEDUP_HEADER, rates, speedup_cells  # noqa: E402 (empties 
 from train_step import train_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ROUNDS = 10  # alternating eager and compiled timings, as benchmarks/compile.py's default
 
 
-def gpu_synthesis_rate(device: str, precision: str, steps: int = 20) -> tuple[float, int, float]:
-    """(image-steps per second, micro-batch, FLOPs per image-step) of ``prototype`` at 3x32x32."""
-    model = resnet18(10, 3, 32)
-    flops = step_flops(model, (3, 32, 32))
-    rate, batch, _ = synthesis_rate(model.to(device), 3, 32, steps, precision, device=device, repeats=2)
+class Scale(NamedTuple):
+    """How big each measurement is: the real one on a GPU, or a toy one to rehearse on a CPU."""
+
+    size: int  # image side (3 channels)
+    gemm: int | None  # GEMM side (None: gemm_gflops' default for the device)
+    gemm_seconds: float  # how long each GEMM timing runs
+    synthesis_batch: int | None  # None: the device's own
+    synthesis_steps: int
+    train_batch: int
+    rounds: int  # alternating eager and compiled timings
+    per_class: tuple[int, int]  # the made-up dataset's training and test images per class
+    study: dict[str, Any]  # analyze options of the short study
+
+
+FULL = Scale(32, None, 1.0, None, 20, 512, 10, (500, 100),  # 10 rounds: compile.py's default
+             dict(intervals=(0.5, 1.0), seeds=2, epochs=2, max_steps=100))
+REHEARSAL = Scale(8, 128, 0.05, 16, 2, 8, 3, (8, 4),  # 16: the compiled graph's smallest batch
+                  dict(intervals=(1.0,), seeds=1, epochs=1, max_steps=3))
+
+
+def gpu_synthesis_rate(device: str, precision: str, scale: Scale) -> tuple[float, int, float]:
+    """(image-steps per second, micro-batch, FLOPs per image-step) of ``prototype`` at 3 x size^2."""
+    model = resnet18(10, 3, scale.size)
+    flops = step_flops(model, (3, scale.size, scale.size))
+    rate, batch, _ = synthesis_rate(model.to(device), 3, scale.size, scale.synthesis_steps, precision,
+                                    device=device, repeats=2, batch=scale.synthesis_batch)
     return rate, batch, flops
 
 
@@ -58,34 +81,40 @@ class MadeUpCifar:
 
     __name__ = "gpu-benchmark-data"
 
+    def __init__(self, size: int = 32, per_class: tuple[int, int] = (500, 100)):
+        self.size, self.per_class = size, per_class
+
     @toolkit.hookimpl
     def register_datasets(self, register):
-        register("made-up-cifar", self.load, description="10 classes of 3x32x32 stripes (benchmark)")
+        register("made-up-cifar", self.load,
+                 description=f"10 classes of 3x{self.size}x{self.size} stripes (benchmark)")
 
-    @staticmethod
-    def load(root, download) -> toolkit.ImageDataset:
+    def load(self, root, download) -> toolkit.ImageDataset:
         g = torch.Generator().manual_seed(0)
+        side, stripe = self.size, max(1, self.size // 10)
 
         def split(per_class):
             labels = torch.arange(10).repeat_interleave(per_class)
-            images = torch.rand(len(labels), 3, 32, 32, generator=g) * 0.5
+            images = torch.rand(len(labels), 3, side, side, generator=g) * 0.5
             for index, label in enumerate(labels.tolist()):
-                images[index, label % 3, 3 * label:3 * label + 3, :] += 0.5
+                row = label * side // 10
+                images[index, label % 3, row:row + stripe, :] += 0.5
             return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
 
-        train_x, train_y = split(500)
-        test_x, test_y = split(100)
+        train_x, train_y = split(self.per_class[0])
+        test_x, test_y = split(self.per_class[1])
         return toolkit.ImageDataset("made-up-cifar", train_x, train_y, test_x, test_y,
                                     class_names=[f"stripe{c}" for c in range(10)])
 
 
-def study(device: str, archive: Path | None, folder: Path) -> str:
-    options = dict(model="resnet18", intervals=(0.5, 1.0), seeds=2, epochs=2, max_steps=100,
-                   device=device, precision="auto", progress=False, plots=False)
+def study(device: str, archive: Path | None, folder: Path, scale: Scale) -> str:
+    options = dict(model="resnet18", device=device, precision="auto", progress=False, plots=False,
+                   **scale.study)
     if archive:
         options.update(dataset="imagefolder", data_root=str(archive))
     else:
-        get_plugin_manager().register(MadeUpCifar(), name="gpu-benchmark-data")
+        get_plugin_manager().register(MadeUpCifar(scale.size, scale.per_class),
+                                      name="gpu-benchmark-data")
         options.update(dataset="made-up-cifar")
     began = time.perf_counter()
     ds = toolkit.analyze(out=folder / "study.nc", **options)
@@ -99,17 +128,28 @@ def main() -> int:
     parser.add_argument("--archive", type=Path, default=None, help="CIFAR-10 zip, ImageFolder layout")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--skip_tests", action="store_true")
+    parser.add_argument("--rehearse", action="store_true",
+                        help="every step on the CPU at toy sizes, to check the script itself")
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("gpu.py: no CUDA device here; run this on a GPU machine", file=sys.stderr)
+    scale = REHEARSAL if args.rehearse else FULL
+    if args.rehearse:
+        args.device = "cpu"
+    elif not torch.cuda.is_available():
+        print("gpu.py: no CUDA device here; run this on a GPU machine (or --rehearse on the CPU)",
+              file=sys.stderr)
         return 1
     # fp32 means fp32 (no TF32 in matmuls or convolutions), so fp32 rates compare with the fp32 limit
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     began = time.perf_counter()
-    name = torch.cuda.get_device_name(args.device)
-    header = f"{name} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(args.device)))}); host {machine()}"
+    if args.rehearse:
+        header = f"rehearsal on the CPU at toy sizes (its numbers mean nothing); host {machine()}"
+    else:
+        capability = ".".join(map(str, torch.cuda.get_device_capability(args.device)))
+        header = (f"{torch.cuda.get_device_name(args.device)} (compute capability {capability}); "
+                  f"host {machine()}")
     print(header, flush=True)
+    image = f"ResNet18 3x{scale.size}x{scale.size}"
     sections = []
     if not args.skip_tests:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p",
@@ -120,31 +160,35 @@ def main() -> int:
         print(sections[-1], flush=True)
     rows = ["| measurement | precision | result | GFLOP/s | of the GEMM limit |", "|---|---|---|---|---|"]
     for precision, dtype in DTYPES.items():
-        limit = gemm_gflops(dtype, device=args.device)
-        rows.append(f"| GEMM 8192x8192 | {precision} | | {limit:,.0f} | 100% |")
-        rate, batch, flops = gpu_synthesis_rate(args.device, precision)
-        rows.append(f"| synthesis, ResNet18 3x32x32, batch {batch} | {precision} | {rate:,.0f} "
+        limit = gemm_gflops(dtype, scale.gemm, scale.gemm_seconds, device=args.device)
+        side = scale.gemm or 8192
+        rows.append(f"| GEMM {side}x{side} | {precision} | | {limit:,.0f} | 100% |")
+        rate, batch, flops = gpu_synthesis_rate(args.device, precision, scale)
+        rows.append(f"| synthesis, {image}, batch {batch} | {precision} | {rate:,.0f} "
                     f"image-steps/s | {rate * flops / 1e9:,.0f} | {rate * flops / 1e9 / limit:.0%} |")
-        rate, flops = train_rate(batch=512, precision=precision, device=args.device)
-        rows.append(f"| training step, ResNet18 3x32x32, batch 512 | {precision} | {rate:,.0f} "
-                    f"images/s | {rate * flops / 1e9:,.0f} | {rate * flops / 1e9 / limit:.0%} |")
+        rate, flops = train_rate(batch=scale.train_batch, size=scale.size, precision=precision,
+                                 device=args.device)
+        rows.append(f"| training step, {image}, batch {scale.train_batch} | {precision} | "
+                    f"{rate:,.0f} images/s | {rate * flops / 1e9:,.0f} | "
+                    f"{rate * flops / 1e9 / limit:.0%} |")
         print("\n".join(rows[-3:]), flush=True)
     sections.append("\n".join(rows))
     # what --compile auto would need for a row of toolkit.hardware.COMPILE_MEASURED on this GPU
-    rows = [f"| torch.compile, synthesis, ResNet18 3x32x32 | precision | {SPEEDUP_HEADER} | "
+    rows = [f"| torch.compile, synthesis, {image} | precision | {SPEEDUP_HEADER} | "
             "one compile | eager GFLOP/s |", "|---|---|---|---|---|---|"]
-    flops = step_flops(resnet18(10, 3, 32), (3, 32, 32))
+    flops = step_flops(resnet18(10, 3, scale.size), (3, scale.size, scale.size))
     try:  # a GPU machine without triton's toolchain must not cost the rest of the report
-        for precision, eager, _, ratios, seconds, batch in rates(32, 3, ROUNDS, device=args.device):
-            rows.append(f"| batch {batch}, {ROUNDS} alternating rounds | {precision} | "
+        for precision, eager, _, ratios, seconds, batch in rates(
+                scale.size, 3, scale.rounds, device=args.device, batch=scale.synthesis_batch):
+            rows.append(f"| batch {batch}, {scale.rounds} alternating rounds | {precision} | "
                         f"{speedup_cells(ratios)} | {seconds:.1f} s | {eager * flops / 1e9:,.0f} |")
             print(rows[-1], flush=True)
     except Exception as error:  # noqa: BLE001 (recorded in the report instead)
         rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | | | | | |")
     sections.append("\n".join(rows))
     with tempfile.TemporaryDirectory() as folder:
-        sections.append("Short study (`--precision auto`):\n\n```\n" + study(args.device, args.archive,
-                                                                            Path(folder)) + "\n```")
+        sections.append("Short study (`--precision auto`):\n\n```\n"
+                        + study(args.device, args.archive, Path(folder), scale) + "\n```")
     print(sections[-1], flush=True)
     text = (f"Machine: {header}.\nCommand: `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
             f"({time.perf_counter() - began:.0f} s).\n\n" + "\n\n".join(sections) + "\n")

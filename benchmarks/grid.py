@@ -140,11 +140,12 @@ class RowCounter(nn.Module):
 
 def synthesis_rate(model, channels: int, size: int, steps: int, precision: str,
                    compile: bool = False, fold: bool = True, device: str = "cpu",
-                   repeats: int = 1) -> tuple[float, int, float]:
+                   repeats: int = 1, batch: int | None = None) -> tuple[float, int, float]:
     """(image-steps per second, batch size, seconds of the warm-up call, which compiles) of the
-    ``prototype`` synthesizer on ``model``, which lies on ``device``, at the device's own batch."""
+    ``prototype`` synthesizer on ``model``, which lies on ``device``, at ``batch`` (default: the
+    device's own)."""
     synthesis_plugin.FOLD_BATCHNORM = fold
-    batch = auto_batch_size(device, (channels, size, size))
+    batch = batch or auto_batch_size(device, (channels, size, size))
     synth = get_registry("synthesizer").get("prototype").obj
     start = torch.rand(batch, channels, size, size, device=device)
     targets = torch.arange(batch, device=device) % 10
