@@ -60,7 +60,8 @@ def rates(size: int, channels: int, rounds: int, device: str = "cpu", batch: int
     alternating rounds, seconds compiling took, batch) of ``steps`` synthesis steps at ``size`` x
     ``size`` on ``device`` (``batch``: default the device's own); a fresh model for each precision,
     so each compiles from scratch. Rounds alternate, so that a slow spell of the machine hits both
-    alike."""
+    alike, and so does which of the two runs first (eager first in even rounds, compiled in odd
+    ones; from 2026-12-05, after the Zen 5 row's run, which always ran eager first)."""
     out = []
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
@@ -70,15 +71,15 @@ def rates(size: int, channels: int, rounds: int, device: str = "cpu", batch: int
             return synthesis_rate(model, channels, size, steps, precision, compile=compile,
                                   device=device, batch=batch)
 
-        _, batch, first = timed(False)
+        _, used, first = timed(False)
         _, _, first_compiled = timed(True)
         eager, compiled = [], []
-        for _ in range(rounds):
-            eager.append(timed(False)[0])
-            compiled.append(timed(True)[0])
+        for round_ in range(rounds):
+            for compile in ((False, True) if round_ % 2 == 0 else (True, False)):
+                (compiled if compile else eager).append(timed(compile)[0])
         ratios = [c / e for e, c in zip(eager, compiled)]
         out.append((precision, statistics.median(eager), statistics.median(compiled), ratios,
-                    first_compiled - first, batch))
+                    first_compiled - first, used))
         print(f"{size}x{size} {precision}: speed-ups {', '.join(f'{r:.4f}' for r in ratios)}; "
               f"compiling {first_compiled - first:.1f} s", flush=True)
     return out
