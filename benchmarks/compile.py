@@ -21,8 +21,9 @@ machine, and the check that compiling changes nothing but rounding:
 
 It ends with the row to put into ``toolkit.hardware.COMPILE_MEASURED`` for this kind of device:
 the speed-up's lower bound (``toolkit.hardware.speedup_bound`` of the rounds: one-sided 95 %,
-geometric mean; the rounds are printed to 4 decimals, the bound to 3), what the dearest study paid compiling (one compile's time where the bound is not
-above 1), the eager GFLOP/s and the threads.
+geometric mean; the rounds are printed to 4 decimals, the bound to 3), what the dearest study
+paid compiling (one compile's time where the bound is not above 1), the eager GFLOP/s and the
+threads.
 """
 from __future__ import annotations
 
