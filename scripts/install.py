@@ -1,4 +1,4 @@
-"""Install packages into a Python environment with uv, exactly as pip is configured to, else with pip.
+"""Install packages into a Python environment with uv, configured as pip is, or else with pip.
 
 ``make`` installs the toolkit with ``.venv/bin/python scripts/install.py -e .``: the arguments are
 ``pip install``'s, into the running interpreter's environment or, after ``--python PATH``, that
@@ -17,6 +17,7 @@ uv itself is installed by pip into the environment that runs this script, the fi
 """
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -32,8 +33,8 @@ _SWITCHES = {"no-index": "--no-index", "pre": "--prerelease=allow",
 _ENVIRONMENT = {"cert": ("SSL_CERT_FILE",), "client-cert": ("SSL_CLIENT_CERT",),
                 "proxy": ("HTTPS_PROXY", "HTTP_PROXY")}
 # Settings that change how pip talks or reports, not what it installs.
-_IGNORED = {"cache-dir", "default-timeout", "disable-pip-version-check", "isolated", "log",
-            "no-cache-dir", "no-color", "no-input", "no-python-version-warning",
+_IGNORED = {"cache-dir", "config-file", "default-timeout", "disable-pip-version-check",
+            "isolated", "log", "no-cache-dir", "no-color", "no-input", "no-python-version-warning",
             "no-warn-conflicts", "no-warn-script-location", "progress-bar", "quiet", "retries",
             "root-user-action", "timeout", "verbose", "break-system-packages"}
 # The sections `pip install` reads, each overriding the one before.
@@ -44,6 +45,16 @@ def _truthy(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _unquoted(value: str) -> str:
+    """A value as `pip config list` prints it (Python's repr: a list written over several lines
+    of a config file keeps its newlines as ``\\n``)."""
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value.strip()
+    return parsed if isinstance(parsed, str) else value.strip()
+
+
 def pip_settings(listing: str) -> dict[str, str]:
     """The settings ``pip install`` runs with, from the output of ``pip config list``."""
     found: dict[str, dict[str, str]] = {section: {} for section in _SECTIONS}
@@ -51,7 +62,7 @@ def pip_settings(listing: str) -> dict[str, str]:
         name, _, value = line.partition("=")
         section, _, key = name.rpartition(".")
         if section in found and value:
-            found[section][key] = value.strip().strip("'\"")
+            found[section][key] = _unquoted(value)
     settings: dict[str, str] = {}
     for section in _SECTIONS:
         settings.update(found[section])

@@ -25,9 +25,11 @@ def test_pip_install_reads_its_own_section_over_global_and_the_environment_over_
         "global.index-url='https://mirror/simple'",
         "install.index-url='https://install-mirror/simple'",
         "download.only-binary=':all:'",  # another command's section: not pip install's
+        r"global.constraint='\n/etc/caps.txt\n/etc/more-caps.txt'",  # written over three lines
         "",
     ])
     assert install.pip_settings(listing) == {
+        "constraint": "\n/etc/caps.txt\n/etc/more-caps.txt",
         "extra-index-url": "file:///a/simple file:///b/simple",
         "find-links": "/env/wheels",
         "index-url": "https://install-mirror/simple",
@@ -44,14 +46,18 @@ def test_uv_is_given_every_setting_that_changes_what_pip_would_install():
         "cert": "/etc/ssl/bundle.crt",
         "default-timeout": "180",
         "disable-pip-version-check": "1",
+        "config-file": "/etc/my-pip.conf",  # where pip read the others from
     })
     assert flags == ["--index-strategy", "unsafe-best-match", "--compile-bytecode",
-                     "--constraints", "/etc/caps.txt",
-                     "--extra-index-url", "file:///a/simple", "--extra-index-url", "file:///b/simple",
+                     "--constraints", "/etc/caps.txt", "--extra-index-url", "file:///a/simple",
+                     "--extra-index-url", "file:///b/simple",
                      "--find-links", "/opt/wheels", "--index-url", "https://mirror/simple"]
     assert environment["SSL_CERT_FILE"] == os.environ.get("SSL_CERT_FILE", "/etc/ssl/bundle.crt")
     assert "--compile-bytecode" not in install.uv_equivalent({"no-compile": "yes"})[0]
     assert "--no-index" in install.uv_equivalent({"no-index": "1"})[0]
+    over_lines = install.uv_equivalent({"constraint": "\n/etc/caps.txt\n/etc/more-caps.txt"})[0]
+    assert over_lines[3:] == ["--constraints", "/etc/caps.txt",
+                              "--constraints", "/etc/more-caps.txt"]
 
 
 def test_a_pip_setting_uv_has_no_equivalent_for_is_named():
