@@ -9,7 +9,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Stamps re-install when the packaging changes. scripts/install.py takes pip install's arguments
-# and installs with uv, configured as pip is (2.5x faster), or with pip (TOOLKIT_INSTALLER=pip).
+# and installs with uv, configured as pip is (in about half pip's time), or with pip where uv
+# cannot match pip's setup (or TOOLKIT_INSTALLER=pip).
 $(VENV)/.installed: setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python scripts/install.py -e .
 	touch $@

@@ -6,7 +6,7 @@
 
 Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32),
 in each ``--layout`` (``toolkit``, the default, is what the trainer runs: channels-last but for
-the weights of convolutions on one-pixel maps, ``toolkit.model.channels_last``), under bf16
+the weights of convolutions on one-pixel maps, ``toolkit.model.training_layout``), under bf16
 autocast as the trainer runs ``--precision bf16``; 3 warm-up steps, then the best of 3 timings of
 5 steps. Each rate is also given in GFLOP/s (the step's FLOPs counted by
 ``torch.utils.flop_counter``) as a fraction of the same precision's GEMM limit, measured right
@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from toolkit.model import channels_last
+from toolkit.model import training_layout
 from toolkit.plugins import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import DTYPES, best_time, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
 
 
-# "toolkit" is the trainer's own layout (toolkit.model.channels_last).
+# "toolkit" is the trainer's own layout (toolkit.model.training_layout).
 FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 LAYOUTS = ("toolkit", *FORMATS)
 
@@ -42,7 +42,7 @@ def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classe
     torch.manual_seed(0)
     net = get_registry("model").get(model).obj(classes, channels, size)
     if layout == "toolkit":
-        net = channels_last(net.to(device), (channels, size, size), device)
+        net = training_layout(net.to(device), (channels, size, size), device)
     else:
         net = net.to(device, memory_format=FORMATS[layout])
     net.train()

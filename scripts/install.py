@@ -3,8 +3,9 @@
 ``make`` installs the toolkit with ``.venv/bin/python scripts/install.py -e .``: the arguments are
 ``pip install``'s, into the running interpreter's environment or, after ``--python PATH``, that
 interpreter's. The toolkit pulls in some 6 GB of packages (the CUDA build of torch among them),
-and pip unpacks and byte-compiles them on one core: 107 s on the reference machine, against 43 s
-for uv doing the same on both (see docs/performance.md, "Installing").
+and pip unpacks and byte-compiles them on one core: 112 s on the reference machine, against 61 s
+for uv doing the same on both (medians of three alternating runs; docs/performance.md,
+"Installing").
 
 uv does not read pip's configuration, and a machine's pip may be set up to use a mirror, a
 directory of wheels or version caps. So this script reads pip's own view of it (``pip config

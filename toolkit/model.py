@@ -74,8 +74,8 @@ class frozen:
         self.model.train(self._training)
 
 
-def channels_last(model: nn.Module, shape: Sequence[int],
-                  device: torch.device | str = "cpu") -> nn.Module:
+def training_layout(model: nn.Module, shape: Sequence[int],
+                    device: torch.device | str = "cpu") -> nn.Module:
     """``model`` laid out channels-last for training on images of ``shape`` ``(C, H, W)``; on a CPU,
     but for the weights of the 2-D convolutions that see maps of one pixel, which stay contiguous.
 

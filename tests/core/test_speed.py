@@ -74,14 +74,14 @@ def test_a_bf16_run_records_its_stages_steps_and_settings(tiny_plugin, tmp_path)
 
 
 def test_training_layout_keeps_only_one_pixel_convolutions_contiguous():
-    from toolkit.model import channels_last
+    from toolkit.model import training_layout
     from toolkit_plugins.models import timm_resnet
 
     torch.manual_seed(0)
     net = timm_resnet("resnet18")(10, 1, 8).train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     reference = [p.detach().clone() for p in net.parameters()]
-    laid_out = channels_last(net, (1, 8, 8))
+    laid_out = training_layout(net, (1, 8, 8))
     assert laid_out is net and net.training and all(p.requires_grad for p in net.parameters())
     # The forward pass that found the one-pixel maps changed no running statistic.
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
@@ -93,6 +93,6 @@ def test_training_layout_keeps_only_one_pixel_convolutions_contiguous():
     assert all(w.is_contiguous() for name, w in convs.items() if name in contiguous)
     assert all(torch.equal(a, b) for a, b in zip(reference, net.parameters()))
     # At 32x32 no map is that small: the whole model is channels-last.
-    net = channels_last(timm_resnet("resnet18")(10, 3, 32), (3, 32, 32))
+    net = training_layout(timm_resnet("resnet18")(10, 3, 32), (3, 32, 32))
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
                for m in net.modules() if isinstance(m, torch.nn.Conv2d))

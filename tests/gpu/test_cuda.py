@@ -66,10 +66,10 @@ def test_a_study_on_cuda_under_auto_precision(tiny_plugin, tmp_path, monkeypatch
 
 def test_the_training_layout_on_cuda_is_channels_last_throughout():
     """The one-pixel exception works around oneDNN (CPU) alone; cuDNN gets one layout."""
-    from toolkit.model import channels_last
+    from toolkit.model import training_layout
     from toolkit_plugins.models import timm_resnet
 
-    net = channels_last(timm_resnet("resnet18")(10, 1, 8).cuda(), (1, 8, 8), "cuda")
+    net = training_layout(timm_resnet("resnet18")(10, 1, 8).cuda(), (1, 8, 8), "cuda")
     assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
                for m in net.modules() if isinstance(m, torch.nn.Conv2d))
 
