@@ -2,15 +2,13 @@
 
     python benchmarks/train_step.py [--model resnet18] [--threads 2] [--batch 128] [--size 32]
                                     [--channels 3] [--precision fp32,bf16] [--device cpu]
-                                    [--layout toolkit,channels_last,contiguous]
+                                    [--layout channels_last,contiguous]
 
 Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32),
-in each ``--layout`` (``toolkit``, the default, is what the trainer runs: channels-last but for
-the weights of convolutions on one-pixel maps, ``toolkit.model.training_layout``), under bf16
-autocast as the trainer runs ``--precision bf16``; 3 warm-up steps, then the best of 3 timings of
-5 steps. Each rate is also given in GFLOP/s (the step's FLOPs counted by
-``torch.utils.flop_counter``) as a fraction of the same precision's GEMM limit, measured right
-before it. The rate bounds what ``analyze`` can train per second here.
+in each ``--layout`` (the trainer runs channels-last), under bf16 autocast as the trainer runs
+``--precision bf16``; 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also
+given in GFLOP/s (the step's FLOPs counted by ``torch.utils.flop_counter``) as a fraction of the
+same precision's GEMM limit, measured right before it. The rate bounds what ``analyze`` can train per second here.
 """
 from __future__ import annotations
 
@@ -23,32 +21,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from toolkit.model import training_layout
 from toolkit.plugins import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import DTYPES, best_time, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
 
 
-# "toolkit" is the trainer's own layout (toolkit.model.training_layout).
-FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
-LAYOUTS = ("toolkit", *FORMATS)
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,
                precision: str = "fp32", device: str = "cpu", channels: int = 3,
-               layout: str = "toolkit") -> tuple[float, float]:
+               layout: torch.memory_format = torch.channels_last) -> tuple[float, float]:
     """(images per second, FLOPs per image) of ``model``'s training step on ``device``."""
     torch.manual_seed(0)
     net = get_registry("model").get(model).obj(classes, channels, size)
-    if layout == "toolkit":
-        net = training_layout(net.to(device), (channels, size, size), device)
-    else:
-        net = net.to(device, memory_format=FORMATS[layout])
-    net.train()
+    net = net.to(device, memory_format=layout).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    images = torch.rand(batch, channels, size, size, device=device).contiguous(
-        memory_format=FORMATS.get(layout, torch.channels_last))
+    images = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=layout)
     labels = torch.randint(0, classes, (batch,), device=device)
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
                 if precision == "bf16" else contextlib.nullcontext())
@@ -86,19 +76,16 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--precision", default="fp32", help="fp32, bf16 or both: fp32,bf16")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--layout", default="toolkit",
-                        help="toolkit, channels_last, contiguous, or several: toolkit,contiguous")
+    parser.add_argument("--layout", default="channels_last",
+                        help="channels_last, contiguous or both: channels_last,contiguous")
     args = parser.parse_args()
-    unknown = sorted(set(args.layout.split(",")) - set(LAYOUTS))
-    if unknown:
-        parser.error(f"--layout {','.join(unknown)}: not one of {', '.join(LAYOUTS)}")
     torch.set_num_threads(args.threads)
     print(machine())
     for precision in args.precision.split(","):
         limit = gemm_gflops(DTYPES[precision], device=args.device)
         for layout in args.layout.split(","):
             rate, flops = train_rate(args.model, args.batch, args.size, args.classes, precision,
-                                     args.device, args.channels, layout)
+                                     args.device, args.channels, LAYOUTS[layout])
             print(f"{args.model} {args.size}x{args.size}x{args.channels}, batch {args.batch}, "
                   f"{precision}, {layout}, {args.device}, {args.threads} thread(s): {rate:.1f} "
                   f"images/s, {rate * flops / 1e9:,.1f} GFLOP/s = {rate * flops / 1e9 / limit:.0%} "

@@ -74,40 +74,6 @@ class frozen:
         self.model.train(self._training)
 
 
-def training_layout(model: nn.Module, shape: Sequence[int],
-                    device: torch.device | str = "cpu") -> nn.Module:
-    """``model`` laid out channels-last for training on images of ``shape`` ``(C, H, W)``; on a CPU,
-    but for the weights of the 2-D convolutions that see maps of one pixel, which stay contiguous.
-
-    On a one-pixel map the two layouts of the activations coincide, and oneDNN's AVX-512 backward
-    pass then often takes a slow path, reordering a channels-last weight's gradient: on ResNet18 at
-    8x8, whose last stage runs at 1x1, that cost up to half of a training step
-    (docs/performance.md). Which convolutions see such maps is found by one forward pass of a
-    batch of two zero images, in eval mode and without gradients, so the model's state is left as
-    it was.
-    """
-    model = model.to(memory_format=torch.channels_last)
-    if torch.device(device).type != "cpu":
-        return model
-    one_pixel: list[nn.Conv2d] = []
-
-    def note(conv: nn.Module, args: tuple) -> None:
-        if args[0].shape[2:].numel() == 1:
-            one_pixel.append(conv)
-
-    hooks = [m.register_forward_pre_hook(note) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    images = torch.zeros(2, *shape, device=device).contiguous(memory_format=torch.channels_last)
-    try:
-        with frozen(model), torch.no_grad():
-            model(images)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    for conv in one_pixel:
-        conv.weight.data = conv.weight.detach().contiguous()
-    return model
-
-
 def step_flops(model: nn.Module, shape: Sequence[int], device: torch.device | str = "cpu") -> float:
     """FLOPs of one image's synthesis step on ``model``, for images of ``shape`` ``(C, H, W)``: the
     forward pass, a per-image cross-entropy and the backward pass to the input (the weights are

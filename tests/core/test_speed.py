@@ -71,28 +71,3 @@ def test_a_bf16_run_records_its_stages_steps_and_settings(tiny_plugin, tmp_path)
         assert attrs["time_training_s"] + attrs["time_synthesis_s"] <= attrs["wall_time_s"]
         assert "image-steps/s" in summary_table(written)
     assert ds["converged"].mean() > 0.5
-
-
-def test_training_layout_keeps_only_one_pixel_convolutions_contiguous():
-    from toolkit.model import training_layout
-    from toolkit_plugins.models import timm_resnet
-
-    torch.manual_seed(0)
-    net = timm_resnet("resnet18")(10, 1, 8).train()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    reference = [p.detach().clone() for p in net.parameters()]
-    laid_out = training_layout(net, (1, 8, 8))
-    assert laid_out is net and net.training and all(p.requires_grad for p in net.parameters())
-    # The forward pass that found the one-pixel maps changed no running statistic.
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    convs = {name: m.weight for name, m in net.named_modules() if isinstance(m, torch.nn.Conv2d)}
-    contiguous = {name for name, w in convs.items()
-                  if not w.is_contiguous(memory_format=torch.channels_last)}
-    # Of ResNet18 at 8x8 only the last stage's convolutions after its first see 1x1 maps.
-    assert contiguous == {"layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"}
-    assert all(w.is_contiguous() for name, w in convs.items() if name in contiguous)
-    assert all(torch.equal(a, b) for a, b in zip(reference, net.parameters()))
-    # At 32x32 no map is that small: the whole model is channels-last.
-    net = training_layout(timm_resnet("resnet18")(10, 3, 32), (3, 32, 32))
-    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
-               for m in net.modules() if isinstance(m, torch.nn.Conv2d))

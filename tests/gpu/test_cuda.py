@@ -2,8 +2,7 @@
 
 Skipped elsewhere (the ``cuda`` marker; see ``tests/conftest.py``): pinned-memory reads of the
 synthesizer's counts, bf16 autocast chosen by ``--precision auto`` from the compute capability,
-the GPU's automatic micro-batch size, the training layout, the device checks, and NCCL with
-SyncBatchNorm across ranks.
+the GPU's automatic micro-batch size, the device checks, and NCCL with SyncBatchNorm across ranks.
 """
 from __future__ import annotations
 
@@ -62,16 +61,6 @@ def test_a_study_on_cuda_under_auto_precision(tiny_plugin, tmp_path, monkeypatch
     assert int(ds.attrs["synthesis_batch_size"]) >= 64  # the GPU's own automatic size
     assert float(ds["test_accuracy"][-1]) >= 0.9
     assert np.isfinite(ds["C"].values).all() and np.isfinite(ds["R"].values).all()
-
-
-def test_the_training_layout_on_cuda_is_channels_last_throughout():
-    """The one-pixel exception works around oneDNN (CPU) alone; cuDNN gets one layout."""
-    from toolkit.model import training_layout
-    from toolkit_plugins.models import timm_resnet
-
-    net = training_layout(timm_resnet("resnet18")(10, 1, 8).cuda(), (1, 8, 8), "cuda")
-    assert all(m.weight.is_contiguous(memory_format=torch.channels_last)
-               for m in net.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 def test_a_cuda_index_this_machine_lacks_is_refused_in_one_line(capsys, tmp_path):

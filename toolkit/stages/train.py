@@ -17,7 +17,7 @@ from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
 from toolkit.errors import NumericalError, PluginError, UsageError
 from toolkit.hardware import stage_precision
-from toolkit.model import NormalizedClassifier, training_layout
+from toolkit.model import NormalizedClassifier
 from toolkit.plugins import Registration, blamed_on
 from toolkit.stages.context import Run
 from toolkit.training import Stage, Trainer, TrainingSettings, accuracy
@@ -87,7 +87,7 @@ def new_model(run: Run) -> NormalizedClassifier:
     """The run's model before any training, its initial weights drawn from the run's seed."""
     torch.manual_seed(run.config.seed_start)
     model = build_model(run.plan.model, run.data).to(run.device)
-    return training_layout(model, run.shape[1:], run.device)
+    return model.to(memory_format=torch.channels_last)
 
 
 def intervals(run: Run, model: NormalizedClassifier, work: WorkDir,
