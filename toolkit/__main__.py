@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.arguments import prepare
     from toolkit.cli import Toolkit
     from toolkit.errors import ToolkitError
+    from toolkit.hardware import keep_memory_mapped
 
+    keep_memory_mapped()  # this process is the toolkit's: keep what training frees mapped
     try:
         argv, help_text = prepare(list(sys.argv[1:] if argv is None else argv))
         if help_text is not None:

@@ -1,5 +1,11 @@
-"""``--precision auto``, the default: the selection logic, with the hardware query mocked, on any machine."""
+"""``--precision auto``, the default: the selection logic, with the hardware query mocked, on any machine;
+and the command line's setting of glibc's malloc."""
 from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -127,3 +133,39 @@ def test_each_precision_says_what_each_stage_runs_at(precision, training, synthe
 
 def test_every_precision_the_options_allow_is_auto_or_one_the_stages_know():
     assert set(PRECISIONS) == {"auto"} | set(hardware.STAGES)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="glibc's malloc only")
+def test_the_command_line_keeps_freed_memory_mapped_with_glibc(tmp_path):
+    """After keep_memory_mapped, a 30 MiB block comes from the heap, not from an mmap of its own
+    that freeing it would hand back to the kernel (in a fresh process, as the command line runs)."""
+    probe = ("import ctypes\n"
+             "from toolkit.hardware import keep_memory_mapped\n"
+             "libc = ctypes.CDLL(None)\n"
+             "libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p\n"
+             "libc.sbrk.argtypes = [ctypes.c_long]\n"
+             "applied = keep_memory_mapped()\n"
+             "print(applied, libc.malloc(30 * 2**20) < libc.sbrk(0))\n")
+    env = {k: v for k, v in os.environ.items() if k not in hardware._MALLOC_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env,
+                          check=True)
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_keeping_memory_mapped_leaves_a_users_malloc_settings_and_other_libcs_alone(monkeypatch):
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=0")
+    assert hardware.keep_memory_mapped() is False
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    for variable in hardware._MALLOC_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert hardware.keep_memory_mapped() is False
+
+
+def test_python_m_toolkit_keeps_memory_mapped_before_anything_runs(monkeypatch, capsys):
+    from toolkit.__main__ import main
+
+    calls = []
+    monkeypatch.setattr(hardware, "keep_memory_mapped", lambda: calls.append(1) or True)
+    assert main(["--help"]) == 0 and calls == [1]
