@@ -19,6 +19,7 @@ uv itself is installed by pip into the environment that runs this script, the fi
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -97,16 +98,15 @@ def _run(command: list[str], environment: dict[str, str] | None = None) -> int:
     return subprocess.call(command, env={**os.environ, **(environment or {})})
 
 
-def _pip(python: str, arguments: list[str], reason: str) -> int:
-    print(f"install.py: installing with pip ({reason})", file=sys.stderr)
+def _pip_install(arguments: list[str], python: str = sys.executable) -> int:
     target = [] if python == sys.executable else ["--python", python]
     return _run([sys.executable, "-m", "pip", *target, "install", "--quiet",
                  "--disable-pip-version-check", *arguments])
 
 
-def _have_uv() -> bool:
-    probe = [sys.executable, "-c", "import uv; uv.find_uv_bin()"]
-    return subprocess.call(probe, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) == 0
+def _pip(python: str, arguments: list[str], reason: str) -> int:
+    print(f"install.py: installing with pip ({reason})", file=sys.stderr)
+    return _pip_install(arguments, python)
 
 
 def main(arguments: list[str]) -> int:
@@ -121,8 +121,7 @@ def main(arguments: list[str]) -> int:
     if isinstance(equivalent, str):
         return _pip(python, arguments, equivalent)
     flags, environment = equivalent
-    if not _have_uv() and _run([sys.executable, "-m", "pip", "install", "--quiet",
-                                "--disable-pip-version-check", "uv"]) != 0:
+    if importlib.util.find_spec("uv") is None and _pip_install(["uv"]) != 0:
         return _pip(python, arguments, "uv could not be installed")
     command = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", python,
                *flags, *arguments]
