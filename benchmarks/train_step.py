@@ -8,7 +8,8 @@ Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR s
 in each ``--layout`` (the trainer runs channels-last), under bf16 autocast as the trainer runs
 ``--precision bf16``; 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also
 given in GFLOP/s (the step's FLOPs counted by ``torch.utils.flop_counter``) as a fraction of the
-same precision's GEMM limit, measured right before it. The rate bounds what ``analyze`` can train per second here.
+same precision's GEMM limit, measured right before it. The rate bounds what ``analyze`` can train
+per second here.
 """
 from __future__ import annotations
 
