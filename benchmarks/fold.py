@@ -15,7 +15,7 @@ import time
 import torch
 
 import toolkit
-from toolkit.model import NormalizedClassifier, frozen
+from toolkit.model import NormalizedClassifier, frozen, skip_padding_taps
 from toolkit.plugins import get_registry
 from toolkit.synthesis import auto_batch_size
 from toolkit_plugins import synthesis
@@ -23,7 +23,7 @@ from toolkit_plugins import synthesis
 
 def model_with_statistics(channels: int, size: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = get_registry("model").get("resnet18").obj(10, channels, size)
+    net = skip_padding_taps(get_registry("model").get("resnet18").obj(10, channels, size))
     for m in net.modules():  # statistics away from (0, 1), as after training
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)

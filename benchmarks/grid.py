@@ -50,7 +50,7 @@ from torch import nn
 
 import toolkit
 from toolkit.hardware import cpu_model
-from toolkit.model import NormalizedClassifier, extract_features, frozen, step_flops
+from toolkit.model import NormalizedClassifier, extract_features, frozen, skip_padding_taps, step_flops
 from toolkit.stages.synthesize import synthesize_grid
 from toolkit.plugins import get_registry
 from toolkit.results import build_dataset
@@ -64,7 +64,8 @@ PRECISIONS = tuple(DTYPES)
 
 
 def resnet18(num_classes: int, channels: int, size: int, mean=None, std=None) -> NormalizedClassifier:
-    net = get_registry("model").get("resnet18").obj(num_classes, channels, size)
+    """ResNet18 as ``analyze`` builds it (skipping the taps that read only padding), channels-last."""
+    net = skip_padding_taps(get_registry("model").get("resnet18").obj(num_classes, channels, size))
     model = NormalizedClassifier(net, mean or [0.5] * channels, std or [0.25] * channels)
     return model.to(memory_format=torch.channels_last)
 

@@ -24,16 +24,14 @@ from toolkit.results import dataset_from_features
 from toolkit_plugins.metrics import cosine, zscore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import DTYPES, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
+from grid import DTYPES, gemm_gflops, machine, resnet18  # noqa: E402 (the benchmarks' shared helpers)
 
 
 def synthesis_rate(channels: int, size: int, images: int, steps: int, batch: int, repeats: int,
                    precision: str = "fp32") -> tuple[float, float]:
     """(image-steps per second, FLOPs of one image-step)."""
     torch.manual_seed(0)
-    net = get_registry("model").get("resnet18").obj(10, channels, size)
-    model = NormalizedClassifier(net, [0.5] * channels, [0.25] * channels)
-    model = model.to(memory_format=torch.channels_last)
+    model = resnet18(10, channels, size)
     synth = get_registry("synthesizer").get("prototype").obj
     settings = toolkit.SynthesisSettings(lr=0.1, fixed_steps=steps, batch_size=batch, precision=precision)
     start = torch.rand(images, channels, size, size)

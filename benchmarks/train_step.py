@@ -2,19 +2,22 @@
 
     python benchmarks/train_step.py [--model resnet18] [--threads 2] [--batch 128] [--size 32]
                                     [--channels 3] [--precision fp32,bf16] [--device cpu]
-                                    [--layout channels_last,contiguous]
+                                    [--layout channels_last,contiguous] [--taps live,all]
 
 Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32),
-in each ``--layout`` (the trainer runs channels-last), under bf16 autocast as the trainer runs
+in each ``--layout`` (the trainer runs channels-last), its convolutions computing only the kernel
+taps that read pixels (``--taps live``, what the trainer runs: ``toolkit.model.skip_padding_taps``)
+or every tap (``all``, the model as its plugin builds it), under bf16 autocast as the trainer runs
 ``--precision bf16``; 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also
-given in GFLOP/s (the step's FLOPs counted by ``torch.utils.flop_counter``) as a fraction of the
-same precision's GEMM limit, measured right before it. The rate bounds what ``analyze`` can train
-per second here.
+given in GFLOP/s (the step's FLOPs counted by ``torch.utils.flop_counter``: with ``live`` taps,
+those the step computes) as a fraction of the same precision's GEMM limit, measured right before
+it. The rate bounds what ``analyze`` can train per second here.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import sys
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from toolkit.model import skip_padding_taps
 from toolkit.plugins import get_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,10 +37,13 @@ LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 
 def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,
                precision: str = "fp32", device: str = "cpu", channels: int = 3,
-               layout: torch.memory_format = torch.channels_last) -> tuple[float, float]:
+               layout: torch.memory_format = torch.channels_last,
+               live_taps: bool = True) -> tuple[float, float]:
     """(images per second, FLOPs per image) of ``model``'s training step on ``device``."""
     torch.manual_seed(0)
     net = get_registry("model").get(model).obj(classes, channels, size)
+    if live_taps:
+        skip_padding_taps(net)
     net = net.to(device, memory_format=layout).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     images = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=layout)
@@ -79,17 +86,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layout", default="channels_last",
                         help="channels_last, contiguous or both: channels_last,contiguous")
+    parser.add_argument("--taps", default="live",
+                        help="live (skip the taps that read only padding), all, or both: live,all")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
     for precision in args.precision.split(","):
         limit = gemm_gflops(DTYPES[precision], device=args.device)
-        for layout in args.layout.split(","):
+        for layout, taps in itertools.product(args.layout.split(","), args.taps.split(",")):
             rate, flops = train_rate(args.model, args.batch, args.size, args.classes, precision,
-                                     args.device, args.channels, LAYOUTS[layout])
+                                     args.device, args.channels, LAYOUTS[layout], taps == "live")
             print(f"{args.model} {args.size}x{args.size}x{args.channels}, batch {args.batch}, "
-                  f"{precision}, {layout}, {args.device}, {args.threads} thread(s): {rate:.1f} "
-                  f"images/s, {rate * flops / 1e9:,.1f} GFLOP/s = {rate * flops / 1e9 / limit:.0%} "
+                  f"{precision}, {layout}, {taps} taps, {args.device}, {args.threads} thread(s): "
+                  f"{rate:.1f} images/s, {rate * flops / 1e9:,.1f} GFLOP/s = {rate * flops / 1e9 / limit:.0%} "
                   f"of the {precision} GEMM limit measured just before it ({limit:,.1f} GFLOP/s; "
                   f"{flops / 1e6:,.0f} MFLOP per image)")
 

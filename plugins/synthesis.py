@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import toolkit
+from toolkit.model import PaddingSkippingConv2d
 
 # Below this gradient norm an image is treated as having no gradient (it does not move).
 _TINY = 1e-12
@@ -66,7 +67,19 @@ COMPILED_MIN_BATCH = 16
 
 # Fold BatchNorms into convolutions for synthesis (switched off only to measure what it buys).
 FOLD_BATCHNORM = True
-# The BatchNorm-folded view of each model (None: nothing to fold or not traceable), made once.
+# The convolutions a BatchNorm folds into: those that compute exactly a convolution (a subclass may
+# compute something else, such as timm's weight-standardised StdConv2d).
+FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, PaddingSkippingConv2d)
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, which also keeps :class:`PaddingSkippingConv2d` whole (its forward reads
+    the input's size, which a trace cannot)."""
+
+    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+        return isinstance(module, PaddingSkippingConv2d) or super().is_leaf_module(module, name)
+
+
 class BatchNormFolded(nn.Module):
     """An inference view of ``model`` with each BatchNorm that follows a convolution folded into it.
 
@@ -96,7 +109,9 @@ class BatchNormFolded(nn.Module):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                traced = torch.fx.symbolic_trace(model)
+                tracer = _Tracer()
+                graph = tracer.trace(model)
+                traced = torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
         except Exception:  # control flow on values, unsupported ops: not every model traces
             return None
         modules = dict(traced.named_modules())
@@ -112,7 +127,7 @@ class BatchNormFolded(nn.Module):
             src = node.args[0] if node.args else None
             conv = modules.get(src.target) if isinstance(src, torch.fx.Node) and src.op == "call_module" else None
             # Fold only a convolution whose sole use is this BatchNorm, each called once.
-            if (type(conv) not in (nn.Conv1d, nn.Conv2d, nn.Conv3d) or len(src.users) != 1
+            if (type(conv) not in FOLDABLE or len(src.users) != 1
                     or calls[src.target] != 1 or calls[node.target] != 1):
                 continue
             fused = copy.deepcopy(conv).requires_grad_(False)   # for input gradients only
@@ -143,6 +158,7 @@ class BatchNormFolded(nn.Module):
         return self.traced(x)
 
 
+# The BatchNorm-folded view of each model (None: nothing to fold or not traceable), made once.
 _FOLDED: "weakref.WeakKeyDictionary[torch.nn.Module, Optional[BatchNormFolded]]" = weakref.WeakKeyDictionary()
 
 

@@ -62,7 +62,10 @@ def register_models(register: Register[ModelFactory]) -> None:
     The three arguments are positional ints; ``image_size`` is the images' height. The factory is
     called after ``torch.manual_seed(seed_start)``, so its initialisation is reproducible; it should not
     download weights. The toolkit moves the model to the device, trains it with its own loop (SGD,
-    cross-entropy on the logits) and probes it in ``eval()`` mode with frozen weights.
+    cross-entropy on the logits) and probes it in ``eval()`` mode with frozen weights. Its plain
+    zero-padded ``nn.Conv2d`` modules become ``toolkit.model.PaddingSkippingConv2d``, which
+    computes the same without the kernel taps that read only padding (same parameters and
+    ``state_dict``); subclasses of ``nn.Conv2d`` are left as they are.
 
     The model receives inputs already normalised by the dataset's mean and std: the toolkit wraps it
     (``toolkit.model.NormalizedClassifier``) so that images stay in [0, 1] pixel space during

@@ -1,8 +1,14 @@
-"""Built-in models follow timm's feature protocol, with the CIFAR stem on small images."""
+"""Built-in models follow timm's feature protocol, with the CIFAR stem on small images; the
+toolkit's convolutions that skip taps reading only padding compute what the models' own do."""
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from toolkit.model import NormalizedClassifier, extract_features
+from toolkit.model import (NormalizedClassifier, PaddingSkippingConv2d, extract_features, live_taps,
+                           skip_padding_taps)
 from toolkit.plugins import get_registry
 
 
@@ -42,3 +48,99 @@ def test_normalisation_lives_inside_the_wrapper():
 def test_models_without_the_feature_protocol_are_refused():
     with pytest.raises(TypeError, match="timm's feature protocol"):
         NormalizedClassifier(torch.nn.Linear(2, 2), [0.5], [0.5])
+
+
+# --- Convolutions that skip the kernel taps which read only padding (toolkit.model) ---
+
+def _conv_geometries():
+    """Every 1-D geometry of small maps: (size, kernel, stride, padding, dilation)."""
+    for size in range(1, 8):
+        for kernel in range(1, 6):
+            for stride in (1, 2, 3):
+                for padding in range(4):
+                    for dilation in (1, 2):
+                        if size + 2 * padding >= dilation * (kernel - 1) + 1:
+                            yield size, kernel, stride, padding, dilation
+
+
+def test_live_taps_are_the_taps_that_read_a_pixel_and_the_cut_kernel_computes_the_same():
+    cut_any = 0
+    for size, kernel, stride, padding, dilation in _conv_geometries():
+        outputs = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        reading = [tap for tap in range(kernel)
+                   if any(0 <= o * stride - padding + tap * dilation < size for o in range(outputs))]
+        cut = live_taps(size, kernel, stride, padding, dilation)
+        if cut is None:
+            continue
+        cut_any += 1
+        first, stop, cut_padding = cut
+        assert list(range(first, stop)) == reading, (size, kernel, stride, padding, dilation)
+        g = torch.Generator().manual_seed(size * 1000 + kernel * 100 + stride * 10 + padding)
+        x = torch.randn(2, 3, size, 1, generator=g, dtype=torch.float64)
+        w = torch.randn(4, 3, kernel, 1, generator=g, dtype=torch.float64)
+        full = F.conv2d(x, w, stride=(stride, 1), padding=(padding, 0), dilation=(dilation, 1))
+        cut_out = F.conv2d(x, w[:, :, first:stop], stride=(stride, 1), padding=(cut_padding, 0),
+                           dilation=(dilation, 1))
+        assert cut_out.shape == full.shape and torch.allclose(cut_out, full, rtol=1e-12, atol=0)
+    assert cut_any > 50  # 68 geometries of this grid cut their kernel
+    # ResNet18's last stage on 8x8 images: one-pixel maps read through the centre tap only; its
+    # stride-2 entry from 2x2 maps through the lower-right 2x2 taps.
+    assert live_taps(1, 3, 1, 1, 1) == (1, 2, 0) and live_taps(2, 3, 2, 1, 1) == (1, 3, 0)
+    assert live_taps(8, 3, 1, 1, 1) is None  # every tap reads a pixel somewhere
+
+
+def test_padding_skipping_convolutions_are_the_same_function_with_the_same_gradients():
+    torch.manual_seed(0)
+    net = get_registry("model").get("resnet18").obj(num_classes=5, in_chans=1, image_size=8)
+    for m in net.modules():  # timm zero-initialises each block's last BatchNorm: no gradient flows
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+    plain = NormalizedClassifier(net, [0.5], [0.25]).double().train()
+    skipping = copy.deepcopy(plain)
+    assert skip_padding_taps(skipping) is skipping
+    swapped = [name for name, m in skipping.named_modules() if type(m) is PaddingSkippingConv2d]
+    # Every padded convolution: the 3x3 ones (1x1 shortcuts have no padding), with weights and
+    # state_dict as they were.
+    assert len(swapped) == 17 and all(
+        type(plain.get_submodule(name)) is nn.Conv2d and plain.get_submodule(name).padding == (1, 1)
+        for name in swapped)
+    assert skipping.state_dict().keys() == plain.state_dict().keys()
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    targets = torch.arange(6) % 5
+    grads = []
+    for model in (plain, skipping):
+        image = x.clone().requires_grad_(True)
+        loss = F.cross_entropy(model(image), targets)
+        grads.append(torch.autograd.grad(loss, [image, *model.parameters()]) + (loss,))
+    for got, want in zip(*grads):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)
+    # The taps that read only padding get gradient zero either way (here: all but layer4's centres).
+    centre = skipping.model.layer4[1].conv1.weight
+    assert centre.shape == (512, 512, 3, 3)
+    index = [p is centre for p in skipping.parameters()].index(True)
+    weight_grad = grads[1][1 + index]
+    assert weight_grad[:, :, 1, 1].abs().sum() > 0
+    off_centre = torch.ones(3, 3, dtype=torch.bool)
+    off_centre[1, 1] = False
+    assert not weight_grad[:, :, off_centre].any()
+
+
+def test_only_plain_zero_padded_convolutions_skip_taps():
+    class Standardised(nn.Conv2d):  # a subclass computes something else: left alone
+        pass
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Standardised(2, 2, 3, padding=1),
+                          nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"),
+                          nn.Conv2d(2, 2, 3, padding="same"), nn.Conv2d(2, 2, 1))
+    skip_padding_taps(model)
+    assert [type(m).__name__ for m in model] == [
+        "PaddingSkippingConv2d", "Standardised", "Conv2d", "Conv2d", "Conv2d"]
+
+
+def test_study_models_skip_padding_taps():
+    from tests.conftest import make_tiny_dataset
+    from toolkit.stages.train import build_model
+
+    data = make_tiny_dataset(size=8)
+    model = build_model(get_registry("model").get("resnet18"), data)
+    assert any(type(m) is PaddingSkippingConv2d for m in model.modules())

@@ -1,4 +1,5 @@
 """The update rule, per-image stopping and the work queue of the `prototype` synthesizer."""
+import copy
 import dataclasses
 import shutil
 import weakref
@@ -8,7 +9,7 @@ import torch
 from torch import nn
 
 import toolkit
-from toolkit.model import NormalizedClassifier, frozen
+from toolkit.model import NormalizedClassifier, PaddingSkippingConv2d, frozen, skip_padding_taps
 from toolkit.stages.synthesize import synthesize_grid
 from toolkit.plugins import get_registry
 from toolkit_plugins.synthesis import BatchNormFolded, prototype
@@ -346,6 +347,22 @@ def test_folded_batchnorms_give_the_models_losses_and_input_gradients():
         assert not torch.allclose(folded(x), model(x), atol=1e-3)
         folded.refresh()
         assert torch.allclose(folded(x), model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_padding_skipping_convolutions_fold_as_the_models_own_do():
+    # The study's models skip kernel taps that read only padding (toolkit.model); on 8x8 images
+    # their last stage cuts its kernels, and the folded view must fold and cut them the same.
+    net = get_registry("model").get("resnet18").obj(10, 1, 8)
+    model = _randomise_batchnorms(NormalizedClassifier(net, [0.5], [0.25])).eval()
+    model.requires_grad_(False).double()
+    skipping = skip_padding_taps(copy.deepcopy(model))
+    folded = BatchNormFolded.of(skipping)
+    assert folded is not None and not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert sum(type(m) is PaddingSkippingConv2d for m in folded.modules()) == 17
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (loss, grad), (loss_f, grad_f) = (_input_gradient(m, x, torch.arange(4)) for m in (model, folded))
+    assert torch.allclose(loss_f, loss, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(grad_f, grad, rtol=1e-8, atol=1e-12)
 
 
 def test_models_without_foldable_batchnorms_are_not_folded():

@@ -17,7 +17,7 @@ from toolkit.config import AnalysisConfig
 from toolkit.data import ImageDataset
 from toolkit.errors import NumericalError, PluginError, UsageError
 from toolkit.hardware import stage_precision
-from toolkit.model import NormalizedClassifier
+from toolkit.model import NormalizedClassifier, skip_padding_taps
 from toolkit.plugins import Registration, blamed_on
 from toolkit.stages.context import Run
 from toolkit.training import Stage, Trainer, TrainingSettings, accuracy
@@ -33,11 +33,12 @@ def training_settings(config: AnalysisConfig) -> TrainingSettings:
 
 
 def build_model(registration: Registration, data: ImageDataset) -> NormalizedClassifier:
-    """A fresh model for ``data`` from a model plugin, wrapped to take [0, 1] pixels."""
+    """A fresh model for ``data`` from a model plugin, wrapped to take [0, 1] pixels, its plain
+    convolutions skipping the kernel taps that read only padding (:func:`skip_padding_taps`)."""
     shape = f"{data.in_chans}x{data.image_size}x{data.image_size}"
     with blamed_on(registration, f"cannot be built for {data.num_classes} classes of {shape} images"):
         net = registration.obj(data.num_classes, data.in_chans, data.image_size)
-        model = NormalizedClassifier(net, data.mean, data.std)
+        model = NormalizedClassifier(skip_padding_taps(net), data.mean, data.std)
     check_features(model, registration, data)
     return model
 
