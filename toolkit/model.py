@@ -82,6 +82,24 @@ def live_taps(size: int, kernel: int, stride: int, padding: int,
     return first, stop, cut
 
 
+class _Taps(torch.autograd.Function):
+    """``weight[:, :, rows, cols]``, whose gradient comes back in the weight's own memory layout:
+    slicing's gradient would be contiguous, and a channels-last weight would then copy it once more
+    to accumulate it."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
+        ctx.shape, ctx.strides, ctx.taps = weight.shape, weight.stride(), (rows, cols)
+        return weight[:, :, rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        whole = torch.empty_strided(ctx.shape, ctx.strides, dtype=grad.dtype, device=grad.device)
+        whole.zero_()
+        whole[:, :, ctx.taps[0], ctx.taps[1]] = grad
+        return whole, None, None
+
+
 class PaddingSkippingConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that leaves out the kernel taps which, at the input's size, read nothing but
     zero padding: the same function of the same parameters (their gradients there are zero either
@@ -98,8 +116,8 @@ class PaddingSkippingConv2d(nn.Conv2d):
             return super()._conv_forward(input, weight, bias)
         rows = rows or (0, self.kernel_size[0], self.padding[0])
         cols = cols or (0, self.kernel_size[1], self.padding[1])
-        return F.conv2d(input, weight[:, :, rows[0]:rows[1], cols[0]:cols[1]], bias, self.stride,
-                        (rows[2], cols[2]), self.dilation, self.groups)
+        return F.conv2d(input, _Taps.apply(weight, slice(*rows[:2]), slice(*cols[:2])), bias,
+                        self.stride, (rows[2], cols[2]), self.dilation, self.groups)
 
 
 def skip_padding_taps(model: nn.Module) -> nn.Module:

@@ -123,6 +123,10 @@ def test_padding_skipping_convolutions_are_the_same_function_with_the_same_gradi
     off_centre = torch.ones(3, 3, dtype=torch.bool)
     off_centre[1, 1] = False
     assert not weight_grad[:, :, off_centre].any()
+    # A channels-last weight gets its gradient channels-last (no copy to accumulate it).
+    skipping.float().to(memory_format=torch.channels_last).zero_grad()
+    F.cross_entropy(skipping(x.float()), targets).backward()
+    assert centre.grad.stride() == centre.stride() != centre.contiguous().stride()
 
 
 def test_only_plain_zero_padded_convolutions_skip_taps():
