@@ -83,29 +83,33 @@ def live_taps(size: int, kernel: int, stride: int, padding: int,
 
 
 class _Taps(torch.autograd.Function):
-    """``weight[:, :, rows, cols]``, whose gradient comes back in the weight's own memory layout:
-    slicing's gradient would be contiguous, and a channels-last weight would then copy it once more
-    to accumulate it."""
+    """``weight[:, :, rows, cols]``, its gradient padded back with zeros in the gradient's own
+    memory layout (slicing's gradient would be contiguous, and a channels-last weight would then copy
+    it once more to accumulate it); out of place, in the form ``torch.func``'s transforms accept."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
-        ctx.shape, ctx.strides, ctx.taps = weight.shape, weight.stride(), (rows, cols)
+    def forward(weight: torch.Tensor, rows: slice, cols: slice) -> torch.Tensor:
         return weight[:, :, rows, cols]
 
     @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        weight, ctx.rows, ctx.cols = inputs
+        ctx.height, ctx.width = weight.shape[-2:]
+
+    @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        whole = torch.empty_strided(ctx.shape, ctx.strides, dtype=grad.dtype, device=grad.device)
-        whole.zero_()
-        whole[:, :, ctx.taps[0], ctx.taps[1]] = grad
-        return whole, None, None
+        return F.pad(grad, (ctx.cols.start, ctx.width - ctx.cols.stop,
+                            ctx.rows.start, ctx.height - ctx.rows.stop)), None, None
 
 
 class PaddingSkippingConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that leaves out the kernel taps which, at the input's size, read nothing but
     zero padding: the same function of the same parameters (their gradients there are zero either
     way), in fewer operations. Deep layers of small images gain most: ResNet18's last stage sees
-    one-pixel maps on 8x8 images, where oneDNN's weight gradient of a 3x3 convolution is slow (the
-    training step took 2.3x longer restricted to AVX2, 1.2x with AVX512; docs/performance.md)."""
+    one-pixel maps on 8x8 images, where oneDNN's weight gradient of a 3x3 convolution is slow
+    (measured in docs/performance.md, "Where the time goes")."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:

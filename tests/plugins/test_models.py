@@ -129,6 +129,23 @@ def test_padding_skipping_convolutions_are_the_same_function_with_the_same_gradi
     assert centre.grad.stride() == centre.stride() != centre.contiguous().stride()
 
 
+def test_padding_skipping_convolutions_work_under_torch_func():
+    # A third-party synthesizer may take per-image gradients with torch.func (vmap of grad).
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(3, 4))
+    skipping = skip_padding_taps(copy.deepcopy(plain))
+    x = torch.rand(5, 2, 1, 1)
+
+    def loss(model, params, image):
+        return torch.func.functional_call(model, params, (image[None],)).logsumexp(1).sum()
+
+    for argnums in (1, 2):  # the parameters, the images
+        got, want = (torch.func.vmap(torch.func.grad(loss, argnums), (None, None, 0))(
+            model, dict(model.named_parameters()), x) for model in (skipping, plain))
+        for a, b in zip(*(g.values() if isinstance(g, dict) else [g] for g in (got, want))):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_only_plain_zero_padded_convolutions_skip_taps():
     class Standardised(nn.Conv2d):  # a subclass computes something else: left alone
         pass
