@@ -73,8 +73,8 @@ FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, PaddingSkippingConv2d)
 
 
 class _Tracer(torch.fx.Tracer):
-    """torch.fx's tracer, which also keeps :class:`PaddingSkippingConv2d` whole (its forward reads
-    the input's size, which a trace cannot)."""
+    """torch.fx's tracer, which also keeps :class:`PaddingSkippingConv2d` whole, as one module call
+    that a BatchNorm can fold into."""
 
     def is_leaf_module(self, module: nn.Module, name: str) -> bool:
         return isinstance(module, PaddingSkippingConv2d) or super().is_leaf_module(module, name)

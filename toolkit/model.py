@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.fx
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -85,7 +86,8 @@ def live_taps(size: int, kernel: int, stride: int, padding: int,
 class _Taps(torch.autograd.Function):
     """``weight[:, :, rows, cols]``, its gradient padded back with zeros in the gradient's own
     memory layout (slicing's gradient would be contiguous, and a channels-last weight would then copy
-    it once more to accumulate it); out of place, in the form ``torch.func``'s transforms accept."""
+    it once more to accumulate it); out of place, with forward mode too, in the form
+    ``torch.func``'s transforms accept."""
 
     generate_vmap_rule = True
 
@@ -103,25 +105,45 @@ class _Taps(torch.autograd.Function):
         return F.pad(grad, (ctx.cols.start, ctx.width - ctx.cols.stop,
                             ctx.rows.start, ctx.height - ctx.rows.stop)), None, None
 
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor, *_) -> torch.Tensor:  # forward mode: the same cut
+        return tangent[:, :, ctx.rows, ctx.cols]
+
+
+@torch.fx.wrap  # one call in a torch.fx graph: it reads the input's size, which a trace cannot
+def conv2d_live_taps(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                     stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                     groups: int) -> torch.Tensor:
+    """``F.conv2d`` with zero ``padding`` (two ints), computing only the kernel taps that read a
+    pixel of ``input`` (:func:`live_taps`): the same outputs and gradients."""
+    height, width = input.shape[-2:]
+    kernel = weight.shape[-2:]
+    rows, cols = (live_taps(int(size), *axis)
+                  for size, axis in zip((height, width), zip(kernel, stride, padding, dilation)))
+    if rows is None and cols is None:
+        return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    rows = rows or (0, kernel[0], padding[0])
+    cols = cols or (0, kernel[1], padding[1])
+    return F.conv2d(input, _Taps.apply(weight, slice(*rows[:2]), slice(*cols[:2])), bias, stride,
+                    (rows[2], cols[2]), dilation, groups)
+
 
 class PaddingSkippingConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that leaves out the kernel taps which, at the input's size, read nothing but
     zero padding: the same function of the same parameters (their gradients there are zero either
     way), in fewer operations. Deep layers of small images gain most: ResNet18's last stage sees
     one-pixel maps on 8x8 images, where oneDNN's weight gradient of a 3x3 convolution is slow
-    (measured in docs/performance.md, "Where the time goes")."""
+    (measured in docs/performance.md, "Where the time goes").
+
+    Under ``torch.jit.trace``, which would record one input size's cut for every size, it computes
+    every tap; ``torch.fx`` records :func:`conv2d_live_taps` as one call."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
-        height, width = input.shape[-2:]
-        rows, cols = (live_taps(int(size), *axis) for size, axis in zip(
-            (height, width), zip(self.kernel_size, self.stride, self.padding, self.dilation)))
-        if rows is None and cols is None:
+        if torch.jit.is_tracing():
             return super()._conv_forward(input, weight, bias)
-        rows = rows or (0, self.kernel_size[0], self.padding[0])
-        cols = cols or (0, self.kernel_size[1], self.padding[1])
-        return F.conv2d(input, _Taps.apply(weight, slice(*rows[:2]), slice(*cols[:2])), bias,
-                        self.stride, (rows[2], cols[2]), self.dilation, self.groups)
+        return conv2d_live_taps(input, weight, bias, self.stride, self.padding, self.dilation,
+                                self.groups)
 
 
 def skip_padding_taps(model: nn.Module) -> nn.Module:

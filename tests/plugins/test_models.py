@@ -129,6 +129,7 @@ def test_padding_skipping_convolutions_are_the_same_function_with_the_same_gradi
     assert centre.grad.stride() == centre.stride() != centre.contiguous().stride()
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning:torch")  # torch.jit's deprecation
 def test_padding_skipping_convolutions_work_under_torch_func():
     # A third-party synthesizer may take per-image gradients with torch.func (vmap of grad).
     torch.manual_seed(0)
@@ -144,6 +145,27 @@ def test_padding_skipping_convolutions_work_under_torch_func():
             model, dict(model.named_parameters()), x) for model in (skipping, plain))
         for a, b in zip(*(g.values() if isinstance(g, dict) else [g] for g in (got, want))):
             assert torch.allclose(a, b, atol=1e-6)
+    # Forward mode too: a derivative along a direction in weight space.
+    params = dict(plain.named_parameters())
+    direction = {name: torch.randn_like(value) for name, value in params.items()}
+    (_, got), (_, want) = (torch.func.jvp(lambda p: loss(model, p, x[0]), (params,), (direction,))
+                           for model in (skipping, plain))
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning:torch")  # torch.jit's deprecation
+def test_padding_skipping_convolutions_trace_for_every_input_size():
+    # torch.fx records the cut as one call decided at run time; torch.jit.trace, which would
+    # record one size's cut for all, gets every tap. Either then serves other sizes exactly.
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, padding=1))
+    skipping = skip_padding_taps(copy.deepcopy(plain))
+    small, large = torch.rand(2, 2, 1, 1), torch.rand(2, 2, 4, 5)
+    graph = torch.fx.symbolic_trace(skipping)
+    traced = torch.jit.trace(skipping, small)
+    for model in (graph, traced):
+        for x in (small, large):
+            assert torch.allclose(model(x), plain(x), atol=1e-6)
 
 
 def test_only_plain_zero_padded_convolutions_skip_taps():
