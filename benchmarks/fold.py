@@ -10,26 +10,29 @@ load from landing on one side only.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 import toolkit
-from toolkit.model import NormalizedClassifier, frozen, skip_padding_taps
-from toolkit.plugins import get_registry
+from toolkit.model import frozen
 from toolkit.synthesis import auto_batch_size
 from toolkit_plugins import synthesis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import resnet18  # noqa: E402 (the benchmarks' shared helpers)
 
 
 def model_with_statistics(channels: int, size: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    net = skip_padding_taps(get_registry("model").get("resnet18").obj(10, channels, size))
-    for m in net.modules():  # statistics away from (0, 1), as after training
+    model = resnet18(10, channels, size)
+    for m in model.modules():  # statistics away from (0, 1), as after training
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-    model = NormalizedClassifier(net, [0.5] * channels, [0.25] * channels)
-    return model.to(memory_format=torch.channels_last)
+    return model
 
 
 def main() -> None:

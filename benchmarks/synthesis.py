@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import toolkit
-from toolkit.model import NormalizedClassifier, frozen, step_flops
+from toolkit.model import frozen, step_flops
 from toolkit.plugins import get_registry
 from toolkit.results import dataset_from_features
 from toolkit_plugins.metrics import cosine, zscore
