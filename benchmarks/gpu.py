@@ -14,7 +14,9 @@
 4. times the same synthesis compiled against eager in 10 alternating rounds
    (``benchmarks/compile.py``: the speed-ups and their 95 % lower bound, one compile's time, the
    eager GFLOP/s), toward a CUDA row of
-   ``toolkit.hardware.COMPILE_MEASURED``, which also needs what a whole study pays compiling;
+   ``toolkit.hardware.COMPILE_MEASURED``, which also needs what a whole study pays compiling; and
+   the training step compiled against eager (``benchmarks/train_step.py``: the trainer runs
+   eagerly, since compiling its step did not pay on the CPUs measured);
 5. runs a short CIFAR-sized study end to end with ``--precision auto`` (the CIFAR-10 archive with
    ``--archive``, else a made-up 10-class 3x32x32 dataset that needs no file) and prints its
    summary and speed line.
@@ -166,8 +168,9 @@ def main() -> int:
         rate, batch, flops = gpu_synthesis_rate(args.device, precision, scale)
         rows.append(f"| synthesis, {image}, batch {batch} | {precision} | {rate:,.0f} "
                     f"image-steps/s | {rate * flops / 1e9:,.0f} | {rate * flops / 1e9 / limit:.0%} |")
-        rate, flops = train_rate(batch=scale.train_batch, size=scale.size, precision=precision,
-                                 device=args.device)
+        trained = train_rate(batch=scale.train_batch, size=scale.size, precision=precision,
+                             device=args.device)
+        rate, flops = trained.images_per_second, trained.flops
         rows.append(f"| training step, {image}, batch {scale.train_batch} | {precision} | "
                     f"{rate:,.0f} images/s | {rate * flops / 1e9:,.0f} | "
                     f"{rate * flops / 1e9 / limit:.0%} |")
@@ -185,6 +188,24 @@ def main() -> int:
             print(rows[-1], flush=True)
     except Exception as error:  # noqa: BLE001 (recorded in the report instead)
         rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | | | | | |")
+    sections.append("\n".join(rows))
+    # the trainer runs eagerly: what compiling its step would gain here (best of 3 timings each)
+    rows = [f"| torch.compile, training step, {image}, batch {scale.train_batch} | precision | "
+            "eager images/s | compiled images/s | compiled / eager | first compiled step |",
+            "|---|---|---|---|---|---|"]
+    for precision in ("fp32", "bf16"):
+        try:
+            eager, compiled = (train_rate(batch=scale.train_batch, size=scale.size,
+                                          precision=precision, device=args.device, compiled=c)
+                               for c in (False, True))
+            rows.append(f"| best of 3 timings each | {precision} | {eager.images_per_second:,.0f} | "
+                        f"{compiled.images_per_second:,.0f} | "
+                        f"{compiled.images_per_second / eager.images_per_second:.2f}x | "
+                        f"{compiled.first_step:.1f} s |")
+        except Exception as error:  # noqa: BLE001 (recorded in the report instead)
+            rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | "
+                        f"{precision} | | | | |")
+        print(rows[-1], flush=True)
     sections.append("\n".join(rows))
     with tempfile.TemporaryDirectory() as folder:
         sections.append("Short study (`--precision auto`):\n\n```\n"

@@ -3,30 +3,45 @@
     python benchmarks/train_step.py [--model resnet18] [--threads 2] [--batch 128] [--size 32]
                                     [--channels 3] [--precision fp32,bf16] [--device cpu]
                                     [--layout channels_last,contiguous] [--taps live,all]
+                                    [--compile no,yes]
 
-Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32),
-in each ``--layout`` (the trainer runs channels-last), its convolutions computing only the kernel
-taps that read pixels (``--taps live``, what the trainer runs: ``toolkit.model.skip_padding_taps``)
-or every tap (``all``, the model as its plugin builds it), under bf16 autocast as the trainer runs
-``--precision bf16``; 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also
-given in GFLOP/s (the step's FLOPs counted by ``torch.utils.flop_counter``: with ``live`` taps,
-those the step computes) as a fraction of the same precision's GEMM limit, measured right before
-it. The rate bounds what ``analyze`` can train per second here.
+Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32) and
+the trainer's own optimizer (``toolkit.training.TrainingSettings.optimizer``: SGD with Nesterov
+momentum and weight decay), in each ``--layout`` (the trainer runs channels-last), its convolutions
+computing only the kernel taps that read pixels (``--taps live``, what the trainer runs:
+``toolkit.model.skip_padding_taps``) or every tap (``all``, the model as its plugin builds it), under
+bf16 autocast as the trainer runs ``--precision bf16``, eager (``--compile no``, as the trainer runs)
+or through ``torch.compile`` (``yes``: its first step, which compiles from an empty cache, is timed
+apart); 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also given in GFLOP/s
+(the step's FLOPs counted by ``torch.utils.flop_counter``: with ``live`` taps, those the step
+computes) as a fraction of the same precision's GEMM limit, measured right before it, with the
+share of the optimizer's update in the step and the bound it sets: the fraction the step would
+reach if its forward and backward ran at the limit and the update took the time it took. glibc's
+malloc is set as ``python -m toolkit`` sets it (``toolkit.hardware.keep_memory_mapped``). The rate
+bounds what ``analyze`` can train per second here.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import itertools
+import os
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from toolkit.hardware import keep_memory_mapped
 from toolkit.model import skip_padding_taps
 from toolkit.plugins import get_registry
+from toolkit.training import TrainingSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import DTYPES, best_time, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
@@ -35,43 +50,63 @@ from grid import DTYPES, best_time, gemm_gflops, machine  # noqa: E402 (the benc
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
+class TrainRate(NamedTuple):
+    """One configuration's training step, as :func:`train_rate` measured it."""
+
+    images_per_second: float
+    flops: float  # per image
+    update_share: float  # of the step's time, the optimizer's update
+    first_step: float  # seconds of the first timed step (under torch.compile, compiling included)
+
+
 def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,
                precision: str = "fp32", device: str = "cpu", channels: int = 3,
                layout: torch.memory_format = torch.channels_last,
-               live_taps: bool = True) -> tuple[float, float]:
-    """(images per second, FLOPs per image) of ``model``'s training step on ``device``."""
+               live_taps: bool = True, compiled: bool = False) -> TrainRate:
+    """The training step of ``model`` on ``device``: its rate, FLOPs and the update's share."""
     torch.manual_seed(0)
     net = get_registry("model").get(model).obj(classes, channels, size)
     if live_taps:
         skip_padding_taps(net)
     net = net.to(device, memory_format=layout).train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    optimizer = TrainingSettings(epochs=1, precision=precision).optimizer(net.parameters())
     images = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=layout)
     labels = torch.randint(0, classes, (batch,), device=device)
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
                 if precision == "bf16" else contextlib.nullcontext())
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    forward = net
 
-    def step() -> None:
+    def step() -> float:
+        """One step; the seconds its update took."""
         with autocast:
-            loss = F.cross_entropy(net(images), labels)
+            loss = F.cross_entropy(forward(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
+        began = time.perf_counter()
         optimizer.step()
+        sync()
+        return time.perf_counter() - began
 
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops() / batch
+    if compiled:
+        forward = torch.compile(net)
+    began = time.perf_counter()
+    step()
+    first = time.perf_counter() - began
     for _ in range(3):
         step()
-    sync()
 
-    def five() -> None:
-        for _ in range(5):
-            step()
-        sync()
-
-    return 5 * batch / best_time(five, 3), flops
+    timings = []  # (seconds of 5 steps, of which their updates)
+    for _ in range(3):
+        began = time.perf_counter()
+        update = sum(step() for _ in range(5))
+        timings.append((time.perf_counter() - began, update))
+    seconds, update = min(timings)
+    return TrainRate(5 * batch / seconds, flops, update / seconds, first)
 
 
 def main() -> None:
@@ -88,19 +123,36 @@ def main() -> None:
                         help="channels_last, contiguous or both: channels_last,contiguous")
     parser.add_argument("--taps", default="live",
                         help="live (skip the taps that read only padding), all, or both: live,all")
+    parser.add_argument("--compile", default="no",
+                        help="no (eager, as the trainer runs), yes (torch.compile), or both: no,yes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    keep_memory_mapped()  # glibc's malloc set as `python -m toolkit` sets it for the trainer
+    if "yes" in args.compile.split(","):
+        # Compiling from an empty inductor cache, as a user's first run does (inductor reads the
+        # variable when it first compiles).
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+        atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
     print(machine())
     for precision in args.precision.split(","):
         limit = gemm_gflops(DTYPES[precision], device=args.device)
-        for layout, taps in itertools.product(args.layout.split(","), args.taps.split(",")):
-            rate, flops = train_rate(args.model, args.batch, args.size, args.classes, precision,
-                                     args.device, args.channels, LAYOUTS[layout], taps == "live")
+        for layout, taps, compiled in itertools.product(args.layout.split(","), args.taps.split(","),
+                                                        args.compile.split(",")):
+            if compiled not in ("no", "yes"):
+                parser.error(f"--compile takes no, yes or no,yes, not {compiled!r}")
+            got = train_rate(args.model, args.batch, args.size, args.classes, precision, args.device,
+                             args.channels, LAYOUTS[layout], taps == "live", compiled == "yes")
+            rate, limit_seconds = got.images_per_second * got.flops / 1e9, got.flops / (limit * 1e9)
+            # The step's time per image if the forward and backward ran at the limit.
+            bound = limit_seconds + got.update_share / got.images_per_second
             print(f"{args.model} {args.size}x{args.size}x{args.channels}, batch {args.batch}, "
-                  f"{precision}, {layout}, {taps} taps, {args.device}, {args.threads} thread(s): "
-                  f"{rate:.1f} images/s, {rate * flops / 1e9:,.1f} GFLOP/s = {rate * flops / 1e9 / limit:.0%} "
-                  f"of the {precision} GEMM limit measured just before it ({limit:,.1f} GFLOP/s; "
-                  f"{flops / 1e6:,.0f} MFLOP per image)")
+                  f"{precision}, {layout}, {taps} taps, "
+                  f"{'compiled' if compiled == 'yes' else 'eager'}, {args.device}, "
+                  f"{args.threads} thread(s): {got.images_per_second:.1f} images/s, {rate:,.1f} "
+                  f"GFLOP/s = {rate / limit:.0%} of the {precision} GEMM limit measured just before "
+                  f"it ({limit:,.1f} GFLOP/s; {got.flops / 1e6:,.0f} MFLOP per image); the update "
+                  f"{got.update_share:.0%} of the step, which bounds the step at "
+                  f"{limit_seconds / bound:.0%} of the limit; first step {got.first_step:.1f} s")
 
 
 if __name__ == "__main__":

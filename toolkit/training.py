@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,12 @@ class TrainingSettings:
 
     def __post_init__(self) -> None:
         check_stage_precision("TrainingSettings", self.precision)
+
+    def optimizer(self, parameters: Iterable[torch.Tensor]) -> torch.optim.SGD:
+        """The trainer's optimizer over ``parameters``: SGD with weight decay, and Nesterov
+        momentum where momentum is on; the trainer sets its learning rate at every step (cosine)."""
+        return torch.optim.SGD(parameters, lr=self.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay, nesterov=self.momentum > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,9 +162,7 @@ class Trainer:
                 model, device_ids=[torch.device(device).index] if torch.device(device).type == "cuda"
                 else None)
         self.generator = torch.Generator().manual_seed(seed)
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                         weight_decay=settings.weight_decay,
-                                         nesterov=settings.momentum > 0)
+        self.optimizer = settings.optimizer(model.parameters())
         labels = data.train_labels
         # The whole training set lives on the device as uint8 (a quarter of float32's size): a batch
         # is one index, one conversion and one batched augmentation, with no host copies.

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 import toolkit
 import toolkit.pipeline
@@ -273,6 +274,20 @@ def test_defaults_live_in_one_place():
                          "flip": False, "lr": 0.1, "max_steps": 1000}
     for opt in OPTIONS:
         assert opt.help and opt.name in AnalysisConfig.__doc__
+
+
+def test_the_trainers_optimizer_is_built_from_its_settings():
+    # benchmarks/train_step.py times this optimizer: it must be the one the trainer steps
+    from toolkit.training import TrainingSettings
+
+    weights = [torch.nn.Parameter(torch.zeros(3))]
+    group = TrainingSettings(epochs=1, lr=0.2, momentum=0.8, weight_decay=1e-3).optimizer(
+        weights).param_groups[0]
+    assert (group["lr"], group["momentum"], group["weight_decay"], group["nesterov"]) == (
+        0.2, 0.8, 1e-3, True)
+    assert group["params"] == weights
+    plain = TrainingSettings(epochs=1, momentum=0.0).optimizer(weights).param_groups[0]
+    assert (plain["momentum"], plain["nesterov"]) == (0.0, False)
 
 
 def test_the_json_record_is_unchanged():
