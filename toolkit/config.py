@@ -136,7 +136,8 @@ class AnalysisConfig:
     compile: bool | str = option(
         "auto", "run synthesis through torch.compile (--compile), not (--nocompile), or where it is "
         "estimated to save more time than compiling takes on this device (--compile auto; the "
-        "file's compile_reason says why).", metavar="")
+        "file's compile_reason says why). Training runs eagerly: compiling it did not pay on the "
+        "CPUs measured.", metavar="")
 
     def __post_init__(self) -> None:
         set_ = lambda field, value: object.__setattr__(self, field, value)  # noqa: E731 (frozen)
