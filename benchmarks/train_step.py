@@ -44,7 +44,7 @@ from toolkit.plugins import get_registry
 from toolkit.training import TrainingSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import DTYPES, best_time, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
+from grid import DTYPES, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
 
 
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
