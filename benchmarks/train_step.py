@@ -126,6 +126,8 @@ def main() -> None:
     parser.add_argument("--compile", default="no",
                         help="no (eager, as the trainer runs), yes (torch.compile), or both: no,yes")
     args = parser.parse_args()
+    if set(args.compile.split(",")) - {"no", "yes"}:
+        parser.error(f"--compile takes no, yes or no,yes, not {args.compile!r}")
     torch.set_num_threads(args.threads)
     keep_memory_mapped()  # glibc's malloc set as `python -m toolkit` sets it for the trainer
     if "yes" in args.compile.split(","):
@@ -138,8 +140,6 @@ def main() -> None:
         limit = gemm_gflops(DTYPES[precision], device=args.device)
         for layout, taps, compiled in itertools.product(args.layout.split(","), args.taps.split(","),
                                                         args.compile.split(",")):
-            if compiled not in ("no", "yes"):
-                parser.error(f"--compile takes no, yes or no,yes, not {compiled!r}")
             got = train_rate(args.model, args.batch, args.size, args.classes, precision, args.device,
                              args.channels, LAYOUTS[layout], taps == "live", compiled == "yes")
             rate, limit_seconds = got.images_per_second * got.flops / 1e9, got.flops / (limit * 1e9)
