@@ -14,12 +14,12 @@
 4. times the same synthesis compiled against eager in 10 alternating rounds
    (``benchmarks/compile.py``: the speed-ups and their 95 % lower bound, one compile's time, the
    eager GFLOP/s), toward a CUDA row of
-   ``toolkit.hardware.COMPILE_MEASURED``, which also needs what a whole study pays compiling; and
-   the training step compiled against eager (``benchmarks/train_step.py``: the trainer runs
-   eagerly, since compiling its step did not pay on the CPUs measured);
+   ``toolkit.hardware.COMPILE_MEASURED``, which also needs what a whole study pays compiling;
 5. runs a short CIFAR-sized study end to end with ``--precision auto`` (the CIFAR-10 archive with
    ``--archive``, else a made-up 10-class 3x32x32 dataset that needs no file) and prints its
-   summary and speed line.
+   summary and speed line;
+6. times the training step compiled against eager (``benchmarks/train_step.py``; the trainer runs
+   eagerly, since compiling its step did not pay on the CPUs measured).
 
 It writes a Markdown report to ``--out``. Without CUDA it says so and exits 1. ``--rehearse`` runs
 every step on the CPU at toy sizes (8x8 images, tiny batches, 3 rounds; the numbers mean nothing),
@@ -189,7 +189,12 @@ def main() -> int:
     except Exception as error:  # noqa: BLE001 (recorded in the report instead)
         rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | | | | | |")
     sections.append("\n".join(rows))
-    # the trainer runs eagerly: what compiling its step would gain here (best of 3 timings each)
+    with tempfile.TemporaryDirectory() as folder:
+        sections.append("Short study (`--precision auto`):\n\n```\n"
+                        + study(args.device, args.archive, Path(folder), scale) + "\n```")
+    print(sections[-1], flush=True)
+    # Last, as the least needed (a GPU's minutes are few): the trainer runs eagerly; what would
+    # compiling its step gain here? (best of 3 timings each)
     rows = [f"| torch.compile, training step, {image}, batch {scale.train_batch} | precision | "
             "eager images/s | compiled images/s | compiled / eager | first compiled step |",
             "|---|---|---|---|---|---|"]
@@ -207,10 +212,6 @@ def main() -> int:
                         f"{precision} | | | | |")
         print(rows[-1], flush=True)
     sections.append("\n".join(rows))
-    with tempfile.TemporaryDirectory() as folder:
-        sections.append("Short study (`--precision auto`):\n\n```\n"
-                        + study(args.device, args.archive, Path(folder), scale) + "\n```")
-    print(sections[-1], flush=True)
     text = (f"Machine: {header}.\nCommand: `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
             f"({time.perf_counter() - began:.0f} s).\n\n" + "\n\n".join(sections) + "\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
