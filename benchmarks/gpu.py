@@ -21,9 +21,10 @@
 6. times the training step compiled against eager (``benchmarks/train_step.py``; the trainer runs
    eagerly, since compiling its step did not pay on the CPUs measured).
 
-It writes a Markdown report to ``--out``. Without CUDA it says so and exits 1. ``--rehearse`` runs
-every step on the CPU at toy sizes (8x8 images, tiny batches, 3 rounds; the numbers mean nothing),
-so that a broken step shows up here, and in the slow tests, before scarce GPU time is spent on it.
+It writes a Markdown report to ``--out``, rewritten after each step, so that a run cut short (a
+GPU's minutes are few) keeps what it measured. Without CUDA it says so and exits 1. ``--rehearse``
+runs every step on the CPU at toy sizes (8x8 images, tiny batches, 3 rounds; the numbers mean
+nothing), so that a broken step shows up here, and in the slow tests, before scarce GPU time is spent on it.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from typing import Any, NamedTuple
 import torch
 
 import toolkit
+from toolkit.files import atomic_write
 from toolkit.model import step_flops
 from toolkit.plugins import get_plugin_manager
 
@@ -152,13 +154,23 @@ def main() -> int:
                   f"host {machine()}")
     print(header, flush=True)
     image = f"ResNet18 3x{scale.size}x{scale.size}"
-    sections = []
+    sections: list[str] = []
+
+    def report(section: str, last: bool = False) -> None:
+        """Add ``section`` and rewrite the report, so that a run cut short keeps what it measured."""
+        sections.append(section)
+        text = (f"Machine: {header}.\nCommand: `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
+                f"({time.perf_counter() - began:.0f} s{'' if last else ' so far, unfinished'})."
+                "\n\n" + "\n\n".join(sections) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+
     if not args.skip_tests:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p",
                                 "no:cacheprovider", str(ROOT / "tests")], cwd=ROOT,
                                capture_output=True, text=True)
         tail = (tests.stdout + tests.stderr).strip().splitlines()[-1:]
-        sections.append(f"CUDA-marked tests (`pytest -m cuda`): exit {tests.returncode}; {' '.join(tail)}")
+        report(f"CUDA-marked tests (`pytest -m cuda`): exit {tests.returncode}; {' '.join(tail)}")
         print(sections[-1], flush=True)
     rows = ["| measurement | precision | result | GFLOP/s | of the GEMM limit |", "|---|---|---|---|---|"]
     for precision, dtype in DTYPES.items():
@@ -175,7 +187,7 @@ def main() -> int:
                     f"{rate:,.0f} images/s | {rate * flops / 1e9:,.0f} | "
                     f"{rate * flops / 1e9 / limit:.0%} |")
         print("\n".join(rows[-3:]), flush=True)
-    sections.append("\n".join(rows))
+    report("\n".join(rows))
     # what --compile auto would need for a row of toolkit.hardware.COMPILE_MEASURED on this GPU
     rows = [f"| torch.compile, synthesis, {image} | precision | {SPEEDUP_HEADER} | "
             "one compile | eager GFLOP/s |", "|---|---|---|---|---|---|"]
@@ -188,9 +200,9 @@ def main() -> int:
             print(rows[-1], flush=True)
     except Exception as error:  # noqa: BLE001 (recorded in the report instead)
         rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | | | | | |")
-    sections.append("\n".join(rows))
+    report("\n".join(rows))
     with tempfile.TemporaryDirectory() as folder:
-        sections.append("Short study (`--precision auto`):\n\n```\n"
+        report("Short study (`--precision auto`):\n\n```\n"
                         + study(args.device, args.archive, Path(folder), scale) + "\n```")
     print(sections[-1], flush=True)
     # Last, as the least needed (a GPU's minutes are few): the trainer runs eagerly; what would
@@ -211,11 +223,7 @@ def main() -> int:
             rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | "
                         f"{precision} | | | | |")
         print(rows[-1], flush=True)
-    sections.append("\n".join(rows))
-    text = (f"Machine: {header}.\nCommand: `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
-            f"({time.perf_counter() - began:.0f} s).\n\n" + "\n\n".join(sections) + "\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    report("\n".join(rows), last=True)
     print(f"written: {args.out}")
     return 0
 
