@@ -9,8 +9,8 @@
    ``--precision auto``, the GPU's micro-batch size, device checks, NCCL where there are 2 GPUs);
 2. measures the GPU's own GEMM limits (8192 x 8192 matmul, fp32 with TF32 off, and bf16);
 3. times the ``prototype`` synthesizer (ResNet18, CIFAR-sized 3x32x32 images, random weights, the
-   GPU's automatic micro-batch) and the training step (forward, backward, SGD) in fp32 and bf16,
-   each in GFLOP/s as a fraction of the same precision's limit;
+   GPU's automatic micro-batch) and the training step (forward, backward, the trainer's SGD) in
+   fp32 and bf16, each in GFLOP/s as a fraction of the same precision's limit;
 4. times the same synthesis compiled against eager in 10 alternating rounds
    (``benchmarks/compile.py``: the speed-ups and their 95 % lower bound, one compile's time, the
    eager GFLOP/s), toward a CUDA row of
@@ -40,6 +40,7 @@ import torch
 
 import toolkit
 from toolkit.files import atomic_write
+from toolkit.hardware import keep_memory_mapped
 from toolkit.model import step_flops
 from toolkit.plugins import get_plugin_manager
 
@@ -145,6 +146,7 @@ def main() -> int:
     # fp32 means fp32 (no TF32 in matmuls or convolutions), so fp32 rates compare with the fp32 limit
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    keep_memory_mapped()  # the host's malloc set as `python -m toolkit` sets it for the trainer
     began = time.perf_counter()
     if args.rehearse:
         header = f"rehearsal on the CPU at toy sizes (its numbers mean nothing); host {machine()}"
@@ -211,17 +213,20 @@ def main() -> int:
             "eager images/s | compiled images/s | compiled / eager | first compiled step |",
             "|---|---|---|---|---|---|"]
     for precision in ("fp32", "bf16"):
+        # eager again, beside the compiled run: the same moment of the machine for both
+        eager = train_rate(batch=scale.train_batch, size=scale.size, precision=precision,
+                           device=args.device)
         try:
-            eager, compiled = (train_rate(batch=scale.train_batch, size=scale.size,
-                                          precision=precision, device=args.device, compiled=c)
-                               for c in (False, True))
+            compiled = train_rate(batch=scale.train_batch, size=scale.size, precision=precision,
+                                  device=args.device, compiled=True)
             rows.append(f"| best of 3 timings each | {precision} | {eager.images_per_second:,.0f} | "
                         f"{compiled.images_per_second:,.0f} | "
                         f"{compiled.images_per_second / eager.images_per_second:.2f}x | "
                         f"{compiled.first_step:.1f} s |")
         except Exception as error:  # noqa: BLE001 (recorded in the report instead)
-            rows.append(f"| failed: {type(error).__name__}: {str(error).splitlines()[0][:200]} | "
-                        f"{precision} | | | | |")
+            rows.append(f"| compiling failed: {type(error).__name__}: "
+                        f"{str(error).splitlines()[0][:200]} | {precision} | "
+                        f"{eager.images_per_second:,.0f} | | | |")
         print(rows[-1], flush=True)
     report("\n".join(rows), last=True)
     print(f"written: {args.out}")

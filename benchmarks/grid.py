@@ -214,7 +214,7 @@ def grid_comparison(args, rows: list, notes: list) -> None:
     train_rate = per_epoch * train.batch_size * args.train_epochs / train_seconds
     images = to_pixels(data.train_images[:train.batch_size], "cpu")
     labels = data.train_labels[:train.batch_size]
-    optimizer = dataclasses.replace(train, lr=1e-6).optimizer(model.parameters())  # keeps the weights
+    optimizer = dataclasses.replace(train, lr=1e-6).optimizer(model.parameters())  # lr 1e-6: the weights barely move
 
     def bare_step():
         out = model(augment(images, 0, False, torch.Generator()))

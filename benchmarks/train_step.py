@@ -11,19 +11,19 @@ momentum and weight decay), in each ``--layout`` (the trainer runs channels-last
 computing only the kernel taps that read pixels (``--taps live``, what the trainer runs:
 ``toolkit.model.skip_padding_taps``) or every tap (``all``, the model as its plugin builds it), under
 bf16 autocast as the trainer runs ``--precision bf16``, eager (``--compile no``, as the trainer runs)
-or through ``torch.compile`` (``yes``: its first step, which compiles from an empty cache, is timed
-apart); 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also given in GFLOP/s
-(the step's FLOPs counted by ``torch.utils.flop_counter``: with ``live`` taps, those the step
-computes) as a fraction of the same precision's GEMM limit, measured right before it, with the
-share of the optimizer's update in the step and the bound it sets: the fraction the step would
-reach if its forward and backward ran at the limit and the update took the time it took. glibc's
-malloc is set as ``python -m toolkit`` sets it (``toolkit.hardware.keep_memory_mapped``). The rate
-bounds what ``analyze`` can train per second here.
+or through ``torch.compile`` (``yes``: each configuration compiles from an empty cache in its first
+step, timed apart); 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also given
+in GFLOP/s (the forward and backward FLOPs counted by ``torch.utils.flop_counter``: with ``live``
+taps, those the step computes) as a fraction of the same precision's GEMM limit, measured right
+before it, with the share of the optimizer's update in the step and the bound it sets: the
+fraction the step would reach if its forward and backward ran at the limit and the update took the
+time it took. This script sets glibc's malloc as ``python -m toolkit`` does
+(``toolkit.hardware.keep_memory_mapped``). The rate bounds what ``analyze`` can train per second
+here.
 """
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import itertools
 import os
@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,9 +54,26 @@ class TrainRate(NamedTuple):
     """One configuration's training step, as :func:`train_rate` measured it."""
 
     images_per_second: float
-    flops: float  # per image
+    flops: float  # per image: the forward and backward pass (the update's are not counted)
     update_share: float  # of the step's time, the optimizer's update
-    first_step: float  # seconds of the first timed step (under torch.compile, compiling included)
+    first_step: float  # seconds of the first timed step (compiling included, when compiled)
+
+
+@contextlib.contextmanager
+def empty_inductor_cache() -> Iterator[None]:
+    """Compile from an empty inductor cache, as a user's first run does: inductor reads the
+    variable whenever it compiles, and dynamo forgets what it compiled before."""
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder = tempfile.mkdtemp(prefix="inductor-cold-")
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,
@@ -74,37 +91,47 @@ def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classe
     labels = torch.randint(0, classes, (batch,), device=device)
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
                 if precision == "bf16" else contextlib.nullcontext())
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     forward = net
 
-    def step() -> float:
-        """One step; the seconds its update took."""
+    def step() -> Callable[[], float]:
+        """One step; a function that gives the seconds of its update once the device is synced."""
         with autocast:
             loss = F.cross_entropy(forward(images), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        sync()
+        if cuda:  # events, not syncs: the steps queue up on the GPU as they do in training
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            optimizer.step()
+            end.record()
+            return lambda: start.elapsed_time(end) / 1000
         began = time.perf_counter()
         optimizer.step()
-        sync()
-        return time.perf_counter() - began
+        seconds = time.perf_counter() - began
+        return lambda: seconds
 
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops() / batch
-    if compiled:
-        forward = torch.compile(net)
-    began = time.perf_counter()
-    step()
-    first = time.perf_counter() - began
-    for _ in range(3):
-        step()
-
-    timings = []  # (seconds of 5 steps, of which their updates)
-    for _ in range(3):
+    with empty_inductor_cache() if compiled else contextlib.nullcontext():
+        if compiled:
+            forward = torch.compile(net)
+        sync()
         began = time.perf_counter()
-        update = sum(step() for _ in range(5))
-        timings.append((time.perf_counter() - began, update))
+        step()
+        sync()
+        first = time.perf_counter() - began
+        for _ in range(3):
+            step()
+        sync()
+        timings = []  # (seconds of 5 steps, of which their updates)
+        for _ in range(3):
+            began = time.perf_counter()
+            updates = [step() for _ in range(5)]
+            sync()
+            timings.append((time.perf_counter() - began, sum(update() for update in updates)))
     seconds, update = min(timings)
     return TrainRate(5 * batch / seconds, flops, update / seconds, first)
 
@@ -130,11 +157,6 @@ def main() -> None:
         parser.error(f"--compile takes no, yes or no,yes, not {args.compile!r}")
     torch.set_num_threads(args.threads)
     keep_memory_mapped()  # glibc's malloc set as `python -m toolkit` sets it for the trainer
-    if "yes" in args.compile.split(","):
-        # Compiling from an empty inductor cache, as a user's first run does (inductor reads the
-        # variable when it first compiles).
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
-        atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
     print(machine())
     for precision in args.precision.split(","):
         limit = gemm_gflops(DTYPES[precision], device=args.device)
@@ -142,17 +164,20 @@ def main() -> None:
                                                         args.compile.split(",")):
             got = train_rate(args.model, args.batch, args.size, args.classes, precision, args.device,
                              args.channels, LAYOUTS[layout], taps == "live", compiled == "yes")
-            rate, limit_seconds = got.images_per_second * got.flops / 1e9, got.flops / (limit * 1e9)
-            # The step's time per image if the forward and backward ran at the limit.
-            bound = limit_seconds + got.update_share / got.images_per_second
+            gflops = got.images_per_second * got.flops / 1e9
+            # seconds per image: at the limit, and at the limit plus the update as it ran
+            at_limit = got.flops / (limit * 1e9)
+            bound = at_limit + got.update_share / got.images_per_second
             print(f"{args.model} {args.size}x{args.size}x{args.channels}, batch {args.batch}, "
                   f"{precision}, {layout}, {taps} taps, "
                   f"{'compiled' if compiled == 'yes' else 'eager'}, {args.device}, "
-                  f"{args.threads} thread(s): {got.images_per_second:.1f} images/s, {rate:,.1f} "
-                  f"GFLOP/s = {rate / limit:.0%} of the {precision} GEMM limit measured just before "
-                  f"it ({limit:,.1f} GFLOP/s; {got.flops / 1e6:,.0f} MFLOP per image); the update "
-                  f"{got.update_share:.0%} of the step, which bounds the step at "
-                  f"{limit_seconds / bound:.0%} of the limit; first step {got.first_step:.1f} s")
+                  f"{args.threads} thread(s): {got.images_per_second:.1f} images/s, {gflops:,.1f} "
+                  f"GFLOP/s = {gflops / limit:.0%} of the {precision} GEMM limit measured just "
+                  f"before it ({limit:,.1f} GFLOP/s; {got.flops / 1e6:,.0f} MFLOP per image); the "
+                  f"update {got.update_share:.0%} of the step, which bounds the step at "
+                  f"{at_limit / bound:.0%} of the limit"
+                  + (f"; first step, compiling from an empty cache, {got.first_step:.1f} s"
+                     if compiled == "yes" else ""))
 
 
 if __name__ == "__main__":
