@@ -40,6 +40,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -80,13 +81,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"no checkpoint at {str(path)!r}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle: refused below, in one line of our own
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         needs = re.search(r"GLOBAL (\S+)", str(exc))
-        if needs is None:  # not a pickle of anything: garbage, a truncated file
-            raise UsageError(f"checkpoint {path} is not a readable PyTorch file "
-                             f"({lines[0] if lines else 'unpickling failed'})") from None
+        if needs is None:  # not a pickle torch.save wrote: garbage, a truncated file, a plain pickle
+            # torch's first line advises weights_only=False, which is what this refuses to do
+            detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(exc))
+            reason = detail.group(1).strip() if detail else lines[0] if lines else "unpickling failed"
+            raise UsageError(f"checkpoint {path} is not a readable PyTorch file ({reason}); a "
+                             "checkpoint is what torch.save(model.state_dict(), path) writes") from None
         raise UsageError(f"checkpoint {path} holds Python objects, not just weights (it needs "
                          f"{needs.group(1)}); "
                          "refusing to load it, since that could run code; save a state_dict "

@@ -1,5 +1,6 @@
 """Nothing lost, nothing executed: resume after a kill, safe checkpoints, numerical faults."""
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -189,6 +190,17 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, tiny_plugin, content, mes
     with pytest.raises(toolkit.UsageError, match=message) as info:
         toolkit.analyze(checkpoints=folder, **RUN)
     assert "\n" not in str(info.value)
+
+
+def test_a_plain_pickle_is_refused_in_one_line_of_ours(tmp_path, tiny_plugin, recwarn):
+    # pickle.dump of a state_dict is not torch.save's format: torch warns about its protocol and
+    # advises weights_only=False, which is exactly what a checkpoint must not be loaded with
+    folder = _checkpoint_folder(tmp_path, pickle.dumps({"fc.weight": [1.0]}))
+    with pytest.raises(toolkit.UsageError, match=r"interval-0.5.pt is not a readable PyTorch file "
+                                                 r"\(.+\); a checkpoint is what torch.save") as info:
+        toolkit.analyze(checkpoints=folder, **RUN)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 
 
 def test_missing_checkpoint_names_what_is_there(tmp_path, tiny_plugin):
