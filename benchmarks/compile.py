@@ -50,7 +50,8 @@ from toolkit.hardware import (COMPILE_CONFIDENCE, device_kind, resolve_precision
 from toolkit.model import step_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import gemm_limits, machine, resnet18, synthesis_rate  # noqa: E402 (shared helpers)
+from grid import (empty_inductor_cache, gemm_limits, machine, resnet18,  # noqa: E402
+                  synthesis_rate)
 from precision import (cifar_study, compare, numbers_of, report, run, speed_row,  # noqa: E402
                        study_parser, study_tables, verdict_rows)
 
@@ -58,11 +59,14 @@ from precision import (cifar_study, compare, numbers_of, report, run, speed_row,
 def rates(size: int, channels: int, rounds: int, device: str = "cpu", batch: int | None = None,
           steps: int = 10) -> list[tuple[str, float, float, list[float], float, int]]:
     """(precision, eager and compiled image-steps/s (medians), the speed-ups of ``rounds``
-    alternating rounds, seconds compiling took, batch) of ``steps`` synthesis steps at ``size`` x
-    ``size`` on ``device`` (``batch``: default the device's own); a fresh model for each precision,
-    so each compiles from scratch. Rounds alternate, so that a slow spell of the machine hits both
-    alike, and so does which of the two runs first (eager first in even rounds, compiled in odd
-    ones; from 2026-12-05, after the Zen 5 row's run, which always ran eager first)."""
+    alternating rounds, seconds compiling took, batch) of ``steps`` synthesis steps at ``size``
+    x ``size`` on ``device`` (``batch``: default the device's own); a fresh model and an empty
+    inductor cache for each precision, so each compiles from scratch (the runs recorded in
+    compile-cpu-zen5.md had one cache per process: bf16's compile, and those at 8x8, may have
+    reused kernels that fp32's at 32x32 had built). Rounds alternate, so that a slow spell of
+    the machine hits both alike, and so does which of the two runs first (eager first in even
+    rounds, compiled in odd ones; from 2026-12-05, after the Zen 5 row's run, which always ran
+    eager first)."""
     out = []
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
@@ -72,12 +76,13 @@ def rates(size: int, channels: int, rounds: int, device: str = "cpu", batch: int
             return synthesis_rate(model, channels, size, steps, precision, compile=compile,
                                   device=device, batch=batch)
 
-        _, used, first = timed(False)
-        _, _, first_compiled = timed(True)
-        eager, compiled = [], []
-        for round_ in range(rounds):
-            for compile in ((False, True) if round_ % 2 == 0 else (True, False)):
-                (compiled if compile else eager).append(timed(compile)[0])
+        with empty_inductor_cache():
+            _, used, first = timed(False)
+            _, _, first_compiled = timed(True)
+            eager, compiled = [], []
+            for round_ in range(rounds):
+                for compile in ((False, True) if round_ % 2 == 0 else (True, False)):
+                    (compiled if compile else eager).append(timed(compile)[0])
         ratios = [c / e for e, c in zip(eager, compiled)]
         out.append((precision, statistics.median(eager), statistics.median(compiled), ratios,
                     first_compiled - first, used))

@@ -24,7 +24,8 @@
 It writes a Markdown report to ``--out``, rewritten after each step, so that a run cut short (a
 GPU's minutes are few) keeps what it measured. Without CUDA it says so and exits 1. ``--rehearse``
 runs every step on the CPU at toy sizes (8x8 images, tiny batches, 3 rounds; the numbers mean
-nothing), so that a broken step shows up here, and in the slow tests, before scarce GPU time is spent on it.
+nothing), so that a broken step shows up here, and in the slow tests, before scarce GPU time is
+spent on it.
 """
 from __future__ import annotations
 
@@ -205,7 +206,7 @@ def main() -> int:
     report("\n".join(rows))
     with tempfile.TemporaryDirectory() as folder:
         report("Short study (`--precision auto`):\n\n```\n"
-                        + study(args.device, args.archive, Path(folder), scale) + "\n```")
+               + study(args.device, args.archive, Path(folder), scale) + "\n```")
     print(sections[-1], flush=True)
     # Last, as the least needed (a GPU's minutes are few): the trainer runs eagerly; what would
     # compiling its step gain here? (best of 3 timings each)

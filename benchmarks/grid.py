@@ -36,13 +36,17 @@ the process, e.g. ``taskset -c 0``, to measure one core while other work runs on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -69,6 +73,24 @@ def resnet18(num_classes: int, channels: int, size: int, mean=None, std=None) ->
     net = skip_padding_taps(get_registry("model").get("resnet18").obj(num_classes, channels, size))
     model = NormalizedClassifier(net, mean or [0.5] * channels, std or [0.25] * channels)
     return model.to(memory_format=torch.channels_last)
+
+
+@contextlib.contextmanager
+def empty_inductor_cache() -> Iterator[None]:
+    """Compile from an empty inductor cache, as a user's first run does: inductor reads the
+    variable whenever it compiles, and dynamo forgets what it compiled before. Without it, a second
+    compile in one process (another precision, size or model) reuses the first one's kernels."""
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder = tempfile.mkdtemp(prefix="inductor-cold-")
+    torch._dynamo.reset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def best_time(work, repeats: int) -> float:

@@ -26,13 +26,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +41,7 @@ from toolkit.plugins import get_registry
 from toolkit.training import TrainingSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grid import DTYPES, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
+from grid import DTYPES, empty_inductor_cache, gemm_gflops, machine  # noqa: E402 (the benchmarks' shared helpers)
 
 
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
@@ -57,23 +54,6 @@ class TrainRate(NamedTuple):
     flops: float  # per image: the forward and backward pass (the update's are not counted)
     update_share: float  # of the step's time, the optimizer's update
     first_step: float  # seconds of the first timed step (compiling included, when compiled)
-
-
-@contextlib.contextmanager
-def empty_inductor_cache() -> Iterator[None]:
-    """Compile from an empty inductor cache, as a user's first run does: inductor reads the
-    variable whenever it compiles, and dynamo forgets what it compiled before."""
-    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder = tempfile.mkdtemp(prefix="inductor-cold-")
-    torch._dynamo.reset()
-    try:
-        yield
-    finally:
-        if saved is None:
-            del os.environ["TORCHINDUCTOR_CACHE_DIR"]
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,
