@@ -102,24 +102,36 @@ def best_time(work, repeats: int) -> float:
     return best
 
 
+def _channels_last(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.randn(*shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+
 def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.0,
                 device: str | torch.device = "cpu") -> float:
     """The GEMM rate of ``device`` in ``dtype`` (size x size, default 1024 on a CPU and 8192 on a
-    GPU, whose cores a small product leaves idle); TF32 stays off, so fp32 means fp32. On a CPU it
-    is the better of ``torch.matmul`` and the same product as a 1x1 convolution: the two take
-    different libraries (MKL and oneDNN), and on an AMD Zen 5 EPYC fp32 matmul ran at 183-206
-    GFLOP/s where the convolution, like the model's own, ran at 309-423."""
+    GPU, whose cores a small product leaves idle); TF32 stays off, so fp32 means fp32.
+
+    On a CPU it is the best of three products that take different code paths: ``torch.matmul``
+    (MKL), the same product as a 1x1 convolution, and a 3x3 convolution without padding (both
+    oneDNN, as the models' convolutions are; without padding every multiply is counted and
+    done). On an AMD Zen 5 EPYC fp32 matmul ran at 183-206 GFLOP/s where the 1x1 convolution ran
+    at 309-423; on a Zen 4 EPYC both ran at about 190 where the 3x3 one ran at 211-224, and a
+    ResNet18 training step at 215."""
     cuda = torch.device(device).type == "cuda"
     size = size or (8192 if cuda else 1024)
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     products = [(lambda: a @ b, 2 * size ** 3)]  # (one product, its FLOPs)
-    if not cuda:  # a side x side channels-last image of ``size`` channels, ``size`` 1x1 filters
-        side = int(size ** 0.5)
-        image = torch.randn(1, size, side, side, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        filters = torch.randn(size, size, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        products.append((lambda: torch.nn.functional.conv2d(image, filters), 2 * size * size * side ** 2))
+    if not cuda:
+        side = int(size ** 0.5)  # side x side channels-last images: ``size`` channels, 1x1 filters
+        image = _channels_last(1, size, side, side, dtype=dtype)
+        filters = _channels_last(size, size, 1, 1, dtype=dtype)
+        products.append((lambda: F.conv2d(image, filters), 2 * size * size * side ** 2))
+        wide = size // 4  # ``wide`` channels, 3x3 filters, a side x side output
+        padded = _channels_last(1, wide, side + 2, side + 2, dtype=dtype)
+        taps = _channels_last(wide, wide, 3, 3, dtype=dtype)
+        products.append((lambda: F.conv2d(padded, taps), 2 * wide * wide * 9 * side ** 2))
     best = 0.0
     for product, flops in products:
         def calls(count: int) -> None:
