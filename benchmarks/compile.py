@@ -19,11 +19,11 @@ machine, and the check that compiling changes nothing but rounding:
    converged images), against issue 19's tolerances; and what compiling cost each study (its
    compiled synthesis time less the eager one over the median speed-up).
 
-It ends with the row to put into ``toolkit.hardware.COMPILE_MEASURED`` for this kind of device:
-the speed-up's lower bound (``toolkit.hardware.speedup_bound`` of the rounds: one-sided 95 %,
-geometric mean; the rounds are printed to 4 decimals, the bound to 3), what the dearest study
-paid compiling (one compile's time where the bound is not above 1), the eager GFLOP/s and the
-threads.
+It ends with this machine's rows to add to its kind's in ``toolkit.hardware.COMPILE_MEASURED``
+(auto credits a kind with what held on every machine of it measured): the speed-up's lower bound
+(``toolkit.hardware.speedup_bound`` of the rounds: one-sided 95 %, geometric mean; the rounds are
+printed to 4 decimals, the bound to 3), what the dearest study paid compiling (one compile's time
+where the bound is not above 1), the eager GFLOP/s, the threads and the CPU.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_err
 import torch  # noqa: E402 (after the cache's folder is set)
 
 import toolkit
-from toolkit.hardware import (COMPILE_CONFIDENCE, device_kind, resolve_precision, speedup_bound,
-                              stage_precision)
+from toolkit.hardware import (COMPILE_CONFIDENCE, cpu_model, device_kind, resolve_precision,
+                              speedup_bound, stage_precision)
 from toolkit.model import step_flops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -171,12 +171,12 @@ def main() -> None:
 
     # where compiling is faster (the bound above 1), charge it what the dearest study paid
     cost = max(paid.values())
-    rows = ", ".join(f'"{precision}": Measured({bound:.3f}, {cost if bound > 1 else seconds:.1f}, '
-                     f"{gflops:.1f}, {torch.get_num_threads()})"
+    rows = ", ".join(f'"{precision}": (Measured({bound:.3f}, {cost if bound > 1 else seconds:.1f}, '
+                     f'{gflops:.1f}, {torch.get_num_threads()}, "{cpu_model()}"), ...)'
                      for precision, (bound, seconds, gflops) in measured.items())
     paste = f'"{device_kind(torch.device("cpu"))}": {{{rows}}}'
     studies = "; ".join(f"{label} {seconds:.1f} s" for label, seconds in paid.items())
-    limits_text = (f"GEMM limits (GFLOP/s, the better of matmul and a 1x1 convolution): fp32 "
+    limits_text = (f"GEMM limits (GFLOP/s, the best of grid.gemm_gflops' products): fp32 "
                    f"{limits['fp32']:,.1f}, bf16 {limits['bf16']:,.1f}.")
     report(args.out, header, began, f"{limits_text}\n\n" + "\n".join(table)
            + f"\n\nWhat compiling cost each study: {studies}. The row for "

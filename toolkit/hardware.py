@@ -17,11 +17,13 @@ asks for both. The results file records which and why.
 estimated to pay for itself on this run (:func:`resolve_compile`). Measured by
 ``benchmarks/compile.py``: compiled synthesis kept C and R within 0.002 of eager and flipped no
 image's convergence, but it gained little and not reliably: on a Zen 5 EPYC (AVX512-BF16, no AMX)
-10 alternating rounds read 0.82-2.04x in fp32 and 0.97-1.13x in bf16, 1.00x in fp32 on an AMX
-Xeon, while a real study paid about 24 s compiling from a cold cache (:data:`COMPILE_MEASURED`).
-Auto credits compiling with a lower confidence bound on its speed-up (:func:`speedup_bound`): on
-the Zen 5 kind 1.02x in bf16, which pays for CIFAR-100's default study (hours of synthesis) and
-not for shorter ones; in fp32 0.96x, nothing. No GPU has been measured yet.
+10 alternating rounds read 0.82-2.04x in fp32 and 0.97-1.13x in bf16, on a Zen 4 EPYC 1.03-1.10x
+in both, 1.00x in fp32 on an AMX Xeon, while a real study paid 24-29 s compiling from a cold cache
+(:data:`COMPILE_MEASURED`). Auto credits compiling with a lower confidence bound on its speed-up
+(:func:`speedup_bound`), the lowest of the machines of a kind measured (:func:`credited_compile`):
+on the AVX512-BF16 kind 1.02x in bf16 (the Zen 5's; the Zen 4's is 1.04x), which pays for
+CIFAR-100's default study (hours of synthesis) and not for shorter ones; in fp32 0.96x (the Zen
+5's; the Zen 4's is 1.05x), nothing. No GPU has been measured yet.
 """
 from __future__ import annotations
 
@@ -44,26 +46,32 @@ BF16_MIN_PIXELS = BF16_MIN_SIDE ** 2  # images with fewer pixels stay fp32 under
 
 
 class Measured(NamedTuple):
-    """What ``benchmarks/compile.py`` measured of compiled synthesis on one kind of device."""
+    """What ``benchmarks/compile.py`` measured of compiled synthesis on one machine."""
 
     speedup: float  # over eager: speedup_bound of alternating rounds (ResNet18, 32x32, batch 128)
     compile_s: float  # what compiling cost a whole study from a cold cache (else one compile)
     gflops: float  # the eager rate
     threads: int  # torch's threads when measured
+    machine: str = ""  # which machine of its kind
 
 
-# device kind (device_kind) -> synthesis precision -> what was measured; not here: not measured,
-# and auto leaves it eager. A study compiles once (batches smaller than
-# toolkit_plugins.synthesis.COMPILED_MIN_BATCH run eagerly), yet from a new process it paid more
-# than the rounds' one compile: 24.2 s for the 7-interval digits study, 22.5 s for a 1-interval
-# CIFAR-10 one (benchmarks/compile-cpu-zen5.md). A row whose bound is above 1 is charged the dearer
+# device kind (device_kind) -> synthesis precision -> what was measured, one row per machine of
+# that kind; not here: not measured, and auto leaves it eager. A study compiles once (batches
+# smaller than toolkit_plugins.synthesis.COMPILED_MIN_BATCH run eagerly), yet from a new process
+# it paid more than the rounds' one compile: 24.2 s for the 7-interval digits study, 22.5 s for a
+# 1-interval CIFAR-10 one on the Zen 5 (benchmarks/compile-cpu-zen5.md), 28.7 s for digits on the
+# Zen 4 (benchmarks/compile-cpu-zen4.md). A row whose bound is above 1 is charged the dearer
 # study; a row measured no faster keeps one compile's time. The Zen 5 bounds are as that run
 # printed them, to 2 decimals (benchmarks/compile.py now prints 3). The AMX row predates
-# speedup_bound (it is one timing); at 1.00x it compiles nothing either way.
-COMPILE_MEASURED: dict[str, dict[str, Measured]] = {
-    "cpu:amx_bf16": {"fp32": Measured(1.00, 30.0, 255.0, 2)},  # Intel Xeon, AMX
-    "cpu:avx512_bf16": {"fp32": Measured(0.96, 21.3, 309.5, 2),  # AMD EPYC, Zen 5
-                        "bf16": Measured(1.02, 24.2, 734.1, 2)},
+# speedup_bound (it is one timing); at 1.00x it compiles nothing either way. Auto credits a kind
+# with what holds on every machine of it measured (credited_compile).
+_ZEN5, _ZEN4 = "AMD EPYC, Zen 5 (CPU family 26)", "AMD EPYC, Zen 4 (CPU family 25, model 17)"
+COMPILE_MEASURED: dict[str, dict[str, tuple[Measured, ...]]] = {
+    "cpu:amx_bf16": {"fp32": (Measured(1.00, 30.0, 255.0, 2, "Intel Xeon with AMX"),)},
+    "cpu:avx512_bf16": {"fp32": (Measured(0.96, 21.3, 309.5, 2, _ZEN5),
+                                 Measured(1.052, 28.7, 195.9, 2, _ZEN4)),
+                        "bf16": (Measured(1.02, 24.2, 734.1, 2, _ZEN5),
+                                 Measured(1.040, 28.7, 424.5, 2, _ZEN4))},
 }
 # How sure auto must be that compiling is faster: the one-sided confidence of speedup_bound.
 COMPILE_CONFIDENCE = 0.95
@@ -97,6 +105,20 @@ def speedup_bound(ratios: Sequence[float], confidence: float = COMPILE_CONFIDENC
 COMPILE_GUESS_STEPS = 10
 
 
+def credited_compile(kind: str, precision: str) -> Measured | None:
+    """What ``--compile auto`` credits compiling with on ``kind`` (:func:`device_kind`) in
+    ``precision``: of the machines of that kind measured (:data:`COMPILE_MEASURED`), the lowest
+    speed-up, the dearest compile and the fastest eager rate a thread (the least synthesis time to
+    save), so that auto compiles only where compiling would have paid on every one of them. None
+    where none was measured."""
+    rows = COMPILE_MEASURED.get(kind, {}).get(precision, ())
+    if not rows:
+        return None
+    fastest = max(rows, key=lambda row: row.gflops / row.threads)
+    return Measured(min(row.speedup for row in rows), max(row.compile_s for row in rows),
+                    fastest.gflops, fastest.threads, " and ".join(row.machine for row in rows))
+
+
 def _cpuinfo_field(field: str, cpuinfo: str | Path) -> str | None:
     """The first ``field: value`` of /proc/cpuinfo (None where it cannot be read, e.g. not on Linux)."""
     try:
@@ -104,8 +126,9 @@ def _cpuinfo_field(field: str, cpuinfo: str | Path) -> str | None:
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith(field):
-            return line.partition(":")[2].strip()
+        name, _, value = line.partition(":")
+        if name.strip() == field:
+            return value.strip()
     return None
 
 
@@ -115,8 +138,12 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
-    """The CPU's model name, for the record beside a measurement."""
-    return _cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown CPU"
+    """The CPU's model name, for the record beside a measurement, with its family and model
+    numbers where the system gives them: a virtual machine may name its CPU no more than "AMD
+    EPYC", and the numbers tell a Zen 4 (family 25) from a Zen 5 (family 26)."""
+    name = _cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown CPU"
+    family, model = _cpuinfo_field("cpu family", cpuinfo), _cpuinfo_field("model", cpuinfo)
+    return f"{name} (CPU family {family}, model {model})" if family and model else name
 
 
 def cpu_bf16_flag() -> str | None:
@@ -226,7 +253,7 @@ def resolve_compile(requested: bool | str, device: torch.device, precision: str,
     if requested != "auto":
         return bool(requested), "asked for"
     kind = device_kind(device)
-    measured = COMPILE_MEASURED.get(kind, {}).get(precision)
+    measured = credited_compile(kind, precision)
     if measured is None:
         return False, f"auto: torch.compile was not measured on {kind} in {precision}"
     if measured.speedup <= 1:

@@ -169,3 +169,15 @@ def test_python_m_toolkit_keeps_memory_mapped_before_anything_runs(monkeypatch, 
     calls = []
     monkeypatch.setattr(hardware, "keep_memory_mapped", lambda: calls.append(1) or True)
     assert main(["--help"]) == 0 and calls == [1]
+
+
+def test_the_cpu_is_recorded_by_name_family_and_model(tmp_path):
+    """A virtual machine may name its CPU "AMD EPYC" alone: the numbers tell its generation."""
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    assert hardware.cpu_model(cpuinfo) == "AMD EPYC (CPU family 25, model 17)"
+    assert hardware.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
+    cpuinfo.write_text("model name\t: Some CPU\n")
+    assert hardware.cpu_model(cpuinfo) == "Some CPU"
+    assert hardware.cpu_model(tmp_path / "absent") == (platform.processor() or "unknown CPU")
