@@ -171,16 +171,16 @@ def main() -> None:
 
     # where compiling is faster (the bound above 1), charge it what the dearest study paid
     cost = max(paid.values())
-    rows = ", ".join(f'"{precision}": (Measured({bound:.3f}, {cost if bound > 1 else seconds:.1f}, '
-                     f'{gflops:.1f}, {torch.get_num_threads()}, "{cpu_model()}"), ...)'
-                     for precision, (bound, seconds, gflops) in measured.items())
-    paste = f'"{device_kind(torch.device("cpu"))}": {{{rows}}}'
+    kind = device_kind(torch.device("cpu"))
+    paste = "; ".join(f"to `COMPILE_MEASURED[{kind!r}][{precision!r}]`: `Measured({bound:.3f}, "
+                      f"{cost if bound > 1 else seconds:.1f}, {gflops:.1f}, {torch.get_num_threads()}, "
+                      f"{cpu_model()!r})`" for precision, (bound, seconds, gflops) in measured.items())
     studies = "; ".join(f"{label} {seconds:.1f} s" for label, seconds in paid.items())
     limits_text = (f"GEMM limits (GFLOP/s, the best of grid.gemm_gflops' products): fp32 "
                    f"{limits['fp32']:,.1f}, bf16 {limits['bf16']:,.1f}.")
     report(args.out, header, began, f"{limits_text}\n\n" + "\n".join(table)
-           + f"\n\nWhat compiling cost each study: {studies}. The row for "
-           f"`toolkit.hardware.COMPILE_MEASURED`: `{paste}`\n\n"
+           + f"\n\nWhat compiling cost each study: {studies}. This machine's rows, each to add to "
+           f"its kind's in `toolkit.hardware.COMPILE_MEASURED`: {paste}.\n\n"
            + "\n".join(verdict) + "\n\n" + "\n".join(speed) + "\n")
 
 

@@ -128,7 +128,7 @@ def gemm_gflops(dtype: torch.dtype, size: int | None = None, seconds: float = 1.
         image = _channels_last(1, size, side, side, dtype=dtype)
         filters = _channels_last(size, size, 1, 1, dtype=dtype)
         products.append((lambda: F.conv2d(image, filters), 2 * size * size * side ** 2))
-        wide = size // 4  # ``wide`` channels, 3x3 filters, a side x side output
+        wide = max(1, size // 4)  # ``wide`` channels, 3x3 filters, a side x side output
         padded = _channels_last(1, wide, side + 2, side + 2, dtype=dtype)
         taps = _channels_last(wide, wide, 3, 3, dtype=dtype)
         products.append((lambda: F.conv2d(padded, taps), 2 * wide * wide * 9 * side ** 2))

@@ -18,7 +18,7 @@ estimated to pay for itself on this run (:func:`resolve_compile`). Measured by
 ``benchmarks/compile.py``: compiled synthesis kept C and R within 0.002 of eager and flipped no
 image's convergence, but it gained little and not reliably: on a Zen 5 EPYC (AVX512-BF16, no AMX)
 10 alternating rounds read 0.82-2.04x in fp32 and 0.97-1.13x in bf16, on a Zen 4 EPYC 1.03-1.10x
-in both, 1.00x in fp32 on an AMX Xeon, while a real study paid 24-29 s compiling from a cold cache
+and 1.03-1.06x, 1.00x in fp32 on an AMX Xeon, while a real study paid 24-29 s compiling from a cold cache
 (:data:`COMPILE_MEASURED`). Auto credits compiling with a lower confidence bound on its speed-up
 (:func:`speedup_bound`), the lowest of the machines of a kind measured (:func:`credited_compile`):
 on the AVX512-BF16 kind 1.02x in bf16 (the Zen 5's; the Zen 4's is 1.04x), which pays for
@@ -52,7 +52,7 @@ class Measured(NamedTuple):
     compile_s: float  # what compiling cost a whole study from a cold cache (else one compile)
     gflops: float  # the eager rate
     threads: int  # torch's threads when measured
-    machine: str = ""  # which machine of its kind
+    machine: str = ""  # which machine of its kind: cpu_model() there
 
 
 # device kind (device_kind) -> synthesis precision -> what was measured, one row per machine of
@@ -64,8 +64,10 @@ class Measured(NamedTuple):
 # study; a row measured no faster keeps one compile's time. The Zen 5 bounds are as that run
 # printed them, to 2 decimals (benchmarks/compile.py now prints 3). The AMX row predates
 # speedup_bound (it is one timing); at 1.00x it compiles nothing either way. Auto credits a kind
-# with what holds on every machine of it measured (credited_compile).
-_ZEN5, _ZEN4 = "AMD EPYC, Zen 5 (CPU family 26)", "AMD EPYC, Zen 4 (CPU family 25, model 17)"
+# with what holds on every machine of it measured (credited_compile); so the fp32 row's 28.7 s
+# (the Zen 4's study) stands beside the Zen 5's one compile, moot while the Zen 5 keeps it at 0.96x.
+_ZEN5 = "AMD EPYC (CPU family 26)"  # Zen 5; its model number was not recorded
+_ZEN4 = "AMD EPYC (CPU family 25, model 17)"  # Zen 4
 COMPILE_MEASURED: dict[str, dict[str, tuple[Measured, ...]]] = {
     "cpu:amx_bf16": {"fp32": (Measured(1.00, 30.0, 255.0, 2, "Intel Xeon with AMX"),)},
     "cpu:avx512_bf16": {"fp32": (Measured(0.96, 21.3, 309.5, 2, _ZEN5),
@@ -105,18 +107,20 @@ def speedup_bound(ratios: Sequence[float], confidence: float = COMPILE_CONFIDENC
 COMPILE_GUESS_STEPS = 10
 
 
-def credited_compile(kind: str, precision: str) -> Measured | None:
+def credited_compile(kind: str, precision: str, threads: int) -> Measured | None:
     """What ``--compile auto`` credits compiling with on ``kind`` (:func:`device_kind`) in
-    ``precision``: of the machines of that kind measured (:data:`COMPILE_MEASURED`), the lowest
-    speed-up, the dearest compile and the fastest eager rate a thread (the least synthesis time to
-    save), so that auto compiles only where compiling would have paid on every one of them. None
-    where none was measured."""
+    ``precision`` on ``threads`` of torch's threads: of the machines of that kind measured
+    (:data:`COMPILE_MEASURED`), the lowest speed-up, the dearest compile and the fastest eager
+    rate (the least synthesis time to save), so that auto compiles only where compiling would have
+    paid on every one of them; None where none was measured. Each machine's rate is scaled to
+    ``threads`` as if it grew linearly with more threads, and not lowered for fewer, so that the
+    estimate of the synthesis time stays low."""
     rows = COMPILE_MEASURED.get(kind, {}).get(precision, ())
     if not rows:
         return None
-    fastest = max(rows, key=lambda row: row.gflops / row.threads)
-    return Measured(min(row.speedup for row in rows), max(row.compile_s for row in rows),
-                    fastest.gflops, fastest.threads, " and ".join(row.machine for row in rows))
+    rate = max(row.gflops * max(threads, row.threads) / row.threads for row in rows)
+    return Measured(min(row.speedup for row in rows), max(row.compile_s for row in rows), rate,
+                    threads, " and ".join(row.machine for row in rows))
 
 
 def _cpuinfo_field(field: str, cpuinfo: str | Path) -> str | None:
@@ -246,14 +250,13 @@ def resolve_compile(requested: bool | str, device: torch.device, precision: str,
     ``precision`` is what synthesis runs at (fp32 or bf16); ``work()`` gives this process's share
     of the synthesis as ``(FLOPs of one image-step, images, steps an image)``, with the steps
     guessed low (:func:`guessed_steps`), and is called only where compiling was measured faster on
-    this kind of device in this precision; ``threads`` is torch's CPU threads. The eager rate is the
-    one measured, scaled as if it grew linearly with more threads (and not lowered for fewer), so
-    the estimate stays low.
+    this kind of device in this precision; ``threads`` is torch's CPU threads, to which the eager
+    rate measured is scaled (:func:`credited_compile`).
     """
     if requested != "auto":
         return bool(requested), "asked for"
     kind = device_kind(device)
-    measured = credited_compile(kind, precision)
+    measured = credited_compile(kind, precision, threads)
     if measured is None:
         return False, f"auto: torch.compile was not measured on {kind} in {precision}"
     if measured.speedup <= 1:
@@ -263,7 +266,7 @@ def resolve_compile(requested: bool | str, device: torch.device, precision: str,
     if missing:
         return False, f"auto: torch.compile would need {missing}"
     flops, images, steps = work()
-    rate = measured.gflops * 1e9 * max(threads, measured.threads) / measured.threads
+    rate = measured.gflops * 1e9  # at these threads
     seconds = images * steps * flops / rate
     saved = seconds * (1 - 1 / measured.speedup)
     estimate = (f"{images:,} images x {steps} steps x {flops / 1e9:.3g} GFLOP at {rate / 1e9:,.0f} "

@@ -65,7 +65,7 @@ def machine() -> str:
     from toolkit.hardware import CPU_BF16_FLAGS, cpu_flags, cpu_model
 
     bf16 = sorted(cpu_flags() & set(CPU_BF16_FLAGS))
-    return f"{cpu_model()} ({', '.join(bf16) or 'no bf16 units'})"
+    return f"{cpu_model()}; {', '.join(bf16) or 'no bf16 units'}"
 
 
 def score(name: str, row: dict, weights: Path, archive: Path, arms: list[str]) -> None:

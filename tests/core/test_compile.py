@@ -83,7 +83,7 @@ def test_auto_compiles_where_the_saved_time_beats_the_compile_time(cpu, monkeypa
 
 
 @pytest.mark.parametrize("flags, compiled", [(ZEN5, {"cifar100"}), (AMX, set()), (AVX2, set())])
-def test_the_measured_table_compiles_only_cifar100s_default_study_on_a_zen5(cpu, flags, compiled):
+def test_the_measured_table_compiles_only_cifar100s_default_study_on_the_avx512_bf16_kind(cpu, flags, compiled):
     """What the committed measurements decide for the default study (7 intervals, 5 seeds) of
     ResNet18 on CIFAR-100 and CIFAR-10 (32x32) and on digits (8x8), on 2 threads, in the precision
     auto synthesises at: n prototypes and n(n-1) intermediaries per seed and interval. On the
@@ -132,18 +132,24 @@ def test_the_table_holds_kinds_and_precisions_that_exist():
                 assert all(value > 0 for value in measured[:4]) and measured.machine
 
 
-def test_a_kind_is_credited_with_what_held_on_every_machine_of_it(monkeypatch):
-    fast = hardware.Measured(1.3, 20.0, 600.0, 2, "fast")  # 300 GFLOP/s a thread
-    slow = hardware.Measured(1.1, 30.0, 800.0, 4, "slow")  # 200 GFLOP/s a thread
-    monkeypatch.setattr(hardware, "COMPILE_MEASURED", {"cpu:avx512_bf16": {"bf16": (fast, slow)}})
-    # the lowest speed-up, the dearest compile, the fastest eager rate a thread (with its threads)
-    assert hardware.credited_compile("cpu:avx512_bf16", "bf16") == (1.1, 30.0, 600.0, 2, "fast and slow")
-    assert hardware.credited_compile("cpu:avx512_bf16", "fp32") is None
-    assert hardware.credited_compile("cuda", "bf16") is None
+def test_a_kind_is_credited_with_what_held_on_every_machine_of_it(cpu, monkeypatch):
+    two = hardware.Measured(1.3, 20.0, 600.0, 2, "two threads")  # 300 GFLOP/s a thread
+    four = hardware.Measured(1.1, 30.0, 800.0, 4, "four threads")  # 200 GFLOP/s a thread
+    monkeypatch.setattr(hardware, "COMPILE_MEASURED", {"cpu:avx512_bf16": {"bf16": (two, four)}})
+    # the lowest speed-up, the dearest compile, and the fastest eager rate at the run's threads:
+    # a rate grows with more threads than measured and is not lowered for fewer
+    credited = {threads: hardware.credited_compile("cpu:avx512_bf16", "bf16", threads)
+                for threads in (1, 2, 4, 8)}
+    assert credited[2] == (1.1, 30.0, 800.0, 2, "two threads and four threads")
+    assert [credited[t].gflops for t in (1, 4, 8)] == [800.0, 1200.0, 2400.0]
+    assert hardware.credited_compile("cpu:avx512_bf16", "fp32", 2) is None
+    assert hardware.credited_compile("cuda", "bf16", 2) is None
     # the committed table: the Zen 4 gained in fp32 (1.05x), the Zen 5 did not, so neither compiles
     monkeypatch.undo()
-    assert hardware.credited_compile("cpu:avx512_bf16", "fp32").speedup < 1 < max(
+    cpu(ZEN5)
+    assert hardware.credited_compile("cpu:avx512_bf16", "fp32", 2).speedup < 1 < max(
         row.speedup for row in hardware.COMPILE_MEASURED["cpu:avx512_bf16"]["fp32"])
+    assert not hardware.resolve_compile("auto", CPU, "fp32", work(10.0, 10**9), 2)[0]
 
 
 @pytest.mark.parametrize("max_steps, fixed_steps, guessed",
@@ -207,7 +213,7 @@ def test_a_run_records_what_auto_chose_and_why(cpu, tiny_plugin, tmp_path, monke
     cpu(ZEN5)
     ds = toolkit.analyze(**RUN, out=tmp_path / "fp32.nc")  # the tiny data's 6x6 images: fp32
     assert ds.attrs["compile"] == 0
-    measured = hardware.credited_compile("cpu:avx512_bf16", "fp32").speedup
+    measured = hardware.credited_compile("cpu:avx512_bf16", "fp32", 2).speedup
     assert measured <= 1 and ds.attrs["compile_reason"] == (
         f"auto: torch.compile not shown faster on cpu:avx512_bf16 in fp32 (speed-up credited: "
         f"{measured:.2f}x)")

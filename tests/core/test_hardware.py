@@ -174,8 +174,9 @@ def test_python_m_toolkit_keeps_memory_mapped_before_anything_runs(monkeypatch, 
 def test_the_cpu_is_recorded_by_name_family_and_model(tmp_path):
     """A virtual machine may name its CPU "AMD EPYC" alone: the numbers tell its generation."""
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
-                       "model name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
+    # "model name" first, so that a field read by its name's prefix would read the wrong one
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 25\nmodel\t\t: 17\n"
+                       "flags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\n")
     assert hardware.cpu_model(cpuinfo) == "AMD EPYC (CPU family 25, model 17)"
     assert hardware.cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_bf16"}
     cpuinfo.write_text("model name\t: Some CPU\n")
