@@ -4,10 +4,11 @@
 
 One run measures, on the same models (ResNet18 with the CIFAR stem, ``toolkit``'s ``resnet18``):
 
-1. the machine's GEMM limit (fp32 and bf16, 1024 x 1024: ``gemm_gflops``), the FLOPs of one input-gradient
-   image-step (counted by ``torch.utils.flop_counter`` over the forward and the backward to the
-   input), and the image-steps per second of the ``prototype`` synthesizer at 32x32x3 (random
-   weights) and 8x8x1 (digits), fp32 and bf16, as a fraction of that limit;
+1. the machine's GEMM limit (fp32 and bf16, the best of three 1024-wide products:
+   ``gemm_gflops``), the FLOPs of one input-gradient image-step (counted by
+   ``torch.utils.flop_counter`` over the forward and the backward to the input), and the
+   image-steps per second of the ``prototype`` synthesizer at 32x32x3 (random weights) and 8x8x1
+   (digits), fp32 and bf16, as a fraction of that limit;
 2. a full prototype grid of one interval (n = 10 digits classes, ``--seeds`` seeds sharing one
    queue as in ``toolkit analyze``, a ResNet18 trained briefly on digits) with the work queue in
    fp32 and bf16, against (a) the straightforward implementation, one image at a time until
@@ -429,7 +430,7 @@ def main() -> None:
 
     limits = gemm_limits()
     for p in PRECISIONS:
-        rows.append((f"GEMM limit {p} (1024x1024 matmul), at the start", f"{limits[p]:,.2f} GFLOP/s", ""))
+        rows.append((f"GEMM limit {p} (gemm_gflops), at the start", f"{limits[p]:,.2f} GFLOP/s", ""))
     for label, channels, size in (("32x32x3, random weights", 3, 32), ("8x8x1, random weights", 1, 8)):
         model = resnet18(10, channels, size)
         flops = step_flops(model, (channels, size, size))
@@ -464,7 +465,7 @@ def main() -> None:
                  f"{seconds / per_unit:.2%} of that unit's synthesis at one step per image in fp32 "
                  f"({per_unit:,.0f} s), a lower bound on it"))
     for p, end in gemm_limits().items():
-        rows.append((f"GEMM limit {p} (1024x1024 matmul), at the end", f"{end:,.2f} GFLOP/s", ""))
+        rows.append((f"GEMM limit {p} (gemm_gflops), at the end", f"{end:,.2f} GFLOP/s", ""))
     rows.append(("GPU", "not measured", "no GPU in this run" if not torch.cuda.is_available() else
                  "run this script with CUDA to fill it in"))
 

@@ -7,7 +7,7 @@ Issue 19's test for making ``--precision auto`` the default: bf16 must keep C an
 0.01 of fp32, the same converged images within 1 %, the same test accuracy within 1 point. One run
 measures, on this machine:
 
-1. the fp32 and bf16 GEMM limits (1024 x 1024 matmul), at the start and at the end;
+1. the fp32 and bf16 GEMM limits (``grid.gemm_limits``), at the start and at the end;
 2. **digits, the demo's study** (``analyze --model resnet18 --dataset digits``, every default but
    the precision): once in fp32 and once in bf16, training included, from the same seeds;
 3. **synthesis alone**: bf16 synthesis from the fp32 run's trained checkpoints (``--checkpoints``),
@@ -212,7 +212,7 @@ def main() -> None:
         print("\n".join(verdict[-4:]), flush=True)
 
     end = gemm_limits()
-    gemm = (f"GEMM limits (1024x1024 matmul, GFLOP/s): fp32 {start['fp32']:,.1f} at the start, "
+    gemm = (f"GEMM limits (grid.gemm_limits, GFLOP/s): fp32 {start['fp32']:,.1f} at the start, "
             f"{end['fp32']:,.1f} at the end; bf16 {start['bf16']:,.1f} and {end['bf16']:,.1f}.")
     report(args.out, header, began, f"{gemm}\n\n" + "\n".join(verdict) + "\n\n" + "\n".join(speed)
            + "\n\nDigits, per interval:\n\n" + "\n".join(detail) + "\n")
