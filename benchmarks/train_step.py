@@ -3,11 +3,12 @@
     python benchmarks/train_step.py [--model resnet18] [--threads 2] [--batch 128] [--size 32]
                                     [--channels 3] [--precision fp32,bf16] [--device cpu]
                                     [--layout channels_last,contiguous] [--taps live,all]
-                                    [--compile no,yes]
+                                    [--compile no,yes] [--sgd toolkit,torch]
 
 Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32) and
 the trainer's own optimizer (``toolkit.training.TrainingSettings.optimizer``: SGD with Nesterov
-momentum and weight decay), in each ``--layout`` (the trainer runs channels-last), its convolutions
+momentum and weight decay, its update computed in the gradients' memory; ``--sgd torch``: torch's
+own SGD with the same settings, the same bits), in each ``--layout`` (the trainer runs channels-last), its convolutions
 computing only the kernel taps that read pixels (``--taps live``, what the trainer runs:
 ``toolkit.model.skip_padding_taps``) or every tap (``all``, the model as its plugin builds it), under
 bf16 autocast as the trainer runs ``--precision bf16``, eager (``--compile no``, as the trainer runs)
@@ -59,7 +60,7 @@ class TrainRate(NamedTuple):
 def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classes: int = 10,
                precision: str = "fp32", device: str = "cpu", channels: int = 3,
                layout: torch.memory_format = torch.channels_last,
-               live_taps: bool = True, compiled: bool = False) -> TrainRate:
+               live_taps: bool = True, compiled: bool = False, sgd: str = "toolkit") -> TrainRate:
     """The training step of ``model`` on ``device``: its rate, FLOPs and the update's share."""
     torch.manual_seed(0)
     net = get_registry("model").get(model).obj(classes, channels, size)
@@ -67,6 +68,8 @@ def train_rate(model: str = "resnet18", batch: int = 128, size: int = 32, classe
         skip_padding_taps(net)
     net = net.to(device, memory_format=layout).train()
     optimizer = TrainingSettings(epochs=1, precision=precision).optimizer(net.parameters())
+    if sgd == "torch":  # the same settings, torch's own step
+        optimizer = torch.optim.SGD(net.parameters(), **optimizer.defaults)
     images = torch.rand(batch, channels, size, size, device=device).contiguous(memory_format=layout)
     labels = torch.randint(0, classes, (batch,), device=device)
     autocast = (torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
@@ -132,25 +135,30 @@ def main() -> None:
                         help="live (skip the taps that read only padding), all, or both: live,all")
     parser.add_argument("--compile", default="no",
                         help="no (eager, as the trainer runs), yes (torch.compile), or both: no,yes")
+    parser.add_argument("--sgd", default="toolkit",
+                        help="toolkit (the trainer's, in place), torch (torch.optim.SGD), or both")
     args = parser.parse_args()
     if set(args.compile.split(",")) - {"no", "yes"}:
         parser.error(f"--compile takes no, yes or no,yes, not {args.compile!r}")
+    if set(args.sgd.split(",")) - {"toolkit", "torch"}:
+        parser.error(f"--sgd takes toolkit, torch or toolkit,torch, not {args.sgd!r}")
     torch.set_num_threads(args.threads)
     keep_memory_mapped()  # glibc's malloc set as `python -m toolkit` sets it for the trainer
     print(machine())
     for precision in args.precision.split(","):
         limit = gemm_gflops(DTYPES[precision], device=args.device)
-        for layout, taps, compiled in itertools.product(args.layout.split(","), args.taps.split(","),
-                                                        args.compile.split(",")):
+        for layout, taps, compiled, sgd in itertools.product(
+                args.layout.split(","), args.taps.split(","), args.compile.split(","),
+                args.sgd.split(",")):
             got = train_rate(args.model, args.batch, args.size, args.classes, precision, args.device,
-                             args.channels, LAYOUTS[layout], taps == "live", compiled == "yes")
+                             args.channels, LAYOUTS[layout], taps == "live", compiled == "yes", sgd)
             gflops = got.images_per_second * got.flops / 1e9
             # seconds per image: at the limit, and at the limit plus the update as it ran
             at_limit = got.flops / (limit * 1e9)
             bound = at_limit + got.update_share / got.images_per_second
             print(f"{args.model} {args.size}x{args.size}x{args.channels}, batch {args.batch}, "
                   f"{precision}, {layout}, {taps} taps, "
-                  f"{'compiled' if compiled == 'yes' else 'eager'}, {args.device}, "
+                  f"{'compiled' if compiled == 'yes' else 'eager'}, {sgd}'s SGD, {args.device}, "
                   f"{args.threads} thread(s): {got.images_per_second:.1f} images/s, {gflops:,.1f} "
                   f"GFLOP/s = {gflops / limit:.0%} of the {precision} GEMM limit measured just "
                   f"before it ({limit:,.1f} GFLOP/s; {got.flops / 1e6:,.0f} MFLOP per image); the "

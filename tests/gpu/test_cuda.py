@@ -85,3 +85,15 @@ def test_two_ranks_on_two_gpus_with_nccl_and_syncbatchnorm(tmp_path):
     assert done.returncode == 0, done.stderr
     with toolkit.open_results(out) as ds:
         assert np.isfinite(ds["C"].values).all() and float(ds["test_accuracy"][-1]) >= 0.9
+
+
+def test_the_trainers_optimizer_on_cuda_is_torchs_sgd():
+    """Off the CPU the in-place path stands aside for torch's multi-tensor kernels: the same
+    weights as torch's SGD, and the gradients left as they were."""
+    from tests.core.test_speed import _same, _stepped
+    from toolkit.training import InPlaceSGD
+
+    ours, _ = _stepped(InPlaceSGD, 3, device="cuda")
+    torchs, _ = _stepped(torch.optim.SGD, 3, device="cuda")
+    assert _same(ours, torchs)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), torchs.parameters()))
