@@ -8,19 +8,19 @@
 Random images and labels, the toolkit's model factory (ResNet18 with the CIFAR stem at 32x32) and
 the trainer's own optimizer (``toolkit.training.TrainingSettings.optimizer``: SGD with Nesterov
 momentum and weight decay, its update computed in the gradients' memory; ``--sgd torch``: torch's
-own SGD with the same settings, the same bits), in each ``--layout`` (the trainer runs channels-last), its convolutions
-computing only the kernel taps that read pixels (``--taps live``, what the trainer runs:
-``toolkit.model.skip_padding_taps``) or every tap (``all``, the model as its plugin builds it), under
-bf16 autocast as the trainer runs ``--precision bf16``, eager (``--compile no``, as the trainer runs)
-or through ``torch.compile`` (``yes``: each configuration compiles from an empty cache in its first
-step, timed apart); 3 warm-up steps, then the best of 3 timings of 5 steps. Each rate is also given
-in GFLOP/s (the forward and backward FLOPs counted by ``torch.utils.flop_counter``: with ``live``
-taps, those the step computes) as a fraction of the same precision's GEMM limit, measured right
-before it, with the share of the optimizer's update in the step and the bound it sets: the
-fraction the step would reach if its forward and backward ran at the limit and the update took the
-time it took. This script sets glibc's malloc as ``python -m toolkit`` does
-(``toolkit.hardware.keep_memory_mapped``). The rate bounds what ``analyze`` can train per second
-here.
+own SGD with the same settings, the same bits), in each ``--layout`` (the trainer runs
+channels-last), its convolutions computing only the kernel taps that read pixels (``--taps live``,
+what the trainer runs: ``toolkit.model.skip_padding_taps``) or every tap (``all``, the model as its
+plugin builds it), under bf16 autocast as the trainer runs ``--precision bf16``, eager (``--compile
+no``, as the trainer runs) or through ``torch.compile`` (``yes``: each configuration compiles from
+an empty cache in its first step, timed apart); 3 warm-up steps, then the best of 3 timings of 5
+steps. Each rate is also given in GFLOP/s (the forward and backward FLOPs counted by
+``torch.utils.flop_counter``: with ``live`` taps, those the step computes) as a fraction of the same
+precision's GEMM limit, measured right before it, with the share of the optimizer's update in the
+step and the bound it sets: the fraction the step would reach if its forward and backward ran at the
+limit and the update took the time it took. This script sets glibc's malloc as ``python -m toolkit``
+does (``toolkit.hardware.keep_memory_mapped``). The rate bounds what ``analyze`` can train per
+second here.
 """
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def test_auto_compiles_where_the_saved_time_beats_the_compile_time(cpu, monkeypa
 
 
 @pytest.mark.parametrize("flags, compiled", [(ZEN5, {"cifar100"}), (AMX, set()), (AVX2, set())])
-def test_the_measured_table_compiles_only_cifar100s_default_study_on_the_avx512_bf16_kind(cpu, flags, compiled):
+def test_the_measured_table_compiles_only_cifar100s_default_study_on_avx512_bf16(cpu, flags, compiled):
     """What the committed measurements decide for the default study (7 intervals, 5 seeds) of
     ResNet18 on CIFAR-100 and CIFAR-10 (32x32) and on digits (8x8), on 2 threads, in the precision
     auto synthesises at: n prototypes and n(n-1) intermediaries per seed and interval. On the

@@ -1,6 +1,6 @@
 """Speed options (precision, compile, automatic micro-batch), the trainer's optimizer, and the speed
 each run records."""
-import copy
+import io
 
 import numpy as np
 import pytest
@@ -87,13 +87,19 @@ def _stepped(optimizer_class, steps: int, device: str = "cpu", state: dict | Non
     labels = torch.arange(8, device=device) % 3
     defaults = dict(lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
     optimizer = optimizer_class(net.parameters(), **{**defaults, **options})
-    if state is not None:  # a copy: the optimizer would step the momentum buffers it loads
-        state = copy.deepcopy(state)
+    if state is not None:  # through a file, as a checkpoint is written and read (toolkit.workdir)
+        file = io.BytesIO()
+        torch.save(state, file)
+        file.seek(0)
+        state = torch.load(file, weights_only=True)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = 0.05 * (1 - step / 10)  # as the trainer sets it (cosine there)
+        for group in optimizer.param_groups:  # as the trainer sets it (cosine there)
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(0.05 * (1 - step / 10))
+            else:
+                group["lr"] = 0.05 * (1 - step / 10)
         optimizer.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(images), labels).backward()
         optimizer.step()
@@ -112,7 +118,12 @@ def test_the_trainers_in_place_sgd_steps_exactly_as_torchs(options):
     ours, our_optimizer = _stepped(InPlaceSGD, 6, **options)
     torchs, torch_optimizer = _stepped(torch.optim.SGD, 6, **options)
     assert _same(ours, torchs)
-    assert str(our_optimizer.state_dict()) == str(torch_optimizer.state_dict())
+    ours_state, torchs_state = our_optimizer.state_dict(), torch_optimizer.state_dict()
+    assert ours_state["param_groups"] == torchs_state["param_groups"]
+    assert ours_state["state"].keys() == torchs_state["state"].keys()
+    for index, state in ours_state["state"].items():
+        assert state.keys() == torchs_state["state"][index].keys()
+        assert all(torch.equal(value, torchs_state["state"][index][key]) for key, value in state.items())
     # and it changed the weights: the comparison above is not of two untouched nets
     assert not _same(ours, _stepped(InPlaceSGD, 0, **options)[0])
 
@@ -131,11 +142,26 @@ def test_checkpoints_pass_between_the_in_place_sgd_and_torchs():
 
 
 @pytest.mark.parametrize("options", [dict(maximize=True), dict(dampening=0.1, nesterov=False),
-                                     dict(foreach=True)])
-def test_where_the_in_place_path_does_not_apply_torchs_own_step_runs(options):
+                                     dict(foreach=True), dict(lr=torch.tensor(0.05))])
+def test_where_the_in_place_path_does_not_apply_torchs_own_step_runs_once(options):
     from toolkit.training import InPlaceSGD
 
-    assert _same(_stepped(InPlaceSGD, 4, **options)[0], _stepped(torch.optim.SGD, 4, **options)[0])
+    ours, optimizer = _stepped(InPlaceSGD, 4, **options)
+    torchs, _ = _stepped(torch.optim.SGD, 4, **options)  # SGD.step is now wrapped with the hooks
+    assert _same(ours, torchs)
+    # torch's path leaves the gradients as they are, and runs the optimizer's hooks once
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours.parameters(), torchs.parameters()))
+    hooks = []
+    optimizer.register_step_pre_hook(lambda *_: hooks.append("pre"))
+    optimizer.register_step_post_hook(lambda *_: hooks.append("post"))
+    optimizer.step()
+    assert hooks == ["pre", "post"]
+
+
+def test_the_trainer_steps_with_the_in_place_sgd():
+    from toolkit.training import InPlaceSGD, TrainingSettings
+
+    assert type(TrainingSettings(epochs=1).optimizer([torch.nn.Parameter(torch.zeros(2))])) is InPlaceSGD
 
 
 def test_on_the_cpu_the_update_is_computed_in_the_gradients_memory():
