@@ -179,7 +179,8 @@ def main() -> int:
     for precision, dtype in DTYPES.items():
         limit = gemm_gflops(dtype, scale.gemm, scale.gemm_seconds, device=args.device)
         side = scale.gemm or 8192
-        rows.append(f"| GEMM {side}x{side} | {precision} | | {limit:,.0f} | 100% |")
+        product = "matmul" if torch.device(args.device).type == "cuda" else "best of three products"
+        rows.append(f"| GEMM {side}x{side} ({product}) | {precision} | | {limit:,.0f} | 100% |")
         rate, batch, flops = gpu_synthesis_rate(args.device, precision, scale)
         rows.append(f"| synthesis, {image}, batch {batch} | {precision} | {rate:,.0f} "
                     f"image-steps/s | {rate * flops / 1e9:,.0f} | {rate * flops / 1e9 / limit:.0%} |")

@@ -24,7 +24,7 @@ def test_the_gpu_script_runs_every_step_in_a_rehearsal_on_the_cpu(tmp_path):
     assert report.startswith("Machine: rehearsal on the CPU") and "unfinished" not in report
     assert "CUDA-marked tests (`pytest -m cuda`): exit 0" in report
     for precision in ("fp32", "bf16"):
-        for row in ("| GEMM 128x128 |", "| synthesis, ResNet18 3x8x8, batch 16 |",
+        for row in ("| GEMM 128x128 (best of three products) |", "| synthesis, ResNet18 3x8x8, batch 16 |",
                     "| training step, ResNet18 3x8x8, batch 8 |", "| batch 16, 3 alternating rounds |",
                     "| best of 3 timings each |"):
             if ("rounds" in row or "timings" in row) and missing_toolchain():
