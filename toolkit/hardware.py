@@ -13,17 +13,17 @@ beyond issue 19's bar (digits on both machines, CIFAR-10 on one). So images of f
 32x32 (sizes between 8x8 and 32x32 were not measured) and training stay fp32; ``--precision bf16``
 asks for both. The results file records which and why.
 
-``--compile auto``, the default, runs synthesis through ``torch.compile`` only where it is
-estimated to pay for itself on this run (:func:`resolve_compile`). Measured by
-``benchmarks/compile.py``: compiled synthesis kept C and R within 0.002 of eager and flipped no
-image's convergence, but it gained little and not reliably: on a Zen 5 EPYC (AVX512-BF16, no AMX)
-10 alternating rounds read 0.82-2.04x in fp32 and 0.97-1.13x in bf16, on a Zen 4 EPYC 1.03-1.10x
-and 1.03-1.06x, 1.00x in fp32 on an AMX Xeon, while a real study paid 24-29 s compiling from a cold cache
+``--compile auto``, the default, runs synthesis through ``torch.compile`` only where it is estimated
+to pay for itself on this run (:func:`resolve_compile`). Measured by ``benchmarks/compile.py``:
+compiled synthesis kept C and R within 0.002 of eager and flipped no image's convergence, but it
+gained little and not reliably: on a Zen 5 EPYC (AVX512-BF16, no AMX) 10 alternating rounds read
+0.82-2.04x in fp32 and 0.97-1.13x in bf16, on a Zen 4 EPYC 1.03-1.10x and 1.03-1.06x, 1.00x in fp32
+on an AMX Xeon, while a real study paid 24-29 s compiling from a cold cache
 (:data:`COMPILE_MEASURED`). Auto credits compiling with a lower confidence bound on its speed-up
 (:func:`speedup_bound`), the lowest of the machines of a kind measured (:func:`credited_compile`):
 on the AVX512-BF16 kind 1.02x in bf16 (the Zen 5's; the Zen 4's is 1.04x), which pays for
-CIFAR-100's default study (hours of synthesis) and not for shorter ones; in fp32 0.96x (the Zen
-5's; the Zen 4's is 1.05x), nothing. No GPU has been measured yet.
+CIFAR-100's default study (hours of synthesis) and not for shorter ones; in fp32 0.96x (the Zen 5's;
+the Zen 4's is 1.05x), nothing. No GPU has been measured yet.
 """
 from __future__ import annotations
 
