@@ -25,6 +25,8 @@ file's speed attributes). It prints a Markdown report and writes it to ``--out``
 from __future__ import annotations
 
 import argparse
+import atexit
+import shutil
 import sys
 import tempfile
 import time
@@ -118,7 +120,8 @@ def study_parser(doc: str, out: str) -> argparse.ArgumentParser:
     """The options of the benchmarks that run studies (this one and ``compile.py``)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / out)
-    parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the runs, kept (default: a temporary one, removed at the end)")
     parser.add_argument("--archive", type=Path, default=None, help="CIFAR-10 zip (ImageFolder layout)")
     parser.add_argument("--train_per_class", type=int, default=500)
     parser.add_argument("--test_per_class", type=int, default=200)
@@ -142,9 +145,13 @@ def cifar_study(args: argparse.Namespace, work: Path) -> dict:
 
 def study_tables(args: argparse.Namespace, prefix: str,
                  difference: str) -> tuple[Path, list[str], list[str]]:
-    """The folder for the runs (``--work``, else a new temporary one named ``prefix...``) and the
-    headers of the speed table and of the verdict table, whose differences are ``difference``."""
-    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
+    """The folder for the runs (``--work``, else a new temporary one named ``prefix...``, removed
+    when the script ends: its studies' files take gigabytes) and the headers of the speed table and
+    of the verdict table, whose differences are ``difference``."""
+    work = args.work
+    if work is None:
+        work = Path(tempfile.mkdtemp(prefix=prefix))
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     speed = ["| run | precision | training | synthesis | image-steps | image-steps/s | wall |",
              "|---|---|---|---|---|---|---|"]
