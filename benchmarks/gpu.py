@@ -40,7 +40,6 @@ from typing import Any, NamedTuple
 import torch
 
 import toolkit
-from toolkit.files import atomic_write
 from toolkit.hardware import keep_memory_mapped
 from toolkit.model import step_flops
 from toolkit.plugins import get_plugin_manager
@@ -48,6 +47,7 @@ from toolkit.plugins import get_plugin_manager
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import DTYPES, gemm_gflops, machine, resnet18, synthesis_rate  # noqa: E402
 from compile import SPEEDUP_HEADER, rates, speedup_cells  # noqa: E402 (empties inductor's cache)
+from precision import report as write_report  # noqa: E402
 from train_step import train_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,11 +162,8 @@ def main() -> int:
     def report(section: str, last: bool = False) -> None:
         """Add ``section`` and rewrite the report, so that a run cut short keeps what it measured."""
         sections.append(section)
-        text = (f"Machine: {header}.\nCommand: `python benchmarks/gpu.py {' '.join(sys.argv[1:])}` "
-                f"({time.perf_counter() - began:.0f} s{'' if last else ' so far, unfinished'})."
-                "\n\n" + "\n\n".join(sections) + "\n")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out, lambda tmp: tmp.write_text(text))
+        write_report(args.out, header, began, "\n\n" + "\n\n".join(sections) + "\n",
+                     unfinished=not last, echo=False)
 
     if not args.skip_tests:
         tests = subprocess.run([sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p",

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 import toolkit
+from toolkit.files import atomic_write
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import gemm_limits, machine  # noqa: E402 (the benchmarks' shared helpers)
@@ -160,14 +161,19 @@ def study_tables(args: argparse.Namespace, prefix: str,
     return work, speed, verdict
 
 
-def report(out: Path, header: str, began: float, body: str) -> None:
-    """Print the Markdown report (the machine, the command and its seconds, then ``body``) and write
-    it to ``out``."""
+def report(out: Path, header: str, began: float, body: str, *, unfinished: bool = False,
+           echo: bool = True) -> None:
+    """Write the Markdown report to ``out`` (whole or not at all), and print it unless ``echo`` is
+    off: the machine, the command and its seconds, then ``body``, on the command's line or, where
+    it starts with a line break, after it. ``unfinished``: the run goes on and will write it again,
+    so its seconds are those so far."""
+    seconds = f"{time.perf_counter() - began:.0f} s" + (" so far, unfinished" if unfinished else "")
     text = (f"Machine: {header}.\nCommand: `python benchmarks/{Path(sys.argv[0]).name} "
-            f"{' '.join(sys.argv[1:])}` ({time.perf_counter() - began:.0f} s). {body}")
-    print(text)
+            f"{' '.join(sys.argv[1:])}` ({seconds})." + ("" if body.startswith("\n") else " ") + body)
+    if echo:
+        print(text)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write(out, lambda tmp: tmp.write_text(text))
 
 
 def main() -> None:
