@@ -1,5 +1,6 @@
 """The wrapper that puts dataset normalisation inside a model, feature extraction, convolutions
-that skip the kernel taps reading only padding, and the cost of one synthesis step."""
+that skip the kernel taps reading only padding (and, frozen, on the smallest maps, are one matrix
+product), and the cost of one synthesis step."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -83,6 +84,31 @@ def live_taps(size: int, kernel: int, stride: int, padding: int,
     return first, stop, cut
 
 
+def whole_map_taps(size: int, kernel: int, stride: int, padding: int,
+                   dilation: int) -> tuple[tuple[int, ...], ...] | None:
+    """Along one axis of a zero-padded convolution on inputs ``size`` long, the tap through which
+    each output reads each pixel, ``taps[pixel][output]``, when every output's window covers every
+    pixel; ``None`` otherwise.
+
+    Then each output is a weighted sum of the whole map, and the convolution one matrix product
+    (:func:`conv2d_live_taps`). A 3x3 convolution with padding 1 covers maps of one and two pixels:
+    on two, output 0 reads them through taps 1 and 2, output 1 through taps 0 and 1.
+    """
+    span = dilation * (kernel - 1) + 1  # the pixels one output's window spans
+    outputs = (size + 2 * padding - span) // stride + 1
+    if size > span or outputs < 1:
+        return None
+    taps = [[None] * outputs for _ in range(size)]
+    for output in range(outputs):
+        for tap in range(kernel):
+            pixel = output * stride - padding + tap * dilation
+            if 0 <= pixel < size:
+                taps[pixel][output] = tap
+    if any(tap is None for row in taps for tap in row):
+        return None
+    return tuple(map(tuple, taps))
+
+
 class _Taps(torch.autograd.Function):
     """``weight[:, :, rows, cols]``, its gradient padded back with zeros in the gradient's own
     memory layout (slicing's gradient would be contiguous, and a channels-last weight would then copy
@@ -115,9 +141,26 @@ def conv2d_live_taps(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                      stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
                      groups: int) -> torch.Tensor:
     """``F.conv2d`` with zero ``padding`` (two ints), computing only the kernel taps that read a
-    pixel of ``input`` (:func:`live_taps`): the same outputs and gradients."""
+    pixel of ``input`` (:func:`live_taps`): the same outputs and gradients.
+
+    Where ``weight`` is frozen (``requires_grad`` off: synthesis and feature extraction run the
+    model under :class:`frozen`) and every output reads the whole input map
+    (:func:`whole_map_taps`), it is one matrix product of the images' pixels with the taps gathered
+    into a ``(H * W * C_in) x (H' * W' * C_out)`` matrix: no product with padding at all, and the
+    batch, not the map's width, as the long side of the product. On 8x8 images that is ResNet18's
+    last stage and the three 3x3 convolutions on 2x2 maps before it, where oneDNN, which blocks its
+    work over the output's width, reuses each weight for one or two pixels: the demo's synthesis
+    took 0.74-0.88x the time (docs/performance.md, "Whole-map windows"). Training, which needs the
+    weights' gradient at batches of tens, ran slower that way and keeps the convolutions, so
+    trained weights are what they were.
+    """
     height, width = input.shape[-2:]
     kernel = weight.shape[-2:]
+    if groups == 1 and not weight.requires_grad:
+        rows, cols = (whole_map_taps(int(size), *axis)
+                      for size, axis in zip((height, width), zip(kernel, stride, padding, dilation)))
+        if rows is not None and cols is not None:
+            return _whole_map_product(input, weight, bias, rows, cols)
     rows, cols = (live_taps(int(size), *axis)
                   for size, axis in zip((height, width), zip(kernel, stride, padding, dilation)))
     if rows is None and cols is None:
@@ -128,12 +171,34 @@ def conv2d_live_taps(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
                     (rows[2], cols[2]), dilation, groups)
 
 
+def _whole_map_product(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       rows: tuple[tuple[int, ...], ...],
+                       cols: tuple[tuple[int, ...], ...]) -> torch.Tensor:
+    """The convolution whose outputs each read the whole map through the taps ``rows[y][y']`` and
+    ``cols[x][x']`` (:func:`whole_map_taps`), as one matrix product; channels-last out of
+    channels-last in."""
+    images, channels, height, width = input.shape
+    out_height, out_width = len(rows[0]), len(cols[0])
+    # The matrix transposed: rows (y', x', c_out), columns (y, x, c_in) as the pixels lie
+    # channels-last; each block one tap, weight[:, :, i, j], copied once into place.
+    blocks = [torch.cat([weight[:, :, rows[y][out_y], cols[x][out_x]]
+                         for y in range(height) for x in range(width)], dim=1)
+              for out_y in range(out_height) for out_x in range(out_width)]
+    matrix = torch.cat(blocks) if len(blocks) > 1 else blocks[0]
+    pixels = input.permute(0, 2, 3, 1).reshape(images, height * width * channels)
+    out = (pixels @ matrix.t() if bias is None
+           else torch.addmm(bias.repeat(out_height * out_width), pixels, matrix.t()))
+    out = out.view(images, out_height, out_width, len(weight)).permute(0, 3, 1, 2)
+    return out if input.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
+
+
 class PaddingSkippingConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` that leaves out the kernel taps which, at the input's size, read nothing but
     zero padding: the same function of the same parameters (their gradients there are zero either
     way), in fewer operations. Deep layers of small images gain most: ResNet18's last stage sees
     one-pixel maps on 8x8 images, where oneDNN's weight gradient of a 3x3 convolution is slow
-    (measured in docs/performance.md, "Where the time goes").
+    (measured in docs/performance.md, "Where the time goes"). With frozen weights, on maps so small
+    that every output reads all of them, it is one matrix product (:func:`conv2d_live_taps`).
 
     Under ``torch.jit.trace``, which would record one input size's cut for every size, it computes
     every tap; ``torch.fx`` records :func:`conv2d_live_taps` as one call."""

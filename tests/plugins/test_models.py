@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolkit.model import (NormalizedClassifier, PaddingSkippingConv2d, extract_features, live_taps,
-                           skip_padding_taps)
+                           skip_padding_taps, whole_map_taps)
 from toolkit.plugins import get_registry
 
 
@@ -127,6 +127,56 @@ def test_padding_skipping_convolutions_are_the_same_function_with_the_same_gradi
     skipping.float().to(memory_format=torch.channels_last).zero_grad()
     F.cross_entropy(skipping(x.float()), targets).backward()
     assert centre.grad.stride() == centre.stride() != centre.contiguous().stride()
+
+
+def test_whole_map_taps_are_given_exactly_where_every_output_reads_every_pixel():
+    covered = 0
+    for size, kernel, stride, padding, dilation in _conv_geometries():
+        outputs = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        reads = {(o * stride - padding + t * dilation, o): t
+                 for o in range(outputs) for t in range(kernel)
+                 if 0 <= o * stride - padding + t * dilation < size}
+        taps = whole_map_taps(size, kernel, stride, padding, dilation)
+        if len(reads) < size * outputs:
+            assert taps is None, (size, kernel, stride, padding, dilation)
+            continue
+        covered += 1
+        assert taps == tuple(tuple(reads[pixel, o] for o in range(outputs)) for pixel in range(size))
+    assert covered > 30
+    assert whole_map_taps(2, 3, 1, 1, 1) == ((1, 0), (2, 1))  # ResNet18's 2x2 maps on 8x8 images
+    assert whole_map_taps(1, 3, 1, 1, 1) == ((1,),) and whole_map_taps(2, 3, 2, 1, 1) == ((1,), (2,))
+    assert whole_map_taps(3, 3, 1, 1, 1) is None  # output 0 does not read pixel 2
+
+
+@pytest.mark.parametrize("size, kernel, stride, padding, bias", [
+    ((1, 1), 3, 1, 1, False), ((2, 2), 3, 1, 1, True), ((2, 2), 3, 2, 1, False), ((1, 2), 3, 1, 1, True),
+    ((3, 3), 5, 1, 2, True), ((2, 1), 3, 2, 1, True)])
+def test_frozen_convolutions_whose_outputs_read_the_whole_map_are_one_matrix_product(
+        monkeypatch, size, kernel, stride, padding, bias):
+    # Synthesis's case (weights frozen): no convolution is called, and the outputs and the images'
+    # gradients are the convolution's, channels-last out of channels-last in. Training's weights
+    # (requires_grad on) keep the convolution, so trained models are what they were.
+    g = torch.Generator().manual_seed(sum(size) * 10 + kernel + stride)
+    plain = nn.Conv2d(5, 7, kernel, stride=stride, padding=padding, bias=bias).double()
+    skipping = skip_padding_taps(copy.deepcopy(plain)).requires_grad_(False)
+    for layout in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(4, 5, *size, generator=g, dtype=torch.float64)
+        x = x.contiguous(memory_format=layout).requires_grad_(True)
+        want = plain(x)
+        upstream = torch.randn(want.shape, generator=g, dtype=torch.float64)
+        want_grad, = torch.autograd.grad(want, x, upstream)
+        convolutions, conv2d = [], F.conv2d
+        monkeypatch.setattr(F, "conv2d", lambda *args: convolutions.append(args) or conv2d(*args))
+        got = skipping(x)
+        got_grad, = torch.autograd.grad(got, x, upstream)
+        assert not convolutions
+        assert got.shape == want.shape and got.is_contiguous(memory_format=layout)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+        assert torch.allclose(got_grad, want_grad, rtol=1e-12, atol=1e-14)
+        skipping.requires_grad_(True)(x)  # weights that take gradients: a convolution
+        skipping.requires_grad_(False)(torch.randn(1, 5, 5, 5, dtype=torch.float64))  # a larger map too
+        assert len(convolutions) == 2
+        monkeypatch.undo()
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning:torch")  # torch.jit's deprecation
