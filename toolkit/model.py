@@ -143,8 +143,8 @@ def conv2d_live_taps(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     """``F.conv2d`` with zero ``padding`` (two ints), computing only the kernel taps that read a
     pixel of ``input`` (:func:`live_taps`): the same outputs and gradients.
 
-    Where ``weight`` is frozen (``requires_grad`` off: synthesis and feature extraction run the
-    model under :class:`frozen`) and every output reads the whole input map
+    On the CPU, where ``weight`` is frozen (``requires_grad`` off: synthesis and feature
+    extraction run the model under :class:`frozen`) and every output reads the whole input map
     (:func:`whole_map_taps`), it is one matrix product of the images' pixels with the taps gathered
     into a ``(H * W * C_in) x (H' * W' * C_out)`` matrix: no product with padding at all, and the
     batch, not the map's width, as the long side of the product. On 8x8 images that is ResNet18's
@@ -152,11 +152,12 @@ def conv2d_live_taps(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     work over the output's width, reuses each weight for one or two pixels: the demo's synthesis
     took 0.74-0.88x the time (docs/performance.md, "Whole-map windows"). Training, which needs the
     weights' gradient at batches of tens, ran slower that way and keeps the convolutions, so
-    trained weights are what they were.
+    trained weights are what they were. GPUs keep them too until measured: cuDNN's convolutions
+    may run in TF32 where a matrix product runs in full fp32.
     """
     height, width = input.shape[-2:]
     kernel = weight.shape[-2:]
-    if groups == 1 and not weight.requires_grad:
+    if groups == 1 and not weight.requires_grad and input.dim() == 4 and input.device.type == "cpu":
         rows, cols = (whole_map_taps(int(size), *axis)
                       for size, axis in zip((height, width), zip(kernel, stride, padding, dilation)))
         if rows is not None and cols is not None:
@@ -174,9 +175,9 @@ def conv2d_live_taps(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 def _whole_map_product(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        rows: tuple[tuple[int, ...], ...],
                        cols: tuple[tuple[int, ...], ...]) -> torch.Tensor:
-    """The convolution whose outputs each read the whole map through the taps ``rows[y][y']`` and
-    ``cols[x][x']`` (:func:`whole_map_taps`), as one matrix product; channels-last out of
-    channels-last in."""
+    """The convolution of a batch whose outputs each read the whole map through the taps
+    ``rows[y][y']`` and ``cols[x][x']`` (:func:`whole_map_taps`), as one matrix product; in the
+    memory layout ``F.conv2d`` gives (channels-last where the input or the weight is)."""
     images, channels, height, width = input.shape
     out_height, out_width = len(rows[0]), len(cols[0])
     # The matrix transposed: rows (y', x', c_out), columns (y, x, c_in) as the pixels lie
@@ -189,7 +190,9 @@ def _whole_map_product(input: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     out = (pixels @ matrix.t() if bias is None
            else torch.addmm(bias.repeat(out_height * out_width), pixels, matrix.t()))
     out = out.view(images, out_height, out_width, len(weight)).permute(0, 3, 1, 2)
-    return out if input.is_contiguous(memory_format=torch.channels_last) else out.contiguous()
+    channels_last = any(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+                        for t in (input, weight))
+    return out if channels_last else out.contiguous()
 
 
 class PaddingSkippingConv2d(nn.Conv2d):

@@ -179,6 +179,28 @@ def test_frozen_convolutions_whose_outputs_read_the_whole_map_are_one_matrix_pro
         monkeypatch.undo()
 
 
+def test_frozen_convolutions_take_the_matrix_product_only_where_it_computes_the_same(monkeypatch):
+    # Grouped convolutions, maps whole along one axis only, and unbatched (C, H, W) images stay
+    # convolutions; torch.func's per-image gradients through frozen weights take the product.
+    g = torch.Generator().manual_seed(3)
+    cases = [(nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.randn(3, 4, 2, 2, generator=g)),
+             (nn.Conv2d(4, 6, 3, padding=1), torch.randn(3, 4, 2, 5, generator=g)),
+             (nn.Conv2d(4, 6, 3, padding=1), torch.randn(4, 2, 2, generator=g))]
+    convolutions, conv2d = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *args: convolutions.append(args) or conv2d(*args))
+    for number, (plain, x) in enumerate(cases, 1):
+        plain = plain.double().requires_grad_(False)
+        skipping = skip_padding_taps(copy.deepcopy(plain))
+        assert torch.allclose(skipping(x.double()), plain(x.double()), rtol=1e-12, atol=1e-14)
+        assert len(convolutions) == 2 * number  # the plain one's and the skipping one's
+    plain = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(12, 4)).double()
+    skipping = skip_padding_taps(copy.deepcopy(plain)).requires_grad_(False)
+    x = torch.rand(5, 2, 2, 2, generator=g, dtype=torch.float64)
+    got, want = (torch.func.vmap(torch.func.grad(lambda image: model(image[None]).logsumexp(1).sum()))(x)
+                 for model in (skipping, plain))
+    assert len(convolutions) == 2 * len(cases) + 1 and torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning:torch")  # torch.jit's deprecation
 def test_padding_skipping_convolutions_work_under_torch_func():
     # A third-party synthesizer may take per-image gradients with torch.func (vmap of grad).
