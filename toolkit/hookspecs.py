@@ -65,8 +65,8 @@ def register_models(register: Register[ModelFactory]) -> None:
     cross-entropy on the logits) and probes it in ``eval()`` mode with frozen weights. Its plain
     zero-padded ``nn.Conv2d`` modules become ``toolkit.model.PaddingSkippingConv2d``, which
     computes the same without the kernel taps that read only padding, and with frozen weights on
-    maps so small that every output reads all of them as one matrix product (same parameters and
-    ``state_dict``; ``torch.fx``, ``torch.export`` and ``torch.compile`` handle it,
+    the CPU, on maps so small that every output reads all of them, as one matrix product (same
+    parameters and ``state_dict``; ``torch.fx``, ``torch.export`` and ``torch.compile`` handle it,
     ``torch.jit.script`` does not); subclasses of ``nn.Conv2d`` are left as they are.
 
     The model receives inputs already normalised by the dataset's mean and std: the toolkit wraps it
