@@ -58,6 +58,11 @@ def extract_features(model: NormalizedClassifier, images: torch.Tensor, batch_si
     return torch.cat(chunks)
 
 
+def _outputs(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """How many outputs a convolution's axis gives on inputs ``size`` long."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
 def live_taps(size: int, kernel: int, stride: int, padding: int,
               dilation: int) -> tuple[int, int, int] | None:
     """The taps of one axis of a zero-padded convolution's kernel that read an input pixel for some
@@ -68,7 +73,7 @@ def live_taps(size: int, kernel: int, stride: int, padding: int,
     On a one-pixel map a 3x3 convolution with padding 1 reads the pixel through its centre tap
     only (``(1, 2, 0)``): it is a 1x1 convolution, and the other eight taps multiply zeros.
     """
-    outputs = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    outputs = _outputs(size, kernel, stride, padding, dilation)
     live = []
     for tap in range(kernel):  # output o reads pixel o * stride + offset through this tap
         offset = tap * dilation - padding
@@ -79,7 +84,7 @@ def live_taps(size: int, kernel: int, stride: int, padding: int,
         return None
     first, stop = live[0], live[-1] + 1
     cut = padding - first * dilation
-    if cut < 0 or (size + 2 * cut - dilation * (stop - first - 1) - 1) // stride + 1 != outputs:
+    if cut < 0 or _outputs(size, stop - first, stride, cut, dilation) != outputs:
         return None
     return first, stop, cut
 
@@ -94,9 +99,8 @@ def whole_map_taps(size: int, kernel: int, stride: int, padding: int,
     (:func:`conv2d_live_taps`). A 3x3 convolution with padding 1 covers maps of one and two pixels:
     on two, output 0 reads them through taps 1 and 2, output 1 through taps 0 and 1.
     """
-    span = dilation * (kernel - 1) + 1  # the pixels one output's window spans
-    outputs = (size + 2 * padding - span) // stride + 1
-    if size > span or outputs < 1:
+    outputs = _outputs(size, kernel, stride, padding, dilation)
+    if size > dilation * (kernel - 1) + 1 or outputs < 1:  # wider than one output's window
         return None
     taps = [[None] * outputs for _ in range(size)]
     for output in range(outputs):
@@ -155,15 +159,15 @@ def conv2d_live_taps(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     trained weights are what they were. GPUs keep them too until measured: cuDNN's convolutions
     may run in TF32 where a matrix product runs in full fp32.
     """
-    height, width = input.shape[-2:]
     kernel = weight.shape[-2:]
+    # (size, kernel, stride, padding, dilation) of the rows and of the columns
+    axes = [(int(size), *axis) for size, axis in zip(input.shape[-2:],
+                                                      zip(kernel, stride, padding, dilation))]
     if groups == 1 and not weight.requires_grad and input.dim() == 4 and input.device.type == "cpu":
-        rows, cols = (whole_map_taps(int(size), *axis)
-                      for size, axis in zip((height, width), zip(kernel, stride, padding, dilation)))
+        rows, cols = (whole_map_taps(*axis) for axis in axes)
         if rows is not None and cols is not None:
             return _whole_map_product(input, weight, bias, rows, cols)
-    rows, cols = (live_taps(int(size), *axis)
-                  for size, axis in zip((height, width), zip(kernel, stride, padding, dilation)))
+    rows, cols = (live_taps(*axis) for axis in axes)
     if rows is None and cols is None:
         return F.conv2d(input, weight, bias, stride, padding, dilation, groups)
     rows = rows or (0, kernel[0], padding[0])

@@ -148,11 +148,19 @@ def test_whole_map_taps_are_given_exactly_where_every_output_reads_every_pixel()
     assert whole_map_taps(3, 3, 1, 1, 1) is None  # output 0 does not read pixel 2
 
 
+@pytest.fixture
+def convolutions(monkeypatch) -> list:
+    """The calls of ``F.conv2d`` from here on (``nn.Conv2d``'s and the toolkit's), as they run."""
+    calls, conv2d = [], F.conv2d
+    monkeypatch.setattr(F, "conv2d", lambda *args: calls.append(args) or conv2d(*args))
+    return calls
+
+
 @pytest.mark.parametrize("size, kernel, stride, padding, bias", [
     ((1, 1), 3, 1, 1, False), ((2, 2), 3, 1, 1, True), ((2, 2), 3, 2, 1, False), ((1, 2), 3, 1, 1, True),
     ((3, 3), 5, 1, 2, True), ((2, 1), 3, 2, 1, True)])
 def test_frozen_convolutions_whose_outputs_read_the_whole_map_are_one_matrix_product(
-        monkeypatch, size, kernel, stride, padding, bias):
+        convolutions, size, kernel, stride, padding, bias):
     # Synthesis's case (weights frozen): no convolution is called, and the outputs and the images'
     # gradients are the convolution's, channels-last out of channels-last in. Training's weights
     # (requires_grad on) keep the convolution, so trained models are what they were.
@@ -165,8 +173,7 @@ def test_frozen_convolutions_whose_outputs_read_the_whole_map_are_one_matrix_pro
         want = plain(x)
         upstream = torch.randn(want.shape, generator=g, dtype=torch.float64)
         want_grad, = torch.autograd.grad(want, x, upstream)
-        convolutions, conv2d = [], F.conv2d
-        monkeypatch.setattr(F, "conv2d", lambda *args: convolutions.append(args) or conv2d(*args))
+        convolutions.clear()
         got = skipping(x)
         got_grad, = torch.autograd.grad(got, x, upstream)
         assert not convolutions
@@ -176,18 +183,15 @@ def test_frozen_convolutions_whose_outputs_read_the_whole_map_are_one_matrix_pro
         skipping.requires_grad_(True)(x)  # weights that take gradients: a convolution
         skipping.requires_grad_(False)(torch.randn(1, 5, 5, 5, dtype=torch.float64))  # a larger map too
         assert len(convolutions) == 2
-        monkeypatch.undo()
 
 
-def test_frozen_convolutions_take_the_matrix_product_only_where_it_computes_the_same(monkeypatch):
+def test_frozen_convolutions_take_the_matrix_product_only_where_it_computes_the_same(convolutions):
     # Grouped convolutions, maps whole along one axis only, and unbatched (C, H, W) images stay
     # convolutions; torch.func's per-image gradients through frozen weights take the product.
     g = torch.Generator().manual_seed(3)
     cases = [(nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.randn(3, 4, 2, 2, generator=g)),
              (nn.Conv2d(4, 6, 3, padding=1), torch.randn(3, 4, 2, 5, generator=g)),
              (nn.Conv2d(4, 6, 3, padding=1), torch.randn(4, 2, 2, generator=g))]
-    convolutions, conv2d = [], F.conv2d
-    monkeypatch.setattr(F, "conv2d", lambda *args: convolutions.append(args) or conv2d(*args))
     for number, (plain, x) in enumerate(cases, 1):
         plain = plain.double().requires_grad_(False)
         skipping = skip_padding_taps(copy.deepcopy(plain))
